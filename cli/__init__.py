@@ -1,0 +1,1 @@
+"""skd.cli: the thin click front end (`skd ...`)."""
