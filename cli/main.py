@@ -1,5 +1,85 @@
+"""`skd` command line: a thin click group. Options -> one config -> one core call -> rich output.
+
+Public: main (the click group, entry point `skd`), run_cli_errors (shared error handling).
+User errors (skd.core.errors.SkdError, click usage errors) print one line and exit non-zero;
+a traceback only with `skd --debug ...`. Heavy imports (torch, transformers) happen inside the
+subcommands so `skd --help` is instant.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
 import click
 
-@click.group()
-def main():
-    """skd"""
+from skd.cli.bench import bench
+from skd.cli.train_cmd import distill, sft
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    import torch
+    import transformers
+
+    from skd.core import ops
+
+    return (f"skd {version('skd')}\ntorch {torch.__version__}\ntransformers {transformers.__version__}\n"
+            f"ops backend {ops.backend()}")
+
+
+def _print_version(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(_versions())
+    ctx.exit()
+
+
+class _Group(click.Group):
+    """Turns SkdError into one line on stderr and exit code 2 (traceback only with --debug)."""
+
+    def invoke(self, ctx):
+        from skd.core.errors import SkdError
+
+        try:
+            return super().invoke(ctx)
+        except SkdError as e:
+            if os.environ.get("SKD_DEBUG"):
+                raise
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print skd, torch and transformers versions and the ops backend, then exit.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def main(debug: bool):
+    """Distil a large language model into a small one with Speculative Knowledge Distillation.
+
+    SKD (Xu et al., ICLR 2025): the student proposes tokens, the teacher replaces those outside
+    its top-K, and the student is trained with a token-level divergence on the interleaved
+    sequences. All baselines of the paper (supervised KD, on-policy KD, ImitKD, GKD, SeqKD, ...)
+    run through the same loop.
+
+    \b
+    Examples:
+      skd sft --model tiny-teacher --task arith --output-dir runs/teacher
+      skd distill --method skd --k 25 --student gemma-2b --teacher gemma-7b-it --task gsm8k
+      skd bench kernels
+    """
+    if debug:
+        os.environ["SKD_DEBUG"] = "1"
+
+
+main.add_command(sft)
+main.add_command(distill)
+main.add_command(bench)
+
+if __name__ == "__main__":
+    main()

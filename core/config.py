@@ -1,0 +1,187 @@
+"""Run configuration: small frozen dataclasses, validated on creation, saved as JSON per run.
+
+Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, METHODS,
+run_config_to_dict(cfg), run_config_from_dict(d).
+
+Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; SKD_SPEC.md
+sections 2-5); each default carries its reason on its line. Distinct knobs get distinct names
+(`student_temperature` for drafting vs the loss, which is always at temperature 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from skd.core.errors import SkdError
+
+# Training-sequence source per method (SKD_SPEC section 4).
+METHODS = (
+    "skd",         # interleaved: student proposes, teacher replaces tokens outside its top-K
+    "supervised",  # supervised KD: ground-truth responses
+    "on-policy",   # on-policy KD: student samples
+    "imitkd",      # ground truth or student sample, 50/50 per prompt ("mixed" in the released code)
+    "two-stage",   # ground truth for the first half of the steps, then student samples ("mixed_train")
+    "mixed-skd",   # ground truth or SKD sequence, 50/50 per prompt
+    "gkd",         # student sample with probability lambda (per batch), else ground truth
+    "seqkd",       # cross-entropy on teacher-generated responses (the data's response field)
+    "sft",         # cross-entropy on ground-truth responses
+)
+DIVERGENCE_NAMES = ("fkl", "rkl", "jsd", "tvd", "skew-fkl", "skew-rkl")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+def _check(cond: bool, problem: str, fix: str) -> None:
+    if not cond:
+        raise SkdError(problem, fix)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How training (or evaluation) sequences are sampled. Temperature 0 means greedy."""
+
+    mode: str = "skd"                  # skd | student | teacher
+    k: int = 25                        # top-K of the teacher that a student token must fall in (paper default)
+    gamma: int = 5                     # student draft length per verification round (released code)
+    semantics: str = "paper"           # paper | code (SKD_SPEC section 2)
+    keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
+    student_temperature: float = 0.5   # paper config for student proposals
+    student_top_p: float = 0.5         # paper config for student proposals
+    teacher_temperature: float = 0.2   # paper config for teacher replacements
+    teacher_top_p: float = 0.5         # paper config for teacher replacements
+    teacher_top_k: int = 50            # only used by semantics="code" (HF default top-k 50 in the released code)
+    max_new_tokens: int = 256          # response budget per prompt
+    stop_strings: tuple[str, ...] = () # task stop strings; EOS comes from the models' config
+    keep_teacher_logits: bool = True   # return the verification logits so the loss needs no second teacher pass
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        _check(self.mode in ("skd", "student", "teacher"), f"unknown sampling mode {self.mode!r}",
+               "use one of: skd, student, teacher")
+        _check(self.semantics in ("paper", "code"), f"unknown SKD semantics {self.semantics!r}",
+               "use --semantics paper (default) or code")
+        _check(isinstance(self.k, int) and self.k >= 0, f"k must be >= 0 (got {self.k})",
+               "pass --k 0 (always take the teacher) up to the vocabulary size (always take the student)")
+        _check(isinstance(self.gamma, int) and self.gamma >= 1, f"gamma must be >= 1 (got {self.gamma})",
+               "pass --gamma 1 or more (the paper uses 5)")
+        _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1 (got {self.max_new_tokens})",
+               "pass --max-new-tokens 1 or more")
+        for name in ("student_temperature", "teacher_temperature"):
+            t = getattr(self, name)
+            _check(math.isfinite(t) and t >= 0, f"{name} must be >= 0 (got {t})",
+                   f"pass --{name.replace('_', '-')} 0 for greedy or a positive temperature")
+        for name in ("student_top_p", "teacher_top_p"):
+            p = getattr(self, name)
+            _check(0 < p <= 1, f"{name} must be in (0, 1] (got {p})", f"pass --{name.replace('_', '-')} in (0, 1]")
+        _check(self.teacher_top_k >= 0, f"teacher_top_k must be >= 0 (got {self.teacher_top_k})",
+               "pass 0 to disable top-k filtering")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    teacher: str | None = "tiny-teacher"  # alias, hub id or local folder; unused by sft/seqkd
+    student: str = "tiny-student"
+    dtype: str = "auto"                    # auto: bf16 on CUDA, fp32 on CPU
+    teacher_device: str = "auto"           # auto: cuda if available, else cpu
+    student_device: str = "auto"
+    trust_remote_code: bool = False        # never run hub code unless asked
+
+    def __post_init__(self):
+        _check(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "arith"
+    data: str | None = None            # local JSON/JSONL/CSV file instead of the hub
+    fields: str | None = None          # "prompt=question,answer=answer" overrides
+    limit: int | None = 1000           # the paper's "1k" regime (100 is the other one)
+    val_data: str | None = None
+    val_limit: int | None = 64         # validation responses scored every eval_every steps
+    seed: int = 20                     # paper seed; also orders the data deterministically
+
+    def __post_init__(self):
+        _check(self.limit is None or self.limit > 0, f"--limit must be > 0 (got {self.limit})",
+               "pass a positive number of examples, e.g. --limit 1000 (the paper uses 1000 and 100)")
+        _check(self.val_limit is None or self.val_limit >= 0, f"--val-limit must be >= 0 (got {self.val_limit})",
+               "pass 0 to skip validation")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "skd"
+    divergence: str = "fkl"            # "kl" in the released config: KL(p_T || q_S)
+    beta: float = 0.5                  # generalised JSD interpolation (jsd and gkd)
+    alpha: float = 0.1                 # DistiLLM skew (skew-fkl / skew-rkl)
+    gkd_lambda: float = 0.5            # gkd: probability of a student-sampled batch
+    loss_norm: str = "sequence"        # sequence: per-sequence token mean, then mean (released code); token
+    lr: float = 1e-5                   # paper: AdamW 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6             # paper setting (not torch's 1e-8)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0              # paper: linear decay to 0, no warm-up
+    grad_clip: float = 1.0
+    epochs: float = 3.0                # paper: 3 epochs (10 for translation)
+    max_steps: int | None = None       # overrides epochs when set
+    batch_size: int = 8                # sequences per optimizer step (paper)
+    micro_batch_size: int | None = None  # gradient accumulation: batch_size / micro_batch_size passes
+    eval_every: int = 25               # paper: validation loss every 25 steps, with a checkpoint
+    save_every: int = 25
+    keep_checkpoints: int = 2          # rolling step checkpoints kept besides `final`
+    seed: int = 20                     # paper seed
+    output_dir: str = "runs/skd"
+    overwrite: bool = False
+    log_every: int = 1
+
+    def __post_init__(self):
+        _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}")
+        _check(self.divergence in DIVERGENCE_NAMES, f"unknown divergence {self.divergence!r}",
+               f"use one of: {', '.join(DIVERGENCE_NAMES)}")
+        _check(0.0 <= self.beta <= 1.0, f"beta must be in [0, 1] (got {self.beta})",
+               "0 gives forward KL, 1 reverse KL")
+        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1] (got {self.alpha})", "DistiLLM uses 0.1")
+        _check(0.0 <= self.gkd_lambda <= 1.0, f"gkd lambda must be in [0, 1] (got {self.gkd_lambda})",
+               "pass --gkd-lambda between 0 (ground truth only) and 1 (student samples only)")
+        _check(self.loss_norm in ("sequence", "token"), f"unknown loss norm {self.loss_norm!r}",
+               "use --loss-norm sequence (paper) or token")
+        _check(self.lr > 0, f"learning rate must be > 0 (got {self.lr})", "pass e.g. --lr 1e-5")
+        _check(self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})", "pass --batch-size 8")
+        mb = self.micro_batch_size
+        _check(mb is None or (1 <= mb <= self.batch_size and self.batch_size % mb == 0),
+               f"micro batch size {mb} must divide the batch size {self.batch_size}",
+               "pass a --micro-batch-size that divides --batch-size")
+        _check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 (got {self.max_steps})",
+               "pass --max-steps 1 or more, or use --epochs")
+        _check(self.epochs > 0, f"epochs must be > 0 (got {self.epochs})", "pass --epochs 3 (paper)")
+        _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})", "0 disables clipping")
+        _check(self.eval_every >= 0 and self.save_every >= 0, "eval_every / save_every must be >= 0",
+               "0 disables them")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def run_config_to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def run_config_from_dict(d: dict) -> RunConfig:
+    def build(cls, sub):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(sub) - names
+        _check(not unknown, f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}",
+               f"valid keys: {', '.join(sorted(names))}")
+        return cls(**sub)
+
+    return RunConfig(
+        model=build(ModelConfig, d.get("model", {})),
+        data=build(DataConfig, d.get("data", {})),
+        train=build(TrainConfig, d.get("train", {})),
+        sample=build(SampleConfig, d.get("sample", {})),
+    )

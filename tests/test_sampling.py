@@ -1,0 +1,211 @@
+"""Batched SKD sampling: the identities of SKD_SPEC section 2 on tiny float64 models.
+
+- skd with K >= V reproduces mode "student" token for token (same student seed);
+- skd with K = 0 reproduces mode "teacher" token for token (same teacher seed);
+- greedy: a batch of 3 equals three batches of 1;
+- the teacher logits kept from verification equal a fresh teacher forward on the final sequences;
+- EOS and stop strings end a row, EOS stays a training target; provenance and counts add up.
+"""
+import pytest
+import torch
+
+from skd.core.models import tiny_model
+from skd.core.sampling import PROV_PROMPT, PROV_STUDENT, PROV_TEACHER, SampleConfig, sample
+
+V = 40
+PROMPTS = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30]]
+
+
+@pytest.fixture(scope="module")
+def pair64():
+    teacher = tiny_model("llama", V, seed=1, dtype=torch.float64, hidden=32, layers=2)
+    student = tiny_model("llama", V, seed=2, dtype=torch.float64, hidden=16, layers=1)
+    # Sharpen the random models a little so top-K tests and greedy choices are not coin flips.
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(8.0)
+        student.lm_head.weight.mul_(8.0)
+    return teacher, student
+
+
+def _gens(s=0, t=0):
+    return dict(student_generator=torch.Generator().manual_seed(100 + s),
+                teacher_generator=torch.Generator().manual_seed(200 + t))
+
+
+def _responses(out):
+    return out.responses()
+
+
+NO_EOS = -1  # an id that never occurs: rows run to max_new_tokens
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_skd_with_k_at_least_vocab_is_on_policy(pair64, gamma):
+    teacher, student = pair64
+    base = dict(max_new_tokens=17, gamma=gamma, student_temperature=0.9, student_top_p=0.9)
+    skd = sample(teacher, student, PROMPTS, SampleConfig(mode="skd", k=V, **base), eos_token_id=NO_EOS,
+                 vocab_size=V, **_gens())
+    pol = sample(teacher, student, PROMPTS, SampleConfig(mode="student", **base), eos_token_id=NO_EOS,
+                 vocab_size=V, **_gens())
+    assert _responses(skd) == _responses(pol)
+    assert skd.replaced == 0 and skd.accepted == skd.proposed == skd.generated
+    assert (skd.provenance[skd.response_mask] == PROV_STUDENT).all()
+
+
+@pytest.mark.parametrize("k_big", [V, V + 5])
+def test_skd_with_k_at_least_vocab_and_eos(pair64, k_big):
+    teacher, student = pair64
+    probe = sample(teacher, student, PROMPTS, SampleConfig(mode="student", max_new_tokens=12,
+                   student_temperature=1.0, student_top_p=1.0), eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    eos = probe.responses()[0][4]  # a token row 0 produces: it will end row 0 (and maybe others)
+    base = dict(max_new_tokens=12, gamma=3, student_temperature=1.0, student_top_p=1.0)
+    skd = sample(teacher, student, PROMPTS, SampleConfig(mode="skd", k=k_big, **base), eos_token_id=eos,
+                 vocab_size=V, **_gens())
+    pol = sample(teacher, student, PROMPTS, SampleConfig(mode="student", **base), eos_token_id=eos,
+                 vocab_size=V, **_gens())
+    assert _responses(skd) == _responses(pol)
+    assert skd.responses()[0][-1] == eos and len(skd.responses()[0]) <= 5
+
+
+@pytest.mark.parametrize("semantics", ["paper", "code"])
+def test_skd_with_k_zero_is_teacher_sampling(pair64, semantics):
+    teacher, student = pair64
+    base = dict(max_new_tokens=15, gamma=4, teacher_temperature=0.8, teacher_top_p=0.95, semantics=semantics)
+    skd = sample(teacher, student, PROMPTS, SampleConfig(mode="skd", k=0, **base), eos_token_id=NO_EOS,
+                 vocab_size=V, **_gens(s=5))
+    tea = sample(teacher, student, PROMPTS, SampleConfig(mode="teacher", **base), eos_token_id=NO_EOS,
+                 vocab_size=V, **_gens(s=9))
+    assert _responses(skd) == _responses(tea)
+    assert skd.accepted == 0 and skd.replaced == skd.generated
+    assert (skd.provenance[skd.response_mask] == PROV_TEACHER).all()
+    torch.testing.assert_close(skd.teacher_logits, tea.teacher_logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode,k,keep_bonus", [("skd", 3, False), ("skd", 3, True), ("skd", 8, False),
+                                               ("student", 0, False), ("teacher", 0, False)])
+def test_greedy_batch_of_three_equals_three_batches_of_one(pair64, mode, k, keep_bonus):
+    teacher, student = pair64
+    cfg = SampleConfig(mode=mode, k=k, gamma=3, keep_bonus=keep_bonus, max_new_tokens=14,
+                       student_temperature=0, teacher_temperature=0)
+    batched = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    singles = [sample(teacher, student, [p], cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens()).responses()[0]
+               for p in PROMPTS]
+    assert batched.responses() == singles
+
+
+def _fresh_teacher_logits(teacher, out):
+    with torch.no_grad():
+        logits = teacher(input_ids=out.tokens, attention_mask=out.attention_mask).logits[..., :V]
+    rows = []
+    for b in range(out.tokens.shape[0]):
+        p, n = int(out.prompt_lengths[b]), int(out.lengths[b])
+        rows.append(logits[b, p - 1: n - 1])
+    return rows
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(mode="skd", k=5, gamma=5),
+    dict(mode="skd", k=2, gamma=3, keep_bonus=True),
+    dict(mode="skd", k=1, gamma=6, max_new_tokens=90),   # many rejections: exercises cache compaction
+    dict(mode="skd", k=12, gamma=4, semantics="code"),
+    dict(mode="teacher"),
+])
+def test_reused_teacher_logits_equal_a_fresh_teacher_forward(cfg, pair64):
+    teacher, student = (m.float() for m in pair64)
+    try:
+        full = dict(max_new_tokens=24, student_temperature=1.0, student_top_p=1.0, teacher_temperature=1.0,
+                    teacher_top_p=1.0)
+        full.update(cfg)
+        out = sample(teacher, student, PROMPTS, SampleConfig(**full), eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        fresh = _fresh_teacher_logits(teacher, out)
+        for b, ref in enumerate(fresh):
+            n = ref.shape[0]
+            torch.testing.assert_close(out.teacher_logits[b, :n], ref, rtol=0, atol=1e-5)
+    finally:
+        for m in pair64:
+            m.double()
+
+
+def test_provenance_and_counts_add_up(pair64):
+    teacher, student = pair64
+    cfg = SampleConfig(mode="skd", k=4, gamma=4, max_new_tokens=30, student_temperature=1.0, student_top_p=1.0)
+    out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    prov = out.provenance
+    for b, p in enumerate(PROMPTS):
+        assert (prov[b, : len(p)] == PROV_PROMPT).all()
+        assert out.tokens[b, : len(p)].tolist() == p
+    n_student = int((prov == PROV_STUDENT).sum())
+    n_teacher = int((prov == PROV_TEACHER).sum())
+    assert n_student == out.accepted
+    assert n_teacher == out.replaced          # no bonus tokens: every teacher token is a replacement
+    assert out.generated == n_student + n_teacher == 3 * 30
+    assert 0 < out.correction_rate < 1 and out.proposed >= out.accepted
+    assert out.response_mask.sum() == out.generated
+
+
+def test_eos_ends_a_row_and_is_kept_as_target(pair64):
+    teacher, student = pair64
+    cfg = SampleConfig(mode="skd", k=6, gamma=3, max_new_tokens=20, teacher_temperature=0, student_temperature=0)
+    probe = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    eos = probe.responses()[1][5]
+    out = sample(teacher, student, PROMPTS, cfg, eos_token_id=eos, vocab_size=V, **_gens())
+    for full, cut in zip(probe.responses(), out.responses()):
+        if eos in full:
+            i = full.index(eos)
+            assert cut == full[: i + 1]   # stops at the first EOS, EOS included
+        else:
+            assert cut == full
+    b = 1
+    last = int(out.lengths[b]) - 1
+    assert out.response_mask[b, last] and out.tokens[b, last] == eos
+
+
+def test_stop_strings_end_a_row():
+    from skd.core.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    Vt = len(tok)
+    teacher = tiny_model("llama", Vt, seed=3, dtype=torch.float64)
+    student = tiny_model("llama", Vt, seed=4, dtype=torch.float64, hidden=16, layers=1)
+    prompts = [tok("Q: 1+2=")["input_ids"], tok("Q: 3")["input_ids"]]
+    base = dict(mode="skd", k=10, gamma=3, max_new_tokens=40, student_temperature=1.0, student_top_p=1.0,
+                teacher_temperature=1.0, teacher_top_p=1.0)
+    free = sample(teacher, student, prompts, SampleConfig(**base), tokenizer=tok, eos_token_id=NO_EOS, **_gens())
+    resp0 = free.responses()[0]
+    n_special = 6  # the char tokenizer's special ids come first
+    i = next(i for i in range(5, len(resp0) - 1) if min(resp0[i], resp0[i + 1]) >= n_special)
+    stop = tok.decode(resp0[i: i + 2])  # two plain characters row 0 produces: they must end it
+    out = sample(teacher, student, prompts, SampleConfig(**base, stop_strings=(stop,)), tokenizer=tok,
+                 eos_token_id=NO_EOS, **_gens())
+    cut = next(e for e in range(1, len(resp0) + 1) if stop in tok.decode(resp0[:e]))
+    assert out.responses()[0] == resp0[:cut]
+    assert tok.decode(out.responses()[0]).endswith(stop)
+    assert out.response_mask[0].sum() == cut
+
+
+def test_code_semantics_never_accepts_zero_probability_tokens(pair64):
+    teacher, student = pair64
+    # top_p tiny: the processed teacher nucleus is one token, so only that token may be accepted.
+    cfg = SampleConfig(mode="skd", k=V, gamma=4, semantics="code", teacher_temperature=0.2, teacher_top_p=0.01,
+                       teacher_top_k=50, max_new_tokens=20)
+    out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    tl = out.teacher_logits
+    for b in range(3):
+        p = int(out.prompt_lengths[b])
+        for i in range(int(out.response_lengths[b])):
+            if out.provenance[b, p + i] == PROV_STUDENT:
+                assert out.tokens[b, p + i] == tl[b, i].argmax()
+
+
+def test_bad_inputs_are_refused(pair64):
+    from skd.core.errors import SkdError
+
+    teacher, student = pair64
+    with pytest.raises(SkdError):
+        sample(teacher, student, [[1], []], SampleConfig(), vocab_size=V)
+    with pytest.raises(SkdError):
+        sample(None, student, [[1]], SampleConfig(mode="skd"), vocab_size=V)
+    with pytest.raises(SkdError):
+        SampleConfig(k=-1)
+    with pytest.raises(SkdError):
+        SampleConfig(gamma=0)
