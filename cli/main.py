@@ -13,6 +13,7 @@ import sys
 import click
 
 from skd.cli.bench import bench
+from skd.cli.eval_cmd import eval_cmd
 from skd.cli.train_cmd import distill, sft
 
 
@@ -75,10 +76,14 @@ def main(debug: bool):
     """
     if debug:
         os.environ["SKD_DEBUG"] = "1"
+    # transformers' own per-file progress bars would interleave with ours.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 main.add_command(sft)
 main.add_command(distill)
+main.add_command(eval_cmd)
 main.add_command(bench)
 
 if __name__ == "__main__":

@@ -145,8 +145,8 @@ class KVStream:
         kwargs = {self._kw: self.cache} if self.cache is not None else {}
         out = self.model(input_ids=ids, attention_mask=self.slot_mask, position_ids=position_ids,
                          use_cache=True, **kwargs)
-        cache = getattr(out, "past_key_values", None)
-        self.cache = cache if cache is not None else getattr(out, "cache", None)
+        # transformers >= 5.2x names the output `cache` (reading `past_key_values` warns); older: past_key_values.
+        self.cache = out["cache"] if "cache" in out else out.past_key_values
         return out.logits[..., : self.V]
 
     def prefill(self, rows: list[list[int]], pad_id: int) -> None:

@@ -218,6 +218,29 @@ def distill_loss(student, s: Samples, teacher_flat: torch.Tensor | None, rows: t
     return divergence(student_flat, teacher_flat.to(dev), w)
 
 
+def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None, *, divergence,
+                         micro_batch_size: int, loss_norm: str, vocab_size: int, autocast_dtype=None) -> float:
+    """Backward over the batch in micro-batches; the loss is divided ONCE by the whole batch's count.
+
+    Returns the normalised loss. Gradients accumulate into .grad (the caller zeroes them).
+    """
+    B = s.tokens.shape[0]
+    w_rows = _sequence_weights(s, loss_norm)
+    _, ridx = _positions(s)
+    total_count = float((w_rows[:, None] * ridx).sum())
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), ridx.sum(1).cumsum(0)])
+    loss_sum = 0.0
+    for lo in range(0, B, micro_batch_size):
+        rows = torch.arange(lo, min(B, lo + micro_batch_size))
+        tf = teacher_flat[offsets[lo]: offsets[rows[-1] + 1]] if teacher_flat is not None else None
+        lsum, _ = distill_loss(student, s, tf, rows, divergence=divergence, vocab_size=vocab_size,
+                               weights_per_row=w_rows, autocast_dtype=autocast_dtype)
+        if total_count > 0:
+            (lsum / total_count).backward()
+        loss_sum += float(lsum.detach())
+    return loss_sum / total_count if total_count > 0 else 0.0
+
+
 def _teacher_flat(teacher, s: Samples, vocab_size: int) -> torch.Tensor:
     """Teacher logits [N, V] at the response-predicting positions, row-major (one no-grad pass or reuse)."""
     _, ridx = _positions(s)
@@ -426,22 +449,11 @@ def train(cfg: RunConfig, *, on_event: Callable[[str, dict], None] | None = None
             t1 = time.perf_counter()
             teacher_flat = _teacher_flat(teacher, s, vocab_size) if divergence is not None else None
             t2 = time.perf_counter()
-            w_rows = _sequence_weights(s, tc.loss_norm)
-            _, ridx = _positions(s)
-            total_count = float((w_rows[:, None] * ridx).sum())
             student.train()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            offsets = torch.cat([torch.zeros(1, dtype=torch.long), ridx.sum(1).cumsum(0)])
-            for lo in range(0, B, mb):
-                rows = torch.arange(lo, min(B, lo + mb))
-                tf = teacher_flat[offsets[lo]: offsets[rows[-1] + 1]] if teacher_flat is not None else None
-                lsum, _ = distill_loss(student, s, tf, rows, divergence=divergence, vocab_size=vocab_size,
-                                       weights_per_row=w_rows, autocast_dtype=autocast_dtype)
-                if total_count > 0:
-                    (lsum / total_count).backward()  # normalised once, over the whole batch
-                loss_sum += float(lsum.detach())
-            loss = loss_sum / total_count if total_count > 0 else 0.0
+            loss = accumulate_gradients(student, s, teacher_flat, divergence=divergence, micro_batch_size=mb,
+                                        loss_norm=tc.loss_norm, vocab_size=vocab_size,
+                                        autocast_dtype=autocast_dtype)
             if not math.isfinite(loss):
                 raise SkdError(f"the loss became non-finite ({loss}) at step {step + 1}",
                                "lower --lr or check the data; the last good checkpoint was kept"

@@ -1,0 +1,413 @@
+"""Token-level distillation losses: divergences D(teacher || student), cross-entropy (SKD_SPEC 3).
+
+Public: fkl, rkl, jsd, tvd, skew_fkl, skew_rkl, cross_entropy, DIVERGENCES, get_divergence,
+divergence_per_token, default_chunk_size. Shapes: N positions, V vocabulary; [B, T, V] logits with
+[B, T] weights (B batch, T time) are flattened to N = B * T. Every loss has one signature and one
+contract: (student_logits[N, V], teacher_logits[N, V] or labels[N], weights[N]) -> (sum, count),
+sum = sum_n weights[n] * d_n and count = sum_n weights[n]; the training loop divides, once.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from types import MappingProxyType
+from typing import Callable
+
+import torch
+
+from skd.core.errors import SkdError
+
+# A chunk's fp32 temporaries: each [C, V] fp32 tensor is C * V * 4 bytes and a kernel keeps about
+# six alive, so 8 Mi elements per tensor (32 MiB) puts one chunk at roughly 200 MiB.
+_CHUNK_ELEMENTS = 1 << 23  # Gemma V = 256,000 -> 32 positions per chunk; V = 32,000 -> 262
+_MAX_CHUNK_POSITIONS = 1024  # small vocabularies: enough rows per chunk to keep kernels busy
+
+DEFAULT_BETA = 0.5  # GKD's generalized-JSD default (Agarwal et al. 2024); also TRL's default
+DEFAULT_ALPHA = 0.1  # skew coefficient of DistiLLM (Ko et al. 2024)
+
+# (d [C], grad [C, V] or None) for one chunk: d_n and, when asked, d d_n / d student_logits[n].
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Positions per chunk so that one [C, V] fp32 temporary stays near 32 MiB."""
+    return max(1, min(_MAX_CHUNK_POSITIONS, _CHUNK_ELEMENTS // max(1, vocab_size)))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-chunk kernels. Inputs are log-probabilities lq (student) and lp (teacher), [C, V], in the
+# compute dtype (fp32, or fp64 when an input is fp64). Each returns d [C] and, when need_grad,
+# the gradient of d_n with respect to the student LOGITS of row n, [C, V]. Gradients are analytic:
+# for q = softmax(z) and any D(q), dD/dz = q * (g - <q, g>) with g = dD/dq, so each kernel forms
+# qg = q * g (zero where q = 0) and calls _through_softmax. Conventions: 0 * log(0 / x) = 0; a
+# term x * log(x / 0) with x > 0 is +inf (the divergence is infinite there, not NaN).
+# --------------------------------------------------------------------------------------------
+
+
+def _x_log_ratio(x: torch.Tensor, lx: torch.Tensor, ly: torch.Tensor) -> torch.Tensor:
+    """Elementwise x * (log x - log y) with x = exp(lx), taking 0 where x == 0 (0 log 0 = 0)."""
+    return torch.where(x > 0, x * (lx - ly), 0.0)
+
+
+def _through_softmax(q: torch.Tensor, qg: torch.Tensor) -> torch.Tensor:
+    """Chain rule through softmax: q * (g - <q, g>) given q and qg = q * g (both [C, V])."""
+    return qg - q * qg.sum(-1, keepdim=True)
+
+
+def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w * a + (1 - w) * b) from log a, log b; exactly lb at w = 0 and exactly la at w = 1."""
+    if w == 0.0:
+        return lb
+    if w == 1.0:
+        return la
+    return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
+
+
+def _fkl_kernel(lq, lp, need_grad):
+    # KL(p || q) = sum_v p (log p - log q); d/dz = q - p (SKD_SPEC 3, "kl" in the released code).
+    p = lp.exp()
+    d = _x_log_ratio(p, lp, lq).sum(-1)
+    return d, (lq.exp() - p if need_grad else None)
+
+
+def _rkl_kernel(lq, lp, need_grad):
+    # KL(q || p) = sum_v q (log q - log p); g = log q - log p + 1, the constant cancels in softmax.
+    # Where p_v = 0 < q_v the divergence is +inf (correct, not clipped); that row's gradient is
+    # undefined and _chunked_sum zeroes it.
+    q = lq.exp()
+    terms = _x_log_ratio(q, lq, lp)  # q * (g - 1): the dropped q * 1 maps to 0 through softmax
+    d = terms.sum(-1)
+    return d, (_through_softmax(q, terms) if need_grad else None)
+
+
+def _jsd_kernel(lq, lp, need_grad, *, beta):
+    # Generalized JSD of GKD (Agarwal et al. 2024, "On-policy distillation of language models"):
+    #   J_beta = beta * KL(p || m) + (1 - beta) * KL(q || m),  m = beta * p + (1 - beta) * q.
+    # J_beta -> 0 at both ends (J ~ beta * KL(p||q) as beta -> 0, ~ (1 - beta) * KL(q||p) as
+    # beta -> 1), so we return J_beta / (beta * (1 - beta)), which tends to KL(p||q) and KL(q||p)
+    # and is therefore continuous on [0, 1] with the exact endpoints dispatched to fkl / rkl.
+    # Gradient: dJ/dq = (1 - beta) * (log q - log m) (the m-terms cancel), hence
+    #   d(J / (beta (1 - beta)))/dz = q * (u - <q, u>) / beta with u = log q - log m.
+    lm = _log_mix(lp, lq, beta)
+    p, q = lp.exp(), lq.exp()
+    kl_pm = _x_log_ratio(p, lp, lm).sum(-1)
+    qu = _x_log_ratio(q, lq, lm)
+    kl_qm = qu.sum(-1)
+    d = (beta * kl_pm + (1.0 - beta) * kl_qm) / (beta * (1.0 - beta))
+    return d, (_through_softmax(q, qu) / beta if need_grad else None)
+
+
+def _tvd_kernel(lq, lp, need_grad):
+    # Total variation 0.5 * sum_v |p - q|; subgradient g = 0.5 * sign(q - p) (0 where q == p).
+    p, q = lp.exp(), lq.exp()
+    diff = q - p
+    d = 0.5 * diff.abs().sum(-1)
+    return d, (_through_softmax(q, 0.5 * q * diff.sign()) if need_grad else None)
+
+
+def _skew_fkl_kernel(lq, lp, need_grad, *, alpha):
+    # Skew forward KL of DistiLLM (Ko et al. 2024): KL(p || m), m = alpha * p + (1 - alpha) * q.
+    # g = -(1 - alpha) * p / m, so qg = -(1 - alpha) * q p / m, formed in log space (q may
+    # underflow while p / m <= 1 / alpha stays bounded).
+    lm = _log_mix(lp, lq, alpha)
+    p, q = lp.exp(), lq.exp()
+    d = _x_log_ratio(p, lp, lm).sum(-1)
+    if not need_grad:
+        return d, None
+    qpm = torch.where(p > 0, (lq + lp - lm).exp(), 0.0)
+    return d, _through_softmax(q, -(1.0 - alpha) * qpm)
+
+
+def _skew_rkl_kernel(lq, lp, need_grad, *, alpha):
+    # Skew reverse KL of DistiLLM (Ko et al. 2024): KL(q || m), m = alpha * q + (1 - alpha) * p.
+    # g = log q - log m + 1 - alpha * q / m; the +1 cancels through softmax.
+    lm = _log_mix(lq, lp, alpha)
+    q = lq.exp()
+    qu = _x_log_ratio(q, lq, lm)
+    d = qu.sum(-1)
+    if not need_grad:
+        return d, None
+    if alpha > 0.0:  # q / m <= 1 / alpha; at alpha = 0 the term vanishes (and q / p may be inf)
+        qu = qu - alpha * torch.where(q > 0, (2.0 * lq - lm).exp(), 0.0)
+    return d, _through_softmax(q, qu)
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp32 inside the loss (SKD_SPEC 3); fp64 stays fp64 so gradcheck sees full precision."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _divergence_chunk(kernel, z: torch.Tensor, t: torch.Tensor, need_grad: bool):
+    """One chunk: student logits z [C, V] and teacher logits t [C, V] -> kernel on log-probs."""
+    dtype = _compute_dtype(z, t)
+    lq = torch.log_softmax(z.to(dtype), dim=-1)
+    lp = torch.log_softmax(t.to(dtype), dim=-1)  # -inf teacher logits give p = 0 exactly
+    return kernel(lq, lp, need_grad)
+
+
+def _cross_entropy_chunk(z: torch.Tensor, y: torch.Tensor, need_grad: bool):
+    """One chunk: -log q[y]; d/dz = q - onehot(y)."""
+    lq = torch.log_softmax(z.to(_compute_dtype(z)), dim=-1)
+    d = -lq.gather(-1, y[:, None]).squeeze(-1)
+    if not need_grad:
+        return d, None
+    grad = lq.exp()
+    grad.scatter_add_(-1, y[:, None], torch.full_like(d[:, None], -1.0))
+    return d, grad
+
+
+# --------------------------------------------------------------------------------------------
+# The one chunking helper and the autograd Function around it.
+# --------------------------------------------------------------------------------------------
+
+
+def _chunks(n: int, chunk_size: int):
+    """(start, stop) of consecutive chunks of positions covering range(n): THE chunking rule."""
+    return ((start, min(start + chunk_size, n)) for start in range(0, n, chunk_size))
+
+
+def _chunked_sum(student, target, weights, chunk_fn: ChunkFn, chunk_size: int, grad_out):
+    """sum_n weights[n] * d_n over chunks of positions; fills grad_out [N, V] when given.
+
+    Rows with weight 0 contribute exactly 0 to the sum and get gradient 0 even when their logits
+    are garbage (NaN, all -inf). Rows whose d is not finite (RKL with p = 0 < q) keep their
+    inf/NaN in the sum, so the caller sees it, and get gradient 0. No host syncs.
+    """
+    total = torch.zeros((), dtype=weights.dtype, device=student.device)
+    for start, stop in _chunks(student.shape[0], chunk_size):
+        w = weights[start:stop]
+        d, grad = chunk_fn(student[start:stop], target[start:stop], grad_out is not None)
+        keep = w != 0
+        total = total + torch.where(keep, w * d, 0.0).sum()
+        if grad_out is not None:
+            grad.mul_(w[:, None]).masked_fill_(~(keep & torch.isfinite(d))[:, None], 0.0)
+            grad_out[start:stop].copy_(grad)  # cast to the student's dtype (bf16 stays bf16)
+    return total
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Forward computes the loss AND its gradient chunk by chunk into one [N, V] buffer in the
+    student's dtype; backward scales that buffer. Nothing chunk-sized is saved for backward, so
+    the extra memory is one student-sized buffer plus one chunk of fp32 temporaries (a plain
+    chunk loop under autograd would keep every chunk's fp32 intermediates alive).
+
+    The buffer is scaled in place and handed over (no second [N, V] allocation), so backward runs
+    once per forward: a second backward through the same node (retain_graph=True) raises.
+    `reusable=True` keeps the buffer and returns a scaled copy instead (used by gradcheck).
+    """
+
+    @staticmethod
+    def forward(ctx, student, target, weights, chunk_fn, chunk_size, reusable):
+        grad_buf = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+        total = _chunked_sum(student, target, weights, chunk_fn, chunk_size, grad_buf)
+        ctx.grad_buf = grad_buf  # not a saved input/output: plain attribute, freed on hand-over
+        ctx.reusable = reusable
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        grad_buf = ctx.grad_buf
+        if grad_buf is None:
+            raise RuntimeError(
+                "skd.core.losses: backward ran twice through one loss node; its gradient buffer "
+                "is consumed by the first backward (recompute the loss instead of retain_graph)"
+            )
+        if ctx.reusable:
+            grad = grad_buf * grad_total.to(grad_buf.dtype)
+        else:
+            ctx.grad_buf = None
+            grad = grad_buf.mul_(grad_total.to(grad_buf.dtype))
+        return grad, None, None, None, None, None
+
+
+def _flatten(student_logits, target, weights, *, target_is_labels: bool):
+    """[..., V] logits, [...] weights (and [..., V] teacher logits or [...] labels) -> 2-D/1-D."""
+    if student_logits.dim() < 2:
+        raise ValueError(
+            f"student_logits must be [N, V] or [B, T, V], got {tuple(student_logits.shape)}")
+    if not student_logits.is_floating_point():
+        raise ValueError(f"student_logits must be floating point, got {student_logits.dtype}")
+    lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    if weights.shape != lead:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} must match student_logits "
+            f"{tuple(student_logits.shape)} without the vocabulary dimension, i.e. {tuple(lead)}"
+        )
+    if not (weights.dtype == torch.bool or weights.is_floating_point()):
+        raise ValueError(f"weights must be a bool mask or float weights, got {weights.dtype}")
+    if weights.requires_grad:
+        raise ValueError("weights must not require grad: they are constants of the loss")
+    if target_is_labels:
+        if target.shape != lead:
+            raise ValueError(f"labels {tuple(target.shape)} must have shape {tuple(lead)} "
+                             f"to match student_logits {tuple(student_logits.shape)}")
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise ValueError(f"labels must be integer token ids, got {target.dtype}")
+        # Labels at weight-0 positions (e.g. -100 padding) are never read; 0 keeps gather in range.
+        target = torch.where(weights != 0, target, 0).reshape(-1).long()
+    else:
+        if target.shape != student_logits.shape:
+            raise ValueError(f"teacher_logits {tuple(target.shape)} must match student_logits "
+                             f"{tuple(student_logits.shape)} (cut both to the shared vocabulary)")
+        if not target.is_floating_point():
+            raise ValueError(f"teacher_logits must be floating point, got {target.dtype}")
+        target = target.detach().reshape(-1, vocab)  # the teacher is frozen: never a gradient
+    # reshape is a view for contiguous [B, T, V]; a non-viewable slice (logits[:, :-1]) is copied,
+    # so pass full logits and zero the unwanted positions in weights instead.
+    return student_logits.reshape(-1, vocab), target, weights.reshape(-1)
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise SkdError(f"loss chunk size must be a positive integer, got {chunk_size!r}",
+                       "pass e.g. 64, or leave it unset to size chunks from the vocabulary")
+
+
+def _reduce(student_logits, target, weights, chunk_fn: ChunkFn, chunk_size, *,
+            target_is_labels: bool = False, _reusable: bool = False):
+    """Flatten, run the one chunk loop (through the Function when the student needs a gradient)."""
+    _check_chunk_size(chunk_size)
+    student, target, weights = _flatten(student_logits, target, weights,
+                                        target_is_labels=target_is_labels)
+    chunk = chunk_size or default_chunk_size(student.shape[-1])
+    dtype = _compute_dtype(student) if target_is_labels else _compute_dtype(student, target)
+    weights = weights.to(dtype)
+    if torch.is_grad_enabled() and student.requires_grad:
+        total = _ChunkedLoss.apply(student, target, weights, chunk_fn, chunk, _reusable)
+    else:  # no gradient wanted: skip the gradient work and the [N, V] buffer
+        with torch.no_grad():
+            total = _chunked_sum(student, target, weights, chunk_fn, chunk, None)
+    return total, weights.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def _check_unit(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise SkdError(f"{name} must be a number in [0, 1], got {value!r}",
+                       f"pass {name} between 0 and 1 inclusive")
+    return float(value)
+
+
+def _kernel_for(kind: str, *, beta: float = DEFAULT_BETA, alpha: float = DEFAULT_ALPHA):
+    """Validated per-chunk kernel (lq, lp, need_grad) for one divergence name."""
+    if kind not in DIVERGENCES:
+        raise SkdError(f"unknown divergence {kind!r}", f"use one of: {', '.join(DIVERGENCES)}")
+    beta, alpha = _check_unit("beta", beta), _check_unit("alpha", alpha)
+    if kind == "jsd":
+        # Endpoints are FKL and RKL exactly (SKD_SPEC 3), not limits evaluated numerically.
+        if beta == 0.0:
+            return _fkl_kernel
+        if beta == 1.0:
+            return _rkl_kernel
+        return functools.partial(_jsd_kernel, beta=beta)
+    if kind == "skew-fkl":
+        return functools.partial(_skew_fkl_kernel, alpha=alpha)
+    if kind == "skew-rkl":
+        return functools.partial(_skew_rkl_kernel, alpha=alpha)
+    return {"fkl": _fkl_kernel, "rkl": _rkl_kernel, "tvd": _tvd_kernel}[kind]
+
+
+def _divergence(kind, student_logits, teacher_logits, weights, chunk_size, **params):
+    chunk_fn = functools.partial(_divergence_chunk, _kernel_for(kind, **params))
+    return _reduce(student_logits, teacher_logits, weights, chunk_fn, chunk_size)
+
+
+def fkl(student_logits, teacher_logits, weights, *, chunk_size=None):
+    """Forward KL(p_teacher || q_student) per position -> (weighted sum, sum of weights)."""
+    return _divergence("fkl", student_logits, teacher_logits, weights, chunk_size)
+
+
+def rkl(student_logits, teacher_logits, weights, *, chunk_size=None):
+    """Reverse KL(q_student || p_teacher); +inf at a position where p = 0 < q."""
+    return _divergence("rkl", student_logits, teacher_logits, weights, chunk_size)
+
+
+def jsd(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None):
+    """Generalized JSD scaled by 1 / (beta (1 - beta)); beta = 0 is fkl, beta = 1 is rkl exactly.
+
+    For 0 < beta < 1, with m = beta p + (1 - beta) q:
+        d = [beta KL(p || m) + (1 - beta) KL(q || m)] / (beta (1 - beta)).
+    The bracket is Eq. 1 of GKD (Agarwal et al. 2024), which vanishes at both ends; the scale
+    makes d continuous on [0, 1]. TRL's `generalized_jsd_loss` uses the same bracket without the
+    scale (and the same exact-endpoint dispatch), so our value is theirs times 1 / (beta (1 - beta))
+    (4x at beta = 0.5). In fp32 the scaled value loses about eps / min(beta, 1 - beta) in absolute
+    accuracy; for beta within 1e-3 of an end pass fp64 logits or use the end itself.
+    """
+    return _divergence("jsd", student_logits, teacher_logits, weights, chunk_size, beta=beta)
+
+
+def tvd(student_logits, teacher_logits, weights, *, chunk_size=None):
+    """Total variation 0.5 * sum_v |p - q| per position."""
+    return _divergence("tvd", student_logits, teacher_logits, weights, chunk_size)
+
+
+def skew_fkl(student_logits, teacher_logits, weights, *, alpha=DEFAULT_ALPHA, chunk_size=None):
+    """DistiLLM skew forward KL(p || alpha p + (1 - alpha) q); alpha = 0 is fkl, 1 gives 0."""
+    return _divergence("skew-fkl", student_logits, teacher_logits, weights, chunk_size, alpha=alpha)
+
+
+def skew_rkl(student_logits, teacher_logits, weights, *, alpha=DEFAULT_ALPHA, chunk_size=None):
+    """DistiLLM skew reverse KL(q || alpha q + (1 - alpha) p); alpha = 0 is rkl, 1 gives 0."""
+    return _divergence("skew-rkl", student_logits, teacher_logits, weights, chunk_size, alpha=alpha)
+
+
+def cross_entropy(student_logits, labels, weights, *, chunk_size=None):
+    """-log q_student[label] per position (SFT / SeqKD) -> (weighted sum, sum of weights).
+
+    Labels at weight-0 positions are ignored (-100 is fine there); an out-of-range label at a
+    weighted position is an indexing error, as in torch.nn.functional.cross_entropy.
+    """
+    return _reduce(student_logits, labels, weights, _cross_entropy_chunk, chunk_size,
+                   target_is_labels=True)
+
+
+# Name -> loss; the names are those of SKD_SPEC 3 and of the CLI / config.
+DIVERGENCES: "MappingProxyType[str, Loss]" = MappingProxyType({
+    "fkl": fkl,
+    "rkl": rkl,
+    "jsd": jsd,
+    "tvd": tvd,
+    "skew-fkl": skew_fkl,
+    "skew-rkl": skew_rkl,
+})
+
+
+def get_divergence(name: str, *, beta: float = DEFAULT_BETA, alpha: float = DEFAULT_ALPHA,
+                   chunk_size: int | None = None) -> Loss:
+    """The loss `(student_logits, teacher_logits, weights) -> (sum, count)` for a divergence name.
+
+    beta is read by "jsd" only, alpha by "skew-fkl" / "skew-rkl" only; both are validated always.
+    """
+    _kernel_for(name, beta=beta, alpha=alpha)  # validates name, beta and alpha
+    _check_chunk_size(chunk_size)
+    params = {"jsd": {"beta": beta}, "skew-fkl": {"alpha": alpha}, "skew-rkl": {"alpha": alpha}}
+    return functools.partial(DIVERGENCES[name], chunk_size=chunk_size, **params.get(name, {}))
+
+
+def divergence_per_token(student_logits, teacher_logits, kind: str = "fkl", *,
+                         beta: float = DEFAULT_BETA, alpha: float = DEFAULT_ALPHA,
+                         chunk_size: int | None = None) -> torch.Tensor:
+    """d_n for every position, shaped like the logits without V ([N] or [B, T]); no gradient.
+
+    For logging and validation. Unmasked: rows of padding may hold anything, mask them yourself.
+    """
+    _check_chunk_size(chunk_size)
+    kernel = _kernel_for(kind, beta=beta, alpha=alpha)
+    ones = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
+    student, teacher, _ = _flatten(student_logits, teacher_logits, ones, target_is_labels=False)
+    chunk = chunk_size or default_chunk_size(student.shape[-1])
+    dtype = _compute_dtype(student, teacher)
+    out = torch.empty(student.shape[0], dtype=dtype, device=student.device)
+    with torch.no_grad():
+        for start, stop in _chunks(student.shape[0], chunk):
+            d, _ = _divergence_chunk(kernel, student[start:stop], teacher[start:stop], False)
+            out[start:stop] = d
+    return out.reshape(student_logits.shape[:-1])
