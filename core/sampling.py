@@ -165,13 +165,16 @@ class KVStream:
         with torch.no_grad():
             self._run(ids.to(self.device), pos)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Append ids[A, S] as valid slots; returns logits[A, S, V]."""
+    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ids[A, S] as slots (all valid, or where valid[A, S]); returns logits[A, S, V]."""
         A, S = ids.shape
         assert self.next_pos.shape[0] == A, f"stream has {self.next_pos.shape[0]} rows, ids {tuple(ids.shape)}"
-        pos = self.next_pos[:, None] + torch.arange(S, device=self.device)
-        self.slot_mask = torch.cat([self.slot_mask, torch.ones(A, S, dtype=torch.long, device=self.device)], 1)
-        self.next_pos = self.next_pos + S
+        if valid is None:
+            valid = torch.ones(A, S, dtype=torch.long, device=self.device)
+        valid = valid.to(self.device, torch.long)
+        pos = self.next_pos[:, None] + (valid.cumsum(1) - 1).clamp_(min=0)
+        self.slot_mask = torch.cat([self.slot_mask, valid], 1)
+        self.next_pos = self.next_pos + valid.sum(1)
         with torch.no_grad():
             return self._run(ids.to(self.device), pos)
 
@@ -248,14 +251,85 @@ class _StopChecker:
         return None
 
 
+# --------------------------------------------------------------------------- verification rules
+
+class SkdRule:
+    """SKD (SKD_SPEC 2.3-2.5): keep the longest prefix inside the teacher's top-K; the teacher
+    samples the token at the first rejection (and the bonus row when keep_bonus)."""
+
+    needs_q = False
+    draws_per_round = 1
+
+    def __init__(self, cfg: SampleConfig):
+        self.cfg = cfg
+        self.keep_bonus = cfg.keep_bonus
+        self.teacher = dict(temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
+                            top_k=cfg.teacher_top_k if cfg.semantics == "code" else 0)
+
+    def accept(self, t_logits, draft, draft_len, q, u):
+        A, D, V = t_logits.shape[0], draft.shape[1], t_logits.shape[-1]
+        test = t_logits[:, :D]
+        if self.cfg.semantics == "code":  # released code: test on the processed teacher distribution
+            test = process_logits(test, self.cfg.teacher_temperature, self.cfg.teacher_top_k, self.cfg.teacher_top_p)
+        if test.dtype == torch.float64:  # the op takes fp32 / bf16 / fp16 (float64 = test models only)
+            test = test.float()
+        acc = ops.topk_rank_accept(test.reshape(A * D, V), draft.reshape(-1), self.cfg.k)
+        return ops.accept_prefix(acc.view(A, D), draft_len)
+
+    def token(self, t_rows, q_rows, rejected, u):
+        return sample_tokens(t_rows, u, **self.teacher)
+
+
+class SpeculativeRule:
+    """Speculative decoding (Leviathan et al. 2023): the output follows the teacher's distribution.
+
+    Greedy (temperature 0): accept while the draft equals the teacher's argmax; the teacher's argmax
+    follows. Sampling: accept draft token i while u_i < p_i / q_i (op speculative_accept); at the
+    first rejection sample from norm(max(0, p - q)); after a full acceptance, from p (bonus)."""
+
+    draws_per_round = None  # set in __init__: D acceptance uniforms + 1 for the correction
+    keep_bonus = True
+
+    def __init__(self, temperature: float, top_p: float, gamma: int):
+        self.temperature, self.top_p = temperature, top_p
+        self.needs_q = temperature > 0
+        self.draws_per_round = gamma + 1
+
+    def _probs(self, logits):
+        return torch.softmax(process_logits(logits, self.temperature, 0, self.top_p), dim=-1)
+
+    def accept(self, t_logits, draft, draft_len, q, u):
+        D = draft.shape[1]
+        if self.temperature == 0:
+            acc = draft == t_logits[:, :D].argmax(-1)
+            return ops.accept_prefix(acc, draft_len)
+        p = self._probs(t_logits)                                   # [A, D + 1, V]
+        n = ops.speculative_accept(p, q, draft, u[:, :D].to(p.dtype))
+        return torch.minimum(n, draft_len)
+
+    def token(self, t_rows, q_rows, rejected, u):
+        if self.temperature == 0:
+            return t_rows.argmax(-1)
+        p = self._probs(t_rows)
+        resid = (p - q_rows).clamp_(min=0)
+        # p == q makes the residual vanish; rejection is then impossible, but keep p as a safe fallback.
+        resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p)
+        dist = torch.where(rejected[:, None], resid, p)
+        cdf = dist.cumsum(-1)
+        target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=t_rows.shape[-1] - 1)
+
+
 # --------------------------------------------------------------------------- the sampler
 
 def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
            student_generator: torch.Generator | None = None,
            teacher_generator: torch.Generator | None = None,
            tokenizer=None, eos_token_id=None, pad_token_id: int | None = None,
-           vocab_size: int | None = None) -> Samples:
-    """Sample one response per prompt (ragged lists of token ids, no padding). See module doc."""
+           vocab_size: int | None = None, rule=None) -> Samples:
+    """Sample one response per prompt (ragged lists of token ids, no padding). See module doc.
+
+    `rule` replaces the SKD verification rule (skd.core.speculative passes SpeculativeRule)."""
     if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
         raise SkdError("every prompt needs at least one token", "check the prompt template / tokenizer")
     mode = cfg.mode
@@ -301,6 +375,9 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
         streams["t"] = KVStream(teacher, V)
         streams["t"].prefill([p[:-1] for p in prompt_ids], pad_token_id)
     pend = torch.tensor([p[-1] for p in prompt_ids], dtype=torch.long)  # last committed token, not yet consumed
+    # A fully accepted draft followed by a bonus token leaves the last draft token unseen by the
+    # student (it drafts D tokens from D forwards); it is fed, with the bonus, in the next round.
+    s_extra = torch.full((B,), -1, dtype=torch.long)
     active = torch.arange(B)
     proposed = accepted = replaced = rounds = row_rounds = 0
 
@@ -311,8 +388,7 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
         st = dict(temperature=cfg.student_temperature, top_p=cfg.student_top_p, top_k=0)
     else:  # code semantics: the released code drafts with the teacher's generation settings
         st = dict(temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p, top_k=cfg.teacher_top_k)
-    tt = dict(temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
-              top_k=cfg.teacher_top_k if cfg.semantics == "code" else 0)
+    rule = rule if rule is not None else SkdRule(cfg)
 
     while active.numel() > 0:
         rounds += 1
@@ -350,9 +426,17 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
             eos_s = eos_t.to(s_stream.device)
             cur = pend.to(s_stream.device)
             D_eff = 0
+            q = (torch.zeros(A, D, V, dtype=torch.float32, device=s_stream.device) if rule.needs_q else None)
             for j in range(D):
-                logits = s_stream.forward(cur[:, None])[:, -1]
+                if j == 0 and bool((s_extra >= 0).any()):
+                    two = torch.stack([s_extra.clamp(min=0), pend], 1)
+                    valid = torch.stack([s_extra >= 0, torch.ones_like(s_extra, dtype=torch.bool)], 1)
+                    logits = s_stream.forward(two.to(s_stream.device), valid)[:, -1]
+                else:
+                    logits = s_stream.forward(cur[:, None])[:, -1]
                 tok = sample_tokens(logits, _draw(student_generator, B, active, s_stream.device), **st)
+                if q is not None:  # the draft distribution, for the speculative acceptance test
+                    q[:, j] = torch.softmax(process_logits(logits, st["temperature"], st["top_k"], st["top_p"]), -1)
                 draft[:, j] = tok
                 D_eff = j + 1
                 stop_here = ~ended & (torch.isin(tok, eos_s) | (rem_s <= j + 1))
@@ -367,22 +451,19 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
             t_in = torch.cat([pend.to(t_dev)[:, None], draft.to(t_dev)], 1)
             t_logits = t_stream.forward(t_in)                      # [A, D_eff + 1, V]
 
-            # ---- 3. top-K test on the drafted tokens and the longest accepted prefix (SKD_SPEC 2.3)
-            test_logits = t_logits[:, :D_eff]
-            if cfg.semantics == "code":  # released code: test on the processed teacher distribution
-                test_logits = process_logits(test_logits, cfg.teacher_temperature, cfg.teacher_top_k,
-                                             cfg.teacher_top_p)
-            acc = ops.topk_rank_accept(test_logits.reshape(A * D_eff, V), draft.to(t_dev).reshape(-1), cfg.k)
-            n = ops.accept_prefix(acc.view(A, D_eff), draft_len.to(t_dev)).cpu()
+            # ---- 3. acceptance: the longest accepted prefix of the draft (SKD_SPEC 2.3)
+            u = torch.stack([_draw(teacher_generator, B, active, t_dev) for _ in range(rule.draws_per_round)], 1)
+            q = q[:, :D_eff].to(t_dev) if q is not None else None
+            n = rule.accept(t_logits, draft.to(t_dev), draft_len.to(t_dev), q, u).cpu()
             draft_len, ended, draft = draft_len.cpu(), ended.cpu(), draft.cpu()
 
             # ---- 4./5. teacher token at the first rejection, or the bonus row on full acceptance
             full = n == draft_len
-            need_tok = ~full | (~ended & cfg.keep_bonus)            # 2.6: an ended, accepted draft gets none
+            need_tok = ~full | (~ended & rule.keep_bonus)           # 2.6: an ended, accepted draft gets none
             row = torch.where(full, torch.full_like(n, D_eff), n)   # t_logits row to sample from
             ar = torch.arange(A)
-            t_tok = sample_tokens(t_logits[ar.to(t_dev), row.to(t_dev)],
-                                  _draw(teacher_generator, B, active, t_dev), **tt).cpu()
+            q_rows = q[ar.to(t_dev), row.clamp(max=D_eff - 1).to(t_dev)] if q is not None else None
+            t_tok = rule.token(t_logits[ar.to(t_dev), row.to(t_dev)], q_rows, (~full).to(t_dev), u[:, -1]).cpu()
             replacement = torch.where(need_tok, t_tok, torch.full_like(t_tok, -1))
 
             if keep_t:
@@ -411,6 +492,7 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
             s_stream.invalidate_tail(D_eff - s_valid)
             t_valid = 1 + n - (~need_tok).long()  # the accepted last draft token is re-fed next round
             t_stream.invalidate_tail(D_eff + 1 - t_valid)
+            s_extra = torch.where(full & need_tok, draft[:, D_eff - 1], torch.full_like(n, -1))
 
         # ---- end of round: EOS, stop strings, budget
         new_len = length[active]
@@ -435,6 +517,7 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
             for s in streams.values():
                 s.select(keep)
             pend = pend[keep]
+            s_extra = s_extra[keep]
             active = active[keep]
         for s in streams.values():
             s.maybe_compact()

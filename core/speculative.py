@@ -1,0 +1,67 @@
+"""Speculative decoding with the (distilled) student as draft model and the teacher as target.
+
+Public: speculative_generate(teacher, student, prompt_ids, *, gamma, max_new_tokens,
+temperature=0.0, top_p=1.0, generator=None, ...) -> (tokens, stats); SpecStats.
+
+The student drafts gamma tokens, the teacher verifies them in one forward pass (Leviathan et al.
+2023; Chen et al. 2023). Greedy: accept while the draft equals the teacher's argmax. Sampling:
+the acceptance rule u < p/q (op `speculative_accept`) with residual resampling, so the output is
+distributed exactly as teacher sampling. A bonus token follows a fully accepted draft. Batched with
+ragged rows and KV caches for both models: it is the SKD sampler's loop (skd.core.sampling) with
+the speculative verification rule. Shapes: B prompts, D = gamma, V vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from skd.core.sampling import SampleConfig, SpeculativeRule, sample
+
+
+@dataclass
+class SpecStats:
+    drafted: int                 # draft tokens put to the teacher
+    accepted: int                # of those, accepted
+    generated: int               # output tokens (accepted + teacher corrections / bonus tokens)
+    rounds: int                  # batched teacher verification passes
+    row_rounds: int              # sum over rounds of the rows in the pass (= passes for B = 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted_per_round(self) -> float:
+        return self.accepted / self.row_rounds if self.row_rounds else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.generated / self.row_rounds if self.row_rounds else 0.0
+
+    @property
+    def teacher_forwards_per_token(self) -> float:
+        """Teacher passes a sequence needed per generated token (1.0 = plain teacher decoding)."""
+        return self.row_rounds / self.generated if self.generated else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(acceptance_rate=self.acceptance_rate, mean_accepted_per_round=self.mean_accepted_per_round,
+                 tokens_per_round=self.tokens_per_round, teacher_forwards_per_token=self.teacher_forwards_per_token)
+        return d
+
+
+def speculative_generate(teacher, student, prompt_ids: list[list[int]], *, gamma: int, max_new_tokens: int,
+                         temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                         tokenizer=None, stop_strings: tuple[str, ...] = (), eos_token_id=None,
+                         vocab_size: int | None = None) -> tuple[list[list[int]], SpecStats]:
+    """Generated ids per prompt (response only, EOS included) and acceptance statistics."""
+    cfg = SampleConfig(mode="skd", gamma=gamma, keep_bonus=True, max_new_tokens=max_new_tokens,
+                       student_temperature=temperature, student_top_p=top_p, teacher_temperature=temperature,
+                       teacher_top_p=top_p, stop_strings=tuple(stop_strings), keep_teacher_logits=False)
+    rule = SpeculativeRule(temperature, top_p, gamma)
+    out = sample(teacher, student, prompt_ids, cfg, student_generator=generator, teacher_generator=generator,
+                 tokenizer=tokenizer, eos_token_id=eos_token_id, vocab_size=vocab_size, rule=rule)
+    stats = SpecStats(drafted=out.proposed, accepted=out.accepted, generated=out.generated, rounds=out.rounds,
+                      row_rounds=out.row_rounds)
+    return out.responses(), stats
