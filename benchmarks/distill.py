@@ -1,0 +1,174 @@
+"""Distillation step cost per method, and the chunked divergence's memory against an unchunked one.
+
+Public: run(teacher, student, *, methods, task, batch_size, max_new_tokens, steps, device, dtype,
+seed) -> dict; divergence_memory(n_positions, vocab, device, dtype) -> dict; PeakMemory.
+
+Step time is split as in training: sampling (building the batch's sequences), teacher (the teacher
+logits: a forward pass, or nothing when SKD reuses its verification logits), loss+backward, and
+optimizer step; tokens/s counts response tokens trained on. Peak memory: CUDA's allocator peak, or
+on CPU the peak resident set size above the level before the step (sampled every millisecond).
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import torch
+
+from skd.benchmarks.common import env_info, load_model_and_tokenizer, task_prompts
+
+METHODS = ("supervised", "on-policy", "skd", "imitkd", "gkd", "sft")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakMemory:
+    """Peak memory above the starting level while the block runs (CUDA allocator or CPU RSS)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = _rss_bytes()
+            self._max = self.start
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, _rss_bytes())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self._max = max(self._max, _rss_bytes())
+            self._stop.set()
+            self._thread.join()
+            self.peak = self._max - self.start
+        return False
+
+
+def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", batch_size: int = 8,
+        max_new_tokens: int = 64, steps: int = 3, k: int = 25, gamma: int = 5, device: str = "cpu",
+        dtype: str = "float32", seed: int = 20) -> dict:
+    from skd.core import losses
+    from skd.core.config import SampleConfig
+    from skd.core.tasks import get_task
+    from skd.core.train import _teacher_flat, accumulate_gradients, build_training_batch, tokenize_examples
+
+    dev = torch.device(device)
+    t_model, tok = load_model_and_tokenizer(teacher, device, dtype)
+    task_obj = get_task(task)
+    examples = tokenize_examples(task_obj.load("train", limit=batch_size * (steps + 1), seed=seed), tok,
+                                 task_obj.render_prompt)
+    scfg = SampleConfig(k=k, gamma=gamma, max_new_tokens=max_new_tokens, stop_strings=tuple(task_obj.stop_strings))
+    V = len(tok)
+    rows = []
+    for method in methods:
+        s_model, _ = load_model_and_tokenizer(student, device, dtype)
+        s_model.requires_grad_(True)
+        opt = torch.optim.AdamW(s_model.parameters(), lr=1e-5)
+        div = None if method in ("sft", "seqkd") else losses.get_divergence("fkl")
+        gens = {"student": torch.Generator(device=dev).manual_seed(seed + 1),
+                "teacher": torch.Generator(device=dev).manual_seed(seed + 2),
+                "method": torch.Generator().manual_seed(seed + 3)}
+        times = {"sampling": [], "teacher": [], "loss_backward": [], "optimizer": [], "step": []}
+        tokens, peaks = [], []
+        for step in range(steps + 1):  # step 0 is warm-up
+            batch = examples[step * batch_size: (step + 1) * batch_size]
+            with PeakMemory(dev) as mem:
+                t0 = time.perf_counter()
+                s = build_training_batch(method, batch, step=step, total_steps=steps + 1, teacher=t_model,
+                                         student=s_model, scfg=scfg, gens=gens, tokenizer=tok, pad_id=tok.pad_token_id,
+                                         vocab_size=V, gkd_lambda=0.5)
+                t1 = time.perf_counter()
+                tf = _teacher_flat(t_model, s, V) if div is not None else None
+                t2 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                s_model.train()
+                accumulate_gradients(s_model, s, tf, divergence=div, micro_batch_size=batch_size,
+                                     loss_norm="sequence", vocab_size=V)
+                t3 = time.perf_counter()
+                opt.step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t4 = time.perf_counter()
+            if step == 0:
+                continue
+            for key, v in (("sampling", t1 - t0), ("teacher", t2 - t1), ("loss_backward", t3 - t2),
+                           ("optimizer", t4 - t3), ("step", t4 - t0)):
+                times[key].append(v)
+            tokens.append(int(s.response_lengths.sum()))
+            peaks.append(mem.peak)
+        med = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+        rows.append({"method": method, **med, "tokens_per_step": statistics.mean(tokens),
+                     "tokens_per_s": statistics.mean(tokens) / med["step_s"], "peak_memory_bytes": max(peaks)})
+        del s_model, opt
+    by = {r["method"]: r for r in rows}
+    ratios = {}
+    if "skd" in by and "on-policy" in by:
+        ratios["skd_step_over_on_policy_step"] = by["skd"]["step_s"] / by["on-policy"]["step_s"]
+        ratios["skd_per_token_over_on_policy_per_token"] = (
+            by["on-policy"]["tokens_per_s"] / by["skd"]["tokens_per_s"])
+    return {"bench": "distill", "env": env_info(dev),
+            "config": {"teacher": teacher, "student": student, "task": task, "batch_size": batch_size,
+                       "max_new_tokens": max_new_tokens, "steps": steps, "k": k, "gamma": gamma, "dtype": dtype,
+                       "seed": seed},
+            "results": rows, "ratios": ratios}
+
+
+def divergence_memory(n_positions: int = 64, vocab: int = 256_000, device: str = "cpu",
+                      dtype: str = "float32") -> dict:
+    """Peak extra memory of FKL loss+backward: skd's chunked Function against plain autograd."""
+    from skd.core import losses
+
+    dev = torch.device(device)
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device=dev).manual_seed(0)
+    teacher = torch.randn(n_positions, vocab, generator=g, device=dev).to(dt)
+    mask = torch.ones(n_positions, dtype=torch.bool, device=dev)
+    logits_bytes = teacher.numel() * teacher.element_size()
+
+    def chunked(student):
+        s, c = losses.fkl(student, teacher, mask)
+        (s / c).backward()
+
+    def unchunked(student):
+        lq = torch.log_softmax(student.float(), -1)
+        lp = torch.log_softmax(teacher.float(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)
+        kl.mean().backward()
+
+    out = {}
+    for name, fn in (("chunked", chunked), ("unchunked", unchunked)):
+        peaks = []
+        for _ in range(3):
+            student = torch.randn(n_positions, vocab, generator=g, device=dev).to(dt).requires_grad_(True)
+            with PeakMemory(dev) as mem:
+                fn(student)
+            peaks.append(mem.peak)
+            del student
+        out[name] = {"peak_extra_bytes": min(peaks)}
+    for name in out:
+        out[name]["over_student_logits"] = out[name]["peak_extra_bytes"] / logits_bytes
+        out[name]["over_both_logits"] = out[name]["peak_extra_bytes"] / (2 * logits_bytes)
+    return {"bench": "divergence_memory", "env": env_info(dev),
+            "config": {"n_positions": n_positions, "vocab": vocab, "dtype": dtype, "logits_bytes": logits_bytes},
+            "results": out,
+            "note": "peak memory above the level before loss+backward; the inputs (student and teacher logits) "
+                    "already exist and are not counted; the gradient of the student logits is (it is output)"}

@@ -1,0 +1,297 @@
+"""`skd bench`: time skd's kernels and print / save the numbers.
+
+Public: bench (click group) with subcommands `kernels` (skd.benchmarks.kernels), `speculative`
+(skd.benchmarks.speculative), `sampling` (skd.benchmarks.sampling) and `distill`
+(skd.benchmarks.distill).
+torch and the benchmark modules are imported inside the subcommand so `skd --help` stays instant.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write text to path via a temporary file in the same folder and os.replace (no torn files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@click.group()
+def bench():
+    """Measure skd's speed against the baselines users would otherwise run.
+
+    Each subcommand prints a table and can save the full result (device, versions, threads,
+    config, medians) as one JSON line, so that only like is compared with like.
+
+    \b
+    Examples:
+      skd bench kernels
+      skd bench speculative --teacher runs/teacher/final --student runs/skd/final
+      skd bench sampling --batch-size 32
+      skd bench distill --output runs/bench/distill.json
+    """
+
+
+@bench.command("kernels")
+@click.option("--rows", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Positions verified at once (N): B prompts x gamma drafts.")
+@click.option("--vocab", type=click.IntRange(min=1), default=256_000, show_default=True,
+              help="Vocabulary size V (Gemma: 256,000).")
+@click.option("--dtype", "dtypes", type=click.Choice(["float32", "bfloat16", "float16"]), multiple=True,
+              default=("float32", "bfloat16"), show_default=True, help="Logits dtype; repeat for several.")
+@click.option("--k", type=click.IntRange(min=0), default=25, show_default=True, help="Top-K of the test (paper: 25).")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed calls per variant (after warm-up); medians are reported.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and the kernels (default: torch's setting).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as one JSON line to this file (atomically).")
+def kernels(rows, vocab, dtypes, k, repeats, device, threads, output):
+    """Time the top-K rank test, its reference, torch.topk and amax on one logits tensor.
+
+    The tokens tested are each row's argmax, so they are always accepted and the scan never
+    exits early: the kernel's worst case. amax is a single read of the tensor, the memory floor.
+    accept_prefix, splice and speculative_accept are timed at B=64, D=5.
+
+    \b
+    Examples:
+      skd bench kernels
+      skd bench kernels --rows 8 --vocab 32000 --dtype float16 --repeats 50
+      skd bench kernels --device cuda --output runs/bench/kernels-cuda.json
+    """
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from skd.benchmarks import kernels as kernels_bench
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available to this torch build; use --device cpu",
+                                 param_hint="--device")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from err
+
+    console = Console()
+    with console.status(f"timing topk_rank_accept on [{rows}, {vocab}] ({', '.join(dtypes)}) ..."):
+        result = kernels_bench.run(rows=rows, vocab=vocab, dtypes=tuple(dtypes), repeats=repeats,
+                                   device=device, k=k, threads=threads)
+
+    console.print(f"device {result['device']} ({result['device_name']}), torch {result['torch']}, "
+                  f"{result['threads']} threads, ops backend [bold]{result['backend']}[/]")
+    table = Table(title=f"topk_rank_accept, logits [{rows}, {vocab}], K={k}: median ms")
+    for col in ("dtype", "kernel", "kernel (reject)", "reference", "torch.topk", "amax"):
+        table.add_column(col, justify="left" if col == "dtype" else "right")
+    ratios = Table(title="ratios of medians (targets: kernel/amax <= 1.5, topk/kernel >= 5)")
+    for col in ("dtype", "kernel/amax", "topk/kernel", "reference/kernel", "agree"):
+        ratios.add_column(col, justify="left" if col == "dtype" else "right")
+    for name, r in result["topk_rank_accept"].items():
+        ms, ratio = r["median_ms"], r["ratios"]
+        table.add_row(name, _fmt(ms.get("kernel")), _fmt(ms.get("kernel_reject")), _fmt(ms["reference"]),
+                      _fmt(ms["torch_topk"]), _fmt(ms["amax"]))
+        ratios.add_row(name, _fmt(ratio["kernel/amax"], 2), _fmt(ratio["topk/kernel"], 1),
+                       _fmt(ratio["reference/kernel"], 1), "yes" if r["agree"] else "[red]NO[/]")
+    console.print(table)
+    console.print(ratios)
+    console.print(f"[dim]{result['config']['tokens']}[/]")
+
+    small = result["small_ops"]
+    cfg = small["config"]
+    table = Table(title=f"µs per call, B={cfg['B']} D={cfg['D']} V={cfg['V']}")
+    for col in ("op", "kernel", "reference"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for op, ms in small["median_ms"].items():
+        kernel_us = ms["kernel"] * 1e3 if "kernel" in ms else None
+        table.add_row(op, _fmt(kernel_us, 1), _fmt(ms["reference"] * 1e3, 1))
+    console.print(table)
+
+    if output is not None:
+        _write_atomically(output, json.dumps(result) + "\n")
+        console.print(f"wrote {output}")
+
+
+def _emit(result: dict, output: Path | None) -> None:
+    if output is not None:
+        _write_atomically(output, json.dumps(result) + "\n")
+
+
+def _device_line(result: dict) -> str:
+    env = result["env"]
+    return (f"{env['device_name']} · torch {env['torch']} · {env['threads']} threads · ops {env['ops_backend']}")
+
+
+@bench.command("speculative")
+@click.option("--teacher", default="tiny-teacher", show_default=True, help="Target model.")
+@click.option("--student", "students", multiple=True, default=("tiny-student",), show_default=True,
+              help="Draft model; repeat to compare several.")
+@click.option("--task", default="arith", show_default=True, help="Prompts come from this task's test split.")
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help="Local file for the task's prompts.")
+@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--gamma", "gammas", default="1,2,4,8", show_default=True, help="Draft lengths, comma-separated.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0: greedy (outputs must equal the teacher's); > 0: Leviathan sampling.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON result file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG of speedup and acceptance against gamma (default: next to --output).")
+def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, max_new_tokens, temperature, device,
+                dtype, output, plot):
+    """Measure each student as a speculative-decoding draft for the teacher.
+
+    Reports acceptance, accepted tokens per round, teacher passes per token, tokens/s and the
+    speedup over teacher-alone decoding of the same prompts, all measured in this run.
+
+    \b
+    Examples:
+      skd bench speculative
+      skd bench speculative --teacher runs/teacher/final --student runs/skd/final --student runs/sup/final
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from skd.benchmarks import speculative as spec
+    from skd.core.errors import SkdError
+
+    try:
+        gl = tuple(int(g) for g in gammas.split(","))
+    except ValueError:
+        raise SkdError(f"--gamma must be comma-separated integers (got {gammas!r})", "e.g. --gamma 1,2,4,8")
+    if not gl or min(gl) < 1:
+        raise SkdError(f"every gamma must be >= 1 (got {gammas!r})", "e.g. --gamma 1,2,4,8")
+    result = spec.run(teacher, list(students), task=task, n_prompts=n_prompts, batch_size=batch_size, gammas=gl,
+                      max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype, data=data)
+    base = result["teacher_alone"]
+    table = Table(title=f"speculative decoding · teacher alone {base['tokens_per_s']:.0f} tok/s",
+                  caption=_device_line(result))
+    # acc/rnd: accepted draft tokens per round; T/tok: teacher passes per generated token; =T: greedy
+    # outputs identical to the teacher's own.
+    for col in ("student", "γ", "accept", "acc/rnd", "tok/rnd", "T/tok", "tok/s", "speedup", "=T"):
+        table.add_column(col, justify="right" if col != "student" else "left")
+    for r in result["results"]:
+        match = "-" if r["outputs_match_teacher"] is None else ("yes" if r["outputs_match_teacher"] else "NO")
+        table.add_row(r["student"], str(r["gamma"]), _fmt(r["acceptance_rate"]), _fmt(r["mean_accepted_per_round"], 2),
+                      _fmt(r["tokens_per_round"], 2), _fmt(r["teacher_forwards_per_token"]),
+                      f"{r['tokens_per_s']:.0f}", f"{r['speedup']:.2f}x", match)
+    Console().print(table)
+    _emit(result, output)
+    png = plot or (output.with_suffix(".png") if output is not None else None)
+    if png is not None:
+        spec.plot(result, str(png))
+    if temperature == 0 and not all(r["outputs_match_teacher"] for r in result["results"]):
+        raise SkdError("greedy speculative outputs differ from the teacher's own greedy outputs",
+                       "this is a bug in skd: please report it with the JSON output")
+
+
+@bench.command("sampling")
+@click.option("--teacher", default="tiny-teacher", show_default=True)
+@click.option("--student", default="tiny-student", show_default=True)
+@click.option("--task", default="arith", show_default=True)
+@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch1-prompts", type=click.IntRange(min=1), default=None,
+              help="Prompts for the slow batch-1 loop (default: all).")
+@click.option("--k", type=click.IntRange(min=0), default=25, show_default=True)
+@click.option("--gamma", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, gamma, max_new_tokens, device, dtype,
+             output):
+    """Compare the batched SKD sampler with a per-prompt loop and with student-only sampling.
+
+    \b
+    Examples:
+      skd bench sampling --batch-size 32
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from skd.benchmarks import sampling as smp
+
+    result = smp.run(teacher, student, task=task, n_prompts=n_prompts, batch_size=batch_size, k=k, gamma=gamma,
+                     max_new_tokens=max_new_tokens, device=device, dtype=dtype, batch1_prompts=batch1_prompts)
+    table = Table(title="sampling throughput", caption=_device_line(result))
+    for col in ("variant", "prompts", "batch", "tokens", "seconds", "tok/s"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    for name, r in result["results"].items():
+        table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
+                      f"{r['tokens_per_s']:.0f}")
+    Console().print(table)
+    for k_, v in result["ratios"].items():
+        Console().print(f"{k_}: {v:.2f}x")
+    _emit(result, output)
+
+
+@bench.command("distill")
+@click.option("--teacher", default="tiny-teacher", show_default=True)
+@click.option("--student", default="tiny-student", show_default=True)
+@click.option("--method", "methods", multiple=True,
+              default=("supervised", "on-policy", "skd", "imitkd", "gkd", "sft"), show_default=True)
+@click.option("--task", default="arith", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps per method.")
+@click.option("--memory-vocab", type=click.IntRange(min=2), default=256_000, show_default=True,
+              help="Vocabulary of the chunked-vs-unchunked divergence memory test.")
+@click.option("--memory-positions", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, memory_vocab, memory_positions,
+            device, dtype, output):
+    """Time one distillation step per method (sampling / teacher / loss+backward) and the loss's memory.
+
+    \b
+    Examples:
+      skd bench distill
+      skd bench distill --method skd --method on-policy --batch-size 16
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from skd.benchmarks import distill as dst
+
+    result = dst.run(teacher, student, methods=methods, task=task, batch_size=batch_size,
+                     max_new_tokens=max_new_tokens, steps=steps, device=device, dtype=dtype)
+    mem = dst.divergence_memory(memory_positions, memory_vocab, device=device)
+    table = Table(title=f"distillation step · batch {batch_size}", caption=_device_line(result))
+    for col in ("method", "sampling s", "teacher s", "loss+bwd s", "step s", "tok/s", "peak MB"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for r in result["results"]:
+        table.add_row(r["method"], _fmt(r["sampling_s"]), _fmt(r["teacher_s"]), _fmt(r["loss_backward_s"]),
+                      _fmt(r["step_s"]), f"{r['tokens_per_s']:.0f}", f"{r['peak_memory_bytes'] / 2**20:.0f}")
+    console = Console()
+    console.print(table)
+    for k_, v in result["ratios"].items():
+        console.print(f"{k_}: {v:.2f}x")
+    mt = Table(title=f"FKL loss+backward memory · {memory_positions} x {memory_vocab} fp32 logits "
+                     f"({mem['config']['logits_bytes'] / 2**20:.0f} MB each)")
+    for col in ("variant", "peak extra MB", "/ student logits", "/ student+teacher logits"):
+        mt.add_column(col, justify="right" if col != "variant" else "left")
+    for name, r in mem["results"].items():
+        mt.add_row(name, f"{r['peak_extra_bytes'] / 2**20:.0f}", _fmt(r["over_student_logits"], 2),
+                   _fmt(r["over_both_logits"], 2))
+    console.print(mt)
+    _emit({**result, "divergence_memory": mem}, output)
