@@ -295,3 +295,41 @@ def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, 
                    _fmt(r["over_both_logits"], 2))
     console.print(mt)
     _emit({**result, "divergence_memory": mem}, output)
+
+
+@bench.command("generation")
+@click.option("--model", default="tiny-teacher", show_default=True)
+@click.option("--task", default="arith", show_default=True)
+@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch1-prompts", type=click.IntRange(min=1), default=None,
+              help="Prompts for the slow batch-1 pass (default: all).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def generation(model, task, n_prompts, batch_size, batch1_prompts, max_new_tokens, device, dtype, output):
+    """Compare batched greedy generation (what `skd eval` runs) with batch-size-1 generation.
+
+    \b
+    Examples:
+      skd bench generation --model runs/teacher/final --batch-size 32
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from skd.benchmarks import generation as gen
+
+    result = gen.run(model, task=task, n_prompts=n_prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                     device=device, dtype=dtype, batch1_prompts=batch1_prompts)
+    table = Table(title="evaluation generation (greedy)", caption=_device_line(result))
+    for col in ("variant", "prompts", "batch", "tokens", "seconds", "tok/s"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    for name, r in result["results"].items():
+        table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
+                      f"{r['tokens_per_s']:.0f}")
+    console = Console()
+    console.print(table)
+    console.print(f"batched / batch-1 tokens/s: {result['ratios']['batched_over_batch1_tokens_per_s']:.2f}x · "
+                  f"outputs identical: {result['outputs_identical']}")
+    _emit(result, output)
