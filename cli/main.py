@@ -13,6 +13,7 @@ import sys
 import click
 
 from skd.cli.bench import bench
+from skd.cli.demo_cmd import demo
 from skd.cli.eval_cmd import eval_cmd
 from skd.cli.train_cmd import distill, sft
 
@@ -70,6 +71,7 @@ def main(debug: bool):
 
     \b
     Examples:
+      skd demo
       skd sft --model tiny-teacher --task arith --output-dir runs/teacher
       skd distill --method skd --k 25 --student gemma-2b --teacher gemma-7b-it --task gsm8k
       skd bench kernels
@@ -85,6 +87,7 @@ main.add_command(sft)
 main.add_command(distill)
 main.add_command(eval_cmd)
 main.add_command(bench)
+main.add_command(demo)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,201 @@
+"""`skd demo`: the paper's comparison in miniature, offline on a CPU, in minutes.
+
+Public: DemoConfig, run_demo(cfg, *, on_event=None) -> dict.
+
+Steps (each cached in the run directory, so a second run skips what is done):
+  1. teacher      — SFT of the `tiny-teacher` preset on plenty of built-in `arith` data;
+  2. student init — `tiny-student` SFT'd briefly on the small distillation set (a weak start,
+                    the paper's "1k" regime);
+  3. distil       — from that init, with each method (supervised KD, on-policy KD, SKD) on the
+                    same prompts, steps, optimizer and schedule; accuracy on a validation subset
+                    every `curve_every` steps (the curves);
+  4. evaluate     — teacher, init and every student on the test split (greedy, exact match);
+  5. draft        — every student as the speculative-decoding draft of the teacher (greedy, gamma 4).
+Writes results.json and curves.png into the run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    run_dir: str = "runs/demo"
+    task: str = "arith"
+    methods: tuple[str, ...] = ("supervised", "on-policy", "skd")
+    # teacher: plenty of data, trained once (cached); lr for training from scratch, not the paper's 1e-5
+    teacher_limit: int = 50_000
+    teacher_steps: int = 600
+    teacher_batch: int = 32
+    teacher_lr: float = 1e-3
+    teacher_warmup: int = 30
+    # student init and distillation: the paper's small fixed prompt set
+    limit: int = 1000                  # the "1k" regime
+    init_steps: int = 60               # brief SFT: a weak initialisation
+    init_lr: float = 1e-3
+    distill_steps: int = 150
+    distill_lr: float = 5e-4           # tiny models from scratch need far more than the paper's 1e-5
+    batch_size: int = 16
+    k: int = 25                        # paper default
+    gamma: int = 5                     # released code default
+    max_new_tokens: int = 96           # arith answers are < 60 characters
+    curve_every: int = 25
+    curve_examples: int = 64           # validation problems scored for the curves
+    eval_examples: int = 300           # test problems scored at the end
+    spec_gamma: int = 4
+    spec_prompts: int = 64
+    dtype: str = "bfloat16"            # CPU: fp32 master weights, bf16 autocast (faster on this CPU)
+    seed: int = 20
+
+    def recipe_hash(self, *fields: str) -> str:
+        d = dataclasses.asdict(self)
+        return hashlib.sha1(json.dumps({f: d[f] for f in fields}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _stage_done(folder: Path, stamp: str) -> bool:
+    return (folder / "final" / "trainer_state.json").exists() and (folder / "recipe.txt").exists() \
+        and (folder / "recipe.txt").read_text().strip() == stamp
+
+
+def _accuracy(model, tok, task, examples, batch_size=64, max_new_tokens=96) -> float:
+    from skd.core.evaluation import evaluate_model
+
+    metrics, _ = evaluate_model(model, tok, task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return float(metrics["accuracy"])
+
+
+def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
+    import torch
+
+    from skd.core import models as model_lib
+    from skd.core.sampling import sample
+    from skd.core.speculative import speculative_generate
+    from skd.core.tasks import get_task
+    from skd.core.train import atomic_write_text, tokenize_examples, train
+
+    emit = on_event or (lambda kind, payload: None)
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    task = get_task(cfg.task)
+    t_start = time.perf_counter()
+    timings = {}
+
+    def sft(name: str, model: str, limit: int, steps: int, batch: int, lr: float, warmup: int, stamp_fields):
+        folder = root / name
+        stamp = cfg.recipe_hash(*stamp_fields)
+        if _stage_done(folder, stamp):
+            emit("cached", {"stage": name, "path": str(folder / "final")})
+            return folder / "final"
+        emit("stage", {"stage": name, "steps": steps})
+        t0 = time.perf_counter()
+        run = RunConfig(model=ModelConfig(teacher=None, student=model, dtype=cfg.dtype),
+                        data=DataConfig(task=cfg.task, limit=limit, val_limit=0, seed=cfg.seed),
+                        train=TrainConfig(method="sft", lr=lr, warmup_steps=warmup, max_steps=steps, batch_size=batch,
+                                          eval_every=0, save_every=0, seed=cfg.seed, output_dir=str(folder),
+                                          overwrite=True),
+                        sample=SampleConfig(max_new_tokens=cfg.max_new_tokens))
+        train(run, on_event=lambda k, p: emit(f"{name}:{k}", p))
+        (folder / "recipe.txt").write_text(stamp + "\n")
+        timings[name] = time.perf_counter() - t0
+        return folder / "final"
+
+    teacher_dir = sft("teacher", "tiny-teacher", cfg.teacher_limit, cfg.teacher_steps, cfg.teacher_batch,
+                      cfg.teacher_lr, cfg.teacher_warmup,
+                      ("task", "teacher_limit", "teacher_steps", "teacher_batch", "teacher_lr", "teacher_warmup",
+                       "dtype", "seed"))
+    init_dir = sft("student_init", "tiny-student", cfg.limit, cfg.init_steps, cfg.batch_size, cfg.init_lr, 0,
+                   ("task", "limit", "init_steps", "batch_size", "init_lr", "dtype", "seed"))
+
+    tok = model_lib.load_tokenizer(str(teacher_dir))
+    teacher = model_lib.load_model(str(teacher_dir), dtype="float32")
+    model_lib.freeze(teacher)
+    curve_ex = task.load("validation", limit=cfg.curve_examples, seed=cfg.seed)
+    test_ex = task.load("test", limit=cfg.eval_examples, seed=cfg.seed)
+    train_ex = tokenize_examples(task.load("train", limit=cfg.limit, seed=cfg.seed), tok, task.render_prompt)
+
+    results = {"config": dataclasses.asdict(cfg), "methods": {}}
+    emit("stage", {"stage": "evaluate teacher and init"})
+    results["teacher_accuracy"] = _accuracy(teacher, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
+    init_model = model_lib.load_model(str(init_dir), dtype="float32")
+    results["init_accuracy"] = _accuracy(init_model, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
+    init_curve = _accuracy(init_model, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)
+    del init_model
+
+    spec_prompts = [t.prompt_ids for t in tokenize_examples(test_ex[: cfg.spec_prompts], tok, task.render_prompt)]
+    spec_kw = dict(max_new_tokens=cfg.max_new_tokens, tokenizer=tok, stop_strings=tuple(task.eval_stop_strings),
+                   vocab_size=len(tok))
+    greedy = SampleConfig(mode="teacher", teacher_temperature=0, max_new_tokens=cfg.max_new_tokens,
+                          stop_strings=tuple(task.eval_stop_strings), keep_teacher_logits=False)
+    sample(teacher, None, spec_prompts[:4], greedy, tokenizer=tok, vocab_size=len(tok))  # warm-up, untimed
+    t0 = time.perf_counter()
+    teacher_out = sample(teacher, None, spec_prompts, greedy, tokenizer=tok, vocab_size=len(tok))
+    teacher_tps = teacher_out.generated / (time.perf_counter() - t0)
+    results["teacher_tokens_per_s"] = teacher_tps
+    for method in cfg.methods:
+        emit("stage", {"stage": f"distill {method}", "steps": cfg.distill_steps})
+        t0 = time.perf_counter()
+        student = model_lib.load_model(str(init_dir), dtype="float32")
+        curve = [(0, init_curve)]
+
+        def on_step(kind, p, student=student, curve=curve):
+            emit(f"{method}:{kind}", p)
+            if kind == "step" and p["step"] % cfg.curve_every == 0:
+                curve.append((p["step"], _accuracy(student, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)))
+
+        run = RunConfig(model=ModelConfig(), data=DataConfig(task=cfg.task, limit=cfg.limit, val_limit=0),
+                        train=TrainConfig(method=method, lr=cfg.distill_lr, max_steps=cfg.distill_steps,
+                                          batch_size=cfg.batch_size, eval_every=0, save_every=0, seed=cfg.seed,
+                                          output_dir=str(root / method), overwrite=True),
+                        sample=SampleConfig(k=cfg.k, gamma=cfg.gamma, max_new_tokens=cfg.max_new_tokens))
+        # A half-precision student tells train() to keep fp32 master weights and compute under autocast;
+        # train() casts the (same) module back to fp32 in place.
+        if cfg.dtype != "float32":
+            student.to(getattr(torch, cfg.dtype))
+        train(run, on_event=on_step, models=(teacher, student, tok), examples=(train_ex, []))
+        train_s = time.perf_counter() - t0
+        metrics = [json.loads(x) for x in (root / method / "metrics.jsonl").read_text().splitlines()]
+        n = max(1, len(metrics) // 10)
+        acc = _accuracy(student, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
+        t1 = time.perf_counter()
+        _, st = speculative_generate(teacher, student, spec_prompts, gamma=cfg.spec_gamma, **spec_kw)
+        draft = {**st.to_dict(), "speedup": st.generated / (time.perf_counter() - t1) / teacher_tps}
+        results["methods"][method] = {
+            "test_accuracy": acc, "curve": curve, "train_wall_s": train_s,
+            "correction_rate_start": sum(m["correction_rate"] for m in metrics[:n]) / n,
+            "correction_rate_end": sum(m["correction_rate"] for m in metrics[-n:]) / n,
+            "correction_curve": [(m["step"], m["correction_rate"]) for m in metrics],
+            "draft": draft, "checkpoint": str(root / method / "final")}
+        emit("method_done", {"method": method, **results["methods"][method]})
+        del student
+    results["timings_s"] = {**timings, "total": time.perf_counter() - t_start}
+    atomic_write_text(root / "results.json", json.dumps(results, indent=2))
+    results["plot"] = _plot(results, root / "curves.png")
+    return results
+
+
+def _plot(results: dict, path: Path) -> str | None:
+    from skd.benchmarks.common import save_plot
+
+    def draw(plt):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for method, r in results["methods"].items():
+            a1.plot(*zip(*r["curve"]), marker="o", label=method)
+            steps, corr = zip(*r["correction_curve"]) if r["correction_curve"] else ((), ())
+            if any(corr):
+                a2.plot(steps, corr, label=method)
+        a1.axhline(results["teacher_accuracy"], color="black", ls="--", lw=0.8, label="teacher")
+        a1.set(xlabel="step", ylabel="validation accuracy", title="Accuracy (exact match)", ylim=(0, 1))
+        a1.legend(fontsize=8)
+        a2.set(xlabel="step", ylabel="teacher replacements / generated tokens", title="Correction rate",
+               ylim=(0, 1))
+        a2.legend(fontsize=8)
+        return fig
+    return save_plot(path, draw)
