@@ -4,7 +4,9 @@ Public: run(rows, vocab, dtypes, repeats, device, k, seed) -> dict (JSON-able: d
 threads, config, medians in ms, ratios). Shape letters: N rows, V vocab, K top-k, B batch,
 D draft length. The top-K test is timed on ONE logits tensor [N, V] per dtype against
 torch.topk + membership and against `amax` (one read of the tensor: the memory floor), with
-every variant interleaved per repeat so background load hits them alike.
+every variant interleaved per repeat so background load hits them alike. On CUDA the result
+also holds "gpu_timing": device time per call from CUDA events (no launch gaps) and the
+device's measured copy bandwidth, so the kernel can be stated as a fraction of it.
 """
 from __future__ import annotations
 
@@ -109,6 +111,69 @@ def _time_topk(logits: torch.Tensor, k: int, repeats: int, warmup: int) -> dict:
     return {"median_ms": ms, "ratios": ratios, "agree": agree}
 
 
+# ---- CUDA only: device time and bandwidth ---------------------------------------------------
+
+COPY_BYTES = 1 << 30  # 1 GiB copied: ~20x an H100's 50 MB L2, so the copy runs from and to DRAM
+SLEEP_CYCLES = 2_000_000  # ~1 ms at ~2 GHz: longer than the host needs to queue the timed calls
+
+
+def _gpu_us_per_call(fn: Callable[[], object], calls: int, repeats: int) -> float:
+    """Median device time per call in µs: `calls` back-to-back calls between two CUDA events.
+
+    The stream is held by a sleep kernel while the host queues the calls, so launch overhead and
+    host gaps stay out of the number (the host-timed medians above include them).
+    """
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        torch.cuda._sleep(SLEEP_CYCLES)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()  # the one host sync per sample
+        samples.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(samples)
+
+
+def _copy_bandwidth(device: torch.device, repeats: int) -> dict:
+    """Device-to-device copy of COPY_BYTES (random bytes): GB/s counting bytes read + written."""
+    free, _ = torch.cuda.mem_get_info(device)
+    n = min(COPY_BYTES, free // 4)  # source and destination, with room to spare
+    src = torch.randint(0, 256, (n,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    us = _gpu_us_per_call(lambda: dst.copy_(src), calls=5, repeats=repeats)
+    del src, dst
+    torch.cuda.empty_cache()
+    return {"bytes": n, "us": us, "GBps": 2 * n / (us * 1e-6) / 1e9}
+
+
+def _gpu_timing_topk(logits: torch.Tensor, k: int, repeats: int, copy_gbps: float) -> dict:
+    """Device µs per call of the kernel (accept and reject case) and amax, and the bandwidth the
+    accept case reaches: it reads every logit once, so bytes / time against the copy's GB/s."""
+    tokens = logits.argmax(-1)
+    reject = logits.argmin(-1)
+    calls = 20  # per sample: several calls in flight, each a few to a few hundred µs
+    fns = {"amax": lambda: logits.amax(-1)}
+    if ops.backend() == "cuda":
+        fns["kernel"] = lambda: torch.ops.skd.topk_rank_accept(logits, tokens, k)
+        fns["kernel_reject"] = lambda: torch.ops.skd.topk_rank_accept(logits, reject, k)
+    us = {name: _gpu_us_per_call(fn, calls, repeats) for name, fn in fns.items()}
+    n_bytes = logits.numel() * logits.element_size()
+    gbps = {name: n_bytes / (us[name] * 1e-6) / 1e9 for name in ("kernel", "amax") if name in us}
+    l2 = getattr(torch.cuda.get_device_properties(logits.device), "L2_cache_size", None)
+    return {
+        "us": us,
+        "logits_bytes": n_bytes,
+        # Repeated calls on one tensor: when it fits in L2 the reads are served from the cache.
+        "fits_in_l2": None if l2 is None else n_bytes <= l2,
+        "GBps": gbps,
+        "fraction_of_copy": {name: v / copy_gbps for name, v in gbps.items()},
+    }
+
+
 def _time_small_ops(device: torch.device, repeats: int, warmup: int, seed: int) -> dict:
     """accept_prefix / splice / speculative_accept at B=64, D=5: per-call latency in ms."""
     g = torch.Generator().manual_seed(seed)
@@ -194,9 +259,24 @@ def run(
             per_dtype[name] = _time_topk(logits, k, repeats, warmup)
             del logits
         small_ops = _time_small_ops(dev, repeats, warmup, seed)
+        gpu_timing = None
+        if dev.type == "cuda":
+            copy = _copy_bandwidth(dev, repeats)
+            gpu_timing = {
+                "method": f"CUDA events around back-to-back calls queued behind a sleep kernel; median "
+                          f"of {repeats} samples",
+                "l2_bytes": getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", None),
+                "copy_bandwidth": copy,
+                "topk_rank_accept": {},
+            }
+            for name in dtypes:
+                logits = base.to(DTYPES[name]).to(dev)
+                gpu_timing["topk_rank_accept"][name] = _gpu_timing_topk(logits, k, repeats, copy["GBps"])
+                del logits
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
+    extra = {} if gpu_timing is None else {"gpu_timing": gpu_timing}
     return {
         "benchmark": "kernels",
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -217,4 +297,5 @@ def run(
         },
         "topk_rank_accept": per_dtype,
         "small_ops": small_ops,
+        **extra,
     }
