@@ -10,7 +10,6 @@ device's measured copy bandwidth, so the kernel can be stated as a fraction of i
 """
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from skd.benchmarks.common import device_name
 from skd.core import ops
 
 TOKENS_NOTE = (
@@ -66,19 +66,6 @@ def _interleaved_medians(
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1e3 / inner)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:  # Linux names the CPU model here; platform.processor() is often empty
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time_topk(logits: torch.Tensor, k: int, repeats: int, warmup: int) -> dict:
@@ -281,7 +268,7 @@ def run(
         "benchmark": "kernels",
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(dev),
-        "device_name": _device_name(dev),
+        "device_name": device_name(dev),
         "torch": torch.__version__,
         "backend": ops.backend(),
         "threads": used_threads,
