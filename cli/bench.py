@@ -333,3 +333,48 @@ def generation(model, task, n_prompts, batch_size, batch1_prompts, max_new_token
     console.print(f"batched / batch-1 tokens/s: {result['ratios']['batched_over_batch1_tokens_per_s']:.2f}x · "
                   f"outputs identical: {result['outputs_identical']}")
     _emit(result, output)
+
+
+@bench.command("steadiness")
+@click.option("--steps", type=click.IntRange(min=2), default=1000, show_default=True, help="Optimizer steps.")
+@click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Step whose memory is the baseline (pools and caches are in place by then).")
+@click.option("--method", type=click.Choice(["skd", "supervised", "on-policy", "imitkd", "mixed-skd", "gkd"]),
+              default="skd", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=0), default=250, show_default=True,
+              help="Checkpoints during the run (their writes are part of what must stay flat).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch CPU threads.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result (with the RSS trace) as one JSON line.")
+def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, threads, output):
+    """Check that resident memory stays flat over a long tiny-model distillation run.
+
+    RSS (/proc/self/statm) is read after every step; the run passes when it grows by less than 5%
+    between step --warmup and the last step.
+
+    \b
+    Examples:
+      skd bench steadiness
+      skd bench steadiness --steps 2000 --output runs/bench/steadiness.json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from skd.benchmarks import steadiness as st
+
+    if warmup >= steps:
+        raise click.BadParameter(f"must be below --steps ({steps})", param_hint="--warmup")
+    result = st.run(steps, method=method, batch_size=batch_size, max_new_tokens=max_new_tokens, warmup=warmup,
+                    save_every=save_every, threads=threads)
+    rss = result["rss_mib"]
+    table = Table(title=f"resident memory over {steps} {method} steps ({result['steps_per_s']:.1f} steps/s)",
+                  caption=_device_line(result))
+    for col in ("before training", f"step {warmup}", f"step {steps}", "max after warm-up", "growth", "steady"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{rss['before_training']:.1f} MiB", f"{rss['at_warmup']:.1f} MiB", f"{rss['at_end']:.1f} MiB",
+                  f"{rss['max_after_warmup']:.1f} MiB", f"{100 * result['growth']:+.2f}%",
+                  "yes" if result["steady"] else "NO (>= 5%)")
+    Console().print(table)
+    _emit(result, output)

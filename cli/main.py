@@ -37,6 +37,17 @@ def _print_version(ctx, _param, value):
     ctx.exit()
 
 
+def _print_error(text: str) -> None:
+    """One line on stderr; under torchrun each process names its rank (they may fail differently)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    Console(stderr=True, highlight=False).print(f"{escape(prefix)}[bold red]error:[/] {escape(text)}", markup=True,
+                                                soft_wrap=True)
+
+
 class _Group(click.Group):
     """Turns SkdError into one line on stderr and exit code 2 (traceback only with --debug)."""
 
@@ -48,10 +59,15 @@ class _Group(click.Group):
         except SkdError as e:
             if os.environ.get("SKD_DEBUG"):
                 raise
-            from rich.console import Console
-
-            Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            _print_error(str(e))
             sys.exit(2)
+        except click.UsageError as e:
+            # click's own layout is three lines (usage, hint, error); keep errors to one line.
+            if os.environ.get("SKD_DEBUG"):
+                raise
+            where = e.ctx.command_path if e.ctx is not None else "skd"
+            _print_error(f"{e.format_message()} — see '{where} --help'")
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

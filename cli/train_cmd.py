@@ -6,6 +6,9 @@ line override the file.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 # option name -> (config section, field)
@@ -23,6 +26,7 @@ OPTION_FIELDS = {
     "micro_batch_size": ("train", "micro_batch_size"), "eval_every": ("train", "eval_every"),
     "save_every": ("train", "save_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "seed": ("train", "seed"), "output_dir": ("train", "output_dir"), "overwrite": ("train", "overwrite"),
+    "resume": ("train", "resume"), "fsdp": ("train", "fsdp"), "sample_chunk": ("train", "sample_chunk"),
     "k": ("sample", "k"), "gamma": ("sample", "gamma"), "semantics": ("sample", "semantics"),
     "keep_bonus": ("sample", "keep_bonus"), "student_temperature": ("sample", "student_temperature"),
     "student_top_p": ("sample", "student_top_p"), "teacher_temperature": ("sample", "teacher_temperature"),
@@ -69,7 +73,7 @@ def _common_options(f):
         click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient-norm clip (0: off)."),
         click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the training set."),
         click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs)."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per optimizer step."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per optimizer step (the global batch, split across processes)."),
         click.option("--micro-batch-size", type=int, default=None,
                      help="Sequences per forward/backward (gradient accumulation)."),
         click.option("--loss-norm", type=click.Choice(["sequence", "token"]), default="sequence", show_default=True,
@@ -85,6 +89,14 @@ def _common_options(f):
         click.option("--output-dir", type=click.Path(), default=None,
                      help="Run directory (default runs/<method>-<task>)."),
         click.option("--overwrite", is_flag=True, help="Replace another run's checkpoints in --output-dir."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the run in --output-dir from its latest complete checkpoint (same options)."),
+        click.option("--fsdp", is_flag=True,
+                     help="Multi-process runs: shard the student's gradients and AdamW state with FSDP instead "
+                          "of replicating them (DDP); its full weights must still fit one device."),
+        click.option("--sample-chunk", type=int, default=None,
+                     help="Sequences sampled with one seeded generator pair (default: the per-process batch). "
+                          "Equal values draw the same sequences at any process count."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML/JSON file of option values; command-line options override it."),
     ]
@@ -158,12 +170,14 @@ def _run(cfg) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from skd.core.train import train
+    from transformers.utils import logging as hf_logging
 
-    console = Console(stderr=True)
-    console.print(f"[bold]skd[/] {cfg.train.method} · task {cfg.data.task} · student {cfg.model.student}"
-                  + (f" · teacher {cfg.model.teacher}" if cfg.train.method not in ("sft", "seqkd") else "")
-                  + f" → {cfg.train.output_dir}")
+    from skd.core.train import TrainingInterrupted, train
+
+    hf_logging.disable_progress_bar()  # transformers' per-load bars would interleave with ours
+    # Under torchrun only the first process draws the progress bar and the table.
+    main_process = os.environ.get("RANK", "0") in ("", "0")
+    console = Console(stderr=True, quiet=not main_process)
     progress = Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, transient=False)
@@ -171,8 +185,14 @@ def _run(cfg) -> dict:
 
     def on_event(kind: str, p: dict):
         nonlocal task_id
-        if kind == "start":
-            task_id = progress.add_task(p["method"], total=p["total_steps"], info="")
+        if kind == "start":  # every input was checked: a failure before this prints only the error line
+            console.print(f"[bold]skd[/] {cfg.train.method} · task {cfg.data.task} · student {cfg.model.student}"
+                          + (f" · teacher {cfg.model.teacher}" if cfg.train.method not in ("sft", "seqkd") else "")
+                          + (f" · {p['world_size']} processes" if p.get("world_size", 1) > 1 else "")
+                          + f" → {cfg.train.output_dir}")
+            progress.start()
+            task_id = progress.add_task(p["method"], total=p["total_steps"], completed=p.get("start_step", 0),
+                                        info=f"resumed from {p['resumed_from']}" if p.get("resumed_from") else "")
         elif kind == "step":
             info = f"loss {p['loss']:.4f}"
             if p.get("proposed"):
@@ -182,8 +202,16 @@ def _run(cfg) -> dict:
             info += f" · {p['tokens_per_s']:.0f} tok/s"
             progress.update(task_id, completed=p["step"], info=info)
 
-    with progress:
+    try:
         summary = train(cfg, on_event=on_event)
+    except TrainingInterrupted as e:
+        progress.stop()
+        console.print(f"[bold yellow]stopped:[/] {e} — continue with the same command and --resume", soft_wrap=True)
+        sys.exit(e.exit_code)
+    finally:
+        progress.stop()  # started by the "start" event: an input error never draws an empty bar
+    if not main_process:
+        return summary
     last = summary.get("last") or {}
     table = Table(title=f"{cfg.train.method} finished in {summary['wall_time_s']:.1f}s")
     for col in ("steps", "final loss", "val loss", "correction rate", "acceptance", "checkpoint"):
@@ -228,9 +256,11 @@ def sft(ctx, **params):
 @click.option("--semantics", type=click.Choice(["paper", "code"]), default="paper", show_default=True,
               help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
 @click.option("--keep-bonus", is_flag=True, help="SKD: keep the teacher's bonus token on full acceptance.")
-@click.option("--student-temperature", type=float, default=0.5, show_default=True)
+@click.option("--student-temperature", type=float, default=0.5, show_default=True,
+              help="Student drafting temperature (0: greedy).")
 @click.option("--student-top-p", type=float, default=0.5, show_default=True)
-@click.option("--teacher-temperature", type=float, default=0.2, show_default=True)
+@click.option("--teacher-temperature", type=float, default=0.2, show_default=True,
+              help="Teacher replacement temperature (0: greedy).")
 @click.option("--teacher-top-p", type=float, default=0.5, show_default=True)
 @click.option("--teacher-top-k", type=int, default=50, show_default=True, help="Only for --semantics code.")
 @click.option("--stop", multiple=True, help="Extra stop string (repeatable; default: the task's).")
@@ -250,6 +280,12 @@ def distill(ctx, **params):
       skd distill --method skd --k 25 --student runs/student --teacher runs/teacher/final --task arith
       skd distill --method skd --k 25 --student gemma-2b --teacher gemma-7b-it --task gsm8k
       skd distill --method on-policy --student qwen2.5-0.5b-instruct --teacher qwen2.5-7b-instruct
+      skd distill --method skd --output-dir runs/skd --resume          # continue after a stop or crash
+      torchrun --nproc-per-node 4 -m skd distill --method skd --batch-size 32   # data-parallel (DDP)
+
+    \b
+    Several processes (torchrun / accelerate launch): the global --batch-size is split evenly
+    across them; the loss is normalised over the global batch; only the first process writes.
     """
     cfg = _build_config(ctx, params, {})
     _run(cfg)

@@ -132,6 +132,10 @@ class TrainConfig:
     seed: int = 20                     # paper seed
     output_dir: str = "runs/skd"
     overwrite: bool = False
+    resume: bool = False               # continue from the latest complete checkpoint in output_dir
+    fsdp: bool = False                 # multi-process: shard the student (FSDP) instead of replicating it (DDP)
+    sample_chunk: int | None = None    # rows sampled with one seeded generator pair (None: the per-process
+                                       # batch); equal values give equal runs at any process count
     log_every: int = 1
 
     def __post_init__(self):
@@ -157,6 +161,14 @@ class TrainConfig:
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})", "0 disables clipping")
         _check(self.eval_every >= 0 and self.save_every >= 0, "eval_every / save_every must be >= 0",
                "0 disables them")
+        _check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other",
+               "pass --resume to continue the run in --output-dir, or --overwrite to start it over")
+        sc = self.sample_chunk
+        _check(sc is None or (1 <= sc <= self.batch_size and self.batch_size % sc == 0),
+               f"sample chunk {sc} must divide the batch size {self.batch_size}",
+               "pass a --sample-chunk that divides the per-process batch (--batch-size / processes)")
+        _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (got {self.keep_checkpoints})",
+               "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)")
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,43 @@
-"""The one training loop: SFT and every distillation method of SKD_SPEC.md section 4.
+"""The one training loop: SFT and every distillation method of SKD_SPEC.md section 4, on 1..W processes.
 
-Public: train(cfg, *, on_event=None) -> dict; TokenizedExample; tokenize_examples(...);
-build_training_batch(...); distill_loss(...); resolve_device(...); save_checkpoint(...).
+Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; TrainingInterrupted;
+TokenizedExample; tokenize_examples(...); sequence_sources(...); build_training_batch(...);
+chunk_generators(...); distill_loss(...); accumulate_gradients(...); evaluate_loss(...);
+resolve_device(...); save_checkpoint / atomic_write_text (skd.core.checkpoint, re-exported).
 
-Per optimizer step (B = batch_size sequences):
-  1. sample  — build the B training sequences of the method (ground truth, student samples, SKD
-               interleaved samples, or a per-prompt / per-batch mix), all B at once;
-  2. teacher — teacher logits at every response position: reused from the SKD verification passes
-               (SKD_SPEC 3, last point), else one no-grad teacher forward;
-  3. loss    — the student forward + divergence (or cross-entropy) per micro-batch, divided ONCE by
-               the count of the whole batch (tokens, or sequences for the paper's per-sequence mean),
-               so 1 x 8 equals 4 x 2 accumulation exactly;
-  4. step    — clip 1.0, AdamW, linear decay to 0 (paper setup, SKD_SPEC 5).
-Telemetry per step goes to metrics.jsonl and to `on_event` (the CLI's live progress bar).
+Per optimizer step (B = batch_size sequences in the global batch, W processes, b = B / W each):
+  1. data    — the next B indices of one deterministic global stream (a seeded permutation per
+               epoch, crossing epoch boundaries, nothing dropped); process r takes rows [r*b, (r+1)*b);
+  2. sample  — the b training sequences of the method (ground truth, student samples, SKD
+               interleaved samples, or a per-prompt / per-batch mix), in chunks of C rows;
+  3. teacher — teacher logits at every response position: reused from the SKD verification passes
+               (SKD_SPEC 3, last point), else one no-grad teacher forward per chunk;
+  4. loss    — the student forward + divergence (or cross-entropy) per micro-batch, divided ONCE by
+               the count of the whole GLOBAL batch (all-reduced before dividing), so 1 x 8, 4 x 2
+               accumulation and 2 processes x 4 are the same step;
+  5. step    — DDP / FSDP sum the gradients, clip 1.0, AdamW, linear decay to 0 (SKD_SPEC 5).
+Rank 0 writes metrics.jsonl, checkpoints and summary.json; `on_event` feeds the CLI's progress bar.
+
+Randomness — why W processes give the run of 1 process. No generator carries state from one
+step to the next: the method's coins (which rows are ground truth / student / SKD samples) come
+from a generator seeded by (seed, step) and are drawn for the whole global batch on every
+process; sequences are sampled in chunks of C consecutive global rows (C = train.sample_chunk,
+default the per-process batch b), chunk c with student / teacher generators seeded by
+(seed, step, c). sample() draws one uniform per row of its call, so a chunk is the smallest unit
+that can be recreated on its own; a chunk never spans processes, so the sequences depend on C
+but not on W: equal C gives equal runs at any process count (and default C = b makes the
+largest batches per sample() call). Exact resume therefore needs no sampler state: the step
+number regenerates it; checkpoints still carry the Python / torch / CUDA / NumPy global states.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +45,30 @@ from typing import Callable
 
 import torch
 
-from skd.core import losses
+from skd.core import checkpoint as ckpt
+from skd.core import distributed, losses
+from skd.core.checkpoint import atomic_write_text, save_checkpoint  # noqa: F401  (public API of this module)
 from skd.core.config import RunConfig, SampleConfig, run_config_to_dict
 from skd.core.errors import SkdError
 from skd.core.sampling import PROV_PROMPT, PROV_TEACHER, Samples, sample
 
 DISTILL_METHODS = ("skd", "supervised", "on-policy", "imitkd", "two-stage", "mixed-skd", "gkd")
 CE_METHODS = ("sft", "seqkd")
+RNG_SCHEME = "seed-step-chunk-v1"   # recorded in checkpoints: how the sampling generators are derived
+RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped training; a checkpoint of the last completed step was saved first."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} received: stopped after step {step}"
+                         + (f", saved {checkpoint}" if checkpoint else ""))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 @dataclass(frozen=True)
@@ -142,29 +175,37 @@ def _merge(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -> Sampl
                    prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot)
 
 
+def sequence_sources(method: str, B: int, *, step: int, total_steps: int, coin: torch.Generator,
+                     gkd_lambda: float) -> list[str]:
+    """Where each of the B sequences of a (global) batch comes from: "gt", "student" or "skd"."""
+    if method in ("sft", "seqkd", "supervised"):
+        return ["gt"] * B
+    if method == "on-policy":
+        return ["student"] * B
+    if method == "skd":
+        return ["skd"] * B
+    if method == "imitkd":      # per prompt, 50/50 (released code: "mixed")
+        return ["student" if u < 0.5 else "gt" for u in torch.rand(B, generator=coin).tolist()]
+    if method == "mixed-skd":
+        return ["skd" if u < 0.5 else "gt" for u in torch.rand(B, generator=coin).tolist()]
+    if method == "two-stage":   # released code: "mixed_train" — ground truth first, then on-policy
+        return ["gt" if step < total_steps // 2 else "student"] * B
+    if method == "gkd":         # GKD (Agarwal et al. 2024): on-policy batch with probability lambda
+        return ["student" if float(torch.rand((), generator=coin)) < gkd_lambda else "gt"] * B
+    raise SkdError(f"unknown method {method!r}", "see skd distill --help")
+
+
 def build_training_batch(method: str, batch: list[TokenizedExample], *, step: int, total_steps: int,
                          teacher, student, scfg: SampleConfig, gens: dict, tokenizer, pad_id: int,
-                         vocab_size: int, gkd_lambda: float) -> Samples:
-    """The B training sequences of `method` (SKD_SPEC section 4)."""
-    B = len(batch)
-    coin = gens["method"]
-    if method in ("sft", "seqkd", "supervised"):
-        use = ["gt"] * B
-    elif method == "on-policy":
-        use = ["student"] * B
-    elif method == "skd":
-        use = ["skd"] * B
-    elif method == "imitkd":   # per prompt, 50/50 (released code: "mixed")
-        use = ["student" if torch.rand((), generator=coin) < 0.5 else "gt" for _ in range(B)]
-    elif method == "mixed-skd":
-        use = ["skd" if torch.rand((), generator=coin) < 0.5 else "gt" for _ in range(B)]
-    elif method == "two-stage":  # released code: "mixed_train" — ground truth first, then on-policy
-        use = ["gt" if step < total_steps // 2 else "student"] * B
-    elif method == "gkd":        # GKD (Agarwal et al. 2024): on-policy batch with probability lambda
-        use = ["student" if torch.rand((), generator=coin) < gkd_lambda else "gt"] * B
-    else:
-        raise SkdError(f"unknown method {method!r}", "see skd distill --help")
+                         vocab_size: int, gkd_lambda: float, sources: list[str] | None = None) -> Samples:
+    """The B training sequences of `method` (SKD_SPEC section 4), sampled with gens["student"/"teacher"].
 
+    `sources` (one of "gt" / "student" / "skd" per row) is drawn from gens["method"] when not given.
+    """
+    B = len(batch)
+    use = sources if sources is not None else sequence_sources(
+        method, B, step=step, total_steps=total_steps, coin=gens["method"], gkd_lambda=gkd_lambda)
+    assert len(use) == B, f"{len(use)} sources for {B} rows"
     parts = []
     gt_rows = [i for i, u in enumerate(use) if u == "gt"]
     if gt_rows:
@@ -182,6 +223,44 @@ def build_training_batch(method: str, batch: list[TokenizedExample], *, step: in
         student.train(was_training)
         parts.append((rows, s))
     return _merge(parts, B, pad_id)
+
+
+def derive_seed(*keys) -> int:
+    """A 63-bit seed from (seed, purpose, step, ...): the same in every process, run and Python."""
+    digest = hashlib.blake2b(json.dumps(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def chunk_generators(seed: int, step: int, chunk: int, *, student_device, teacher_device) -> dict:
+    """Fresh student / teacher generators of sampling chunk `chunk` (a global index) at `step`."""
+    return {"student": torch.Generator(device=student_device).manual_seed(derive_seed(seed, "student", step, chunk)),
+            "teacher": torch.Generator(device=teacher_device).manual_seed(derive_seed(seed, "teacher", step, chunk))}
+
+
+def _sample_rank_batch(method: str, batch: list[TokenizedExample], sources: list[str], *, first_row: int,
+                       chunk: int, seed: int, step: int, total_steps: int, teacher, student, scfg: SampleConfig,
+                       tokenizer, pad_id: int, vocab_size: int, gkd_lambda: float, need_teacher: bool):
+    """This process's b sequences, sampled chunk by chunk (global rows first_row ...), and the teacher
+    logits at their response positions. Returns (Samples, teacher_flat [N, V] or None, teacher seconds)."""
+    s_dev = next(student.parameters()).device
+    t_dev = next(teacher.parameters()).device if teacher is not None else torch.device("cpu")
+    parts, flats, t_teacher = [], [], 0.0
+    for lo in range(0, len(batch), chunk):
+        rows = list(range(lo, min(len(batch), lo + chunk)))
+        gens = chunk_generators(seed, step, (first_row + lo) // chunk, student_device=s_dev, teacher_device=t_dev)
+        s = build_training_batch(method, [batch[i] for i in rows], step=step, total_steps=total_steps,
+                                 teacher=teacher, student=student, scfg=scfg, gens=gens, tokenizer=tokenizer,
+                                 pad_id=pad_id, vocab_size=vocab_size, gkd_lambda=gkd_lambda,
+                                 sources=[sources[i] for i in rows])
+        if need_teacher:
+            t0 = time.perf_counter()
+            flats.append(_teacher_flat(teacher, s, vocab_size))
+            t_teacher += time.perf_counter() - t0
+        # The [C, R, V] verification logits are no longer needed: only their response rows (flats) are.
+        parts.append((rows, dataclasses.replace(s, teacher_logits=None)))
+    # Chunks are consecutive rows, so concatenating their row-major flats gives the merged batch's.
+    teacher_flat = (flats[0] if len(flats) == 1 else torch.cat(flats)) if flats else None
+    return _merge(parts, len(batch), pad_id), teacher_flat, t_teacher
 
 
 def _positions(s: Samples):
@@ -219,25 +298,41 @@ def distill_loss(student, s: Samples, teacher_flat: torch.Tensor | None, rows: t
 
 
 def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None, *, divergence,
-                         micro_batch_size: int, loss_norm: str, vocab_size: int, autocast_dtype=None) -> float:
-    """Backward over the batch in micro-batches; the loss is divided ONCE by the whole batch's count.
+                         micro_batch_size: int, loss_norm: str, vocab_size: int, autocast_dtype=None,
+                         dist: distributed.Dist | None = None) -> float:
+    """Backward over the batch in micro-batches; the loss is divided ONCE by the GLOBAL batch's count.
 
-    Returns the normalised loss. Gradients accumulate into .grad (the caller zeroes them).
+    The one place the loss is normalised. With `dist` (several processes) the count is summed over
+    the processes before dividing, and each process's loss is scaled by the world size because
+    DDP / FSDP average gradients: the result is the gradient of (sum over all W*b rows) / (count of
+    all W*b rows), exactly what one process with the whole batch computes. Returns the normalised
+    global loss. Gradients accumulate into .grad (the caller zeroes them).
     """
     B = s.tokens.shape[0]
+    world = dist.world_size if dist is not None else 1
     w_rows = _sequence_weights(s, loss_norm)
     _, ridx = _positions(s)
-    total_count = float((w_rows[:, None] * ridx).sum())
+    # The count the weights stand for, as an exact integer (a float32 sum of 1/n over n positions is
+    # not exactly 1, and would make the count depend on how rows are split across processes).
+    n = s.response_lengths
+    local_count = float(int(n.sum()) if loss_norm == "token" else int((n > 0).sum()))
+    total_count = dist.sum_floats([local_count])[0] if dist is not None else local_count
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), ridx.sum(1).cumsum(0)])
+    starts = list(range(0, B, micro_batch_size))
     loss_sum = 0.0
-    for lo in range(0, B, micro_batch_size):
+    for i, lo in enumerate(starts):
         rows = torch.arange(lo, min(B, lo + micro_batch_size))
         tf = teacher_flat[offsets[lo]: offsets[rows[-1] + 1]] if teacher_flat is not None else None
-        lsum, _ = distill_loss(student, s, tf, rows, divergence=divergence, vocab_size=vocab_size,
-                               weights_per_row=w_rows, autocast_dtype=autocast_dtype)
-        if total_count > 0:
-            (lsum / total_count).backward()
+        # DDP all-reduces the gradients once, after the last micro-batch.
+        with distributed.no_sync(student, skip=i < len(starts) - 1):
+            lsum, _ = distill_loss(student, s, tf, rows, divergence=divergence, vocab_size=vocab_size,
+                                   weights_per_row=w_rows, autocast_dtype=autocast_dtype)
+            if total_count > 0:
+                loss = lsum / total_count
+                (loss * world if world > 1 else loss).backward()
         loss_sum += float(lsum.detach())
+    if dist is not None:
+        loss_sum = dist.sum_floats([loss_sum])[0]
     return loss_sum / total_count if total_count > 0 else 0.0
 
 
@@ -261,89 +356,124 @@ def _sequence_weights(s: Samples, norm: str) -> torch.Tensor:
     return torch.where(n > 0, 1.0 / n.clamp(min=1), torch.zeros_like(n))
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling folder, then rename: a kill never leaves a half checkpoint."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: Path, student, tokenizer, cfg: RunConfig, state: dict,
-                    optimizer=None, scheduler=None, gens: dict | None = None) -> None:
-    """HF folder (safetensors + config + tokenizer) + resolved run config + trainer state, atomically."""
-    def write(tmp: Path):
-        student.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "skd_run_config.json").write_text(json.dumps(run_config_to_dict(cfg), indent=2))
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "generators": {k: g.get_state() for k, g in (gens or {}).items()},
-                        "torch_rng": torch.get_rng_state(),
-                        "python_rng": random.getstate()}, tmp / "training_state.pt")
-    _atomic_dir_write(path, write)
-
-
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- data, output folder, signals
 
 class _Data:
-    """Deterministic endless stream over the examples: a fresh seeded permutation per epoch."""
+    """Deterministic endless stream over the examples: a fresh seeded permutation per epoch.
+
+    `cursor` counts the examples handed out (the data position saved in checkpoints)."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed = n, seed
         self.cursor = 0
+        self._perm: tuple[int, list[int]] | None = None   # (epoch, permutation): one epoch cached
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g).tolist())
+        return self._perm[1]
 
     def next(self, k: int) -> list[int]:
         out = []
         while len(out) < k:
             epoch, i = divmod(self.cursor, self.n)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            out.append(int(torch.randperm(self.n, generator=g)[i]))
+            out.append(self._order(epoch)[i])
             self.cursor += 1
         return out
 
 
-def _prepare_output_dir(out: Path, overwrite: bool) -> None:
+def _check_output_dir(out: Path, *, overwrite: bool, resume: bool) -> Path | None:
+    """Read-only checks of --output-dir before anything is loaded; returns the checkpoint to resume."""
     if out.exists() and not out.is_dir():
         raise SkdError(f"output directory {out} is a file", "pass another --output-dir")
-    if out.is_dir() and any((out / n).exists() for n in ("final", "checkpoints", "metrics.jsonl")):
-        if not overwrite:
-            raise SkdError(f"{out} already holds another run's checkpoints",
-                           "pass --overwrite to replace them, or choose another --output-dir")
-        for n in ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json"):
+    if resume:
+        return ckpt.find_latest_checkpoint(out) if out.is_dir() else None
+    if out.is_dir() and any((out / n).exists() for n in ("final", "checkpoints", "metrics.jsonl")) and not overwrite:
+        raise SkdError(f"{out} already holds another run's checkpoints",
+                       "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir")
+    return None
+
+
+# Options that may change between a run and its resumption: they do not change the trained weights.
+_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every",
+                          "log_every"},
+                "data": {"val_data", "val_limit"}, "model": {"teacher_device", "student_device"}}
+
+
+def _check_resume_config(cfg: RunConfig, folder: Path) -> None:
+    try:
+        saved = json.loads((folder / ckpt.RUN_CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise SkdError(f"checkpoint {folder} has no readable {ckpt.RUN_CONFIG}",
+                       "delete that folder to resume from an earlier checkpoint, or start over with --overwrite") from e
+    now = json.loads(json.dumps(run_config_to_dict(cfg)))  # tuples -> lists, as saved
+    diffs = [f"{key} {saved.get(sec, {}).get(key)!r} -> {value!r}"
+             for sec, fields in now.items() for key, value in fields.items()
+             if key not in _RESUME_FREE.get(sec, ()) and saved.get(sec, {}).get(key) != value]
+    if diffs:
+        raise SkdError(f"--resume: the options differ from the run in {folder.parent if folder.name != 'final' else folder}"
+                       f" ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''})",
+                       f"pass the original options (saved in {folder / ckpt.RUN_CONFIG}), or --overwrite to start over")
+    state = ckpt.read_trainer_state(folder) or {}
+    if state.get("rng_scheme", RNG_SCHEME) != RNG_SCHEME:
+        raise SkdError(f"checkpoint {folder} was written by an skd that samples differently "
+                       f"({state.get('rng_scheme')} vs {RNG_SCHEME})", "start over with --overwrite")
+
+
+def _prepare_output_dir(out: Path, *, overwrite: bool, resume_step: int | None) -> None:
+    """Main process only, after every check passed: clear (--overwrite) or trim (--resume) the run."""
+    if overwrite:
+        for n in RUN_FILES:
             p = out / n
             if p.is_dir():
-                shutil.rmtree(p)
+                ckpt.discard(p)
             elif p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale(out)
+    metrics = out / "metrics.jsonl"
+    if resume_step is not None and metrics.exists():
+        # Lines past the resumed step (and a line torn by a kill) are redone by this run.
+        keep = []
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= resume_step:
+                keep.append(line + "\n")
+        atomic_write_text(metrics, "".join(keep))
 
+
+class _StopRequests:
+    """SIGINT / SIGTERM become a request honoured at the end of the current step (a second Ctrl-C
+    stops at once). Handlers are only installed from the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict = {}
+
+    def _handle(self, signum, _frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+# --------------------------------------------------------------------------- the loop
 
 def train(cfg: RunConfig, *, on_event: Callable[[str, dict], None] | None = None,
           models=None, examples=None) -> dict:
@@ -351,159 +481,307 @@ def train(cfg: RunConfig, *, on_event: Callable[[str, dict], None] | None = None
 
     `models` = (teacher, student, tokenizer) and `examples` = (train, validation) lists of
     TokenizedExample may be passed in (tests, benchmarks); otherwise they are loaded from cfg.
+    Under torchrun / accelerate launch (WORLD_SIZE > 1) every process calls this; see the module
+    docstring for how the work is split. Raises SkdError for bad input, TrainingInterrupted after
+    SIGINT / SIGTERM (with a checkpoint saved).
     """
-    from skd.core import models as model_lib, tasks as task_lib
-
-    tc, dc, mc, scfg = cfg.train, cfg.data, cfg.model, cfg.sample
-    emit = on_event or (lambda kind, payload: None)
-    method = tc.method
-    needs_teacher = method not in CE_METHODS
-    out = Path(tc.output_dir)
-    _prepare_output_dir(out, tc.overwrite)
-
-    random.seed(tc.seed)
-    torch.manual_seed(tc.seed)
-    task = task_lib.get_task(dc.task)
-    if models is None:
-        s_dev, t_dev = resolve_device(mc.student_device), resolve_device(mc.teacher_device)
-        dtype = mc.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if s_dev.type == "cuda" else "float32"
-        if needs_teacher:
-            teacher, student, tokenizer = model_lib.load_pair(
-                mc.teacher, mc.student, dtype=dtype, teacher_device=str(t_dev), student_device=str(s_dev),
-                trust_remote_code=mc.trust_remote_code)
-        else:
-            teacher = None
-            student = model_lib.load_model(mc.student, dtype=dtype, device=str(s_dev),
-                                           trust_remote_code=mc.trust_remote_code)
-            tokenizer = model_lib.load_tokenizer(mc.student, trust_remote_code=mc.trust_remote_code)
-    else:
-        teacher, student, tokenizer = models
-    vocab_size = len(tokenizer)
-    # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (SKD_SPEC 5).
-    autocast_dtype = None
-    s_param_dtype = next(student.parameters()).dtype
-    if s_param_dtype in (torch.bfloat16, torch.float16):
-        autocast_dtype = s_param_dtype
-        student.float()
-    if teacher is not None:
-        teacher.eval()
-        teacher.requires_grad_(False)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    if examples is None:
-        ctx = _model_context(student)
-        train_raw = task.load("train", data_path=dc.data, fields=dc.fields, limit=dc.limit, seed=dc.seed)
-        train_ex = tokenize_examples(train_raw, tokenizer, task.render_prompt, max_length=ctx)
-        val_ex = []
-        if dc.val_limit:
-            val_split = "validation" if "validation" in task.splits else "test"
-            val_raw = task.load(val_split, data_path=dc.val_data, fields=dc.fields, limit=dc.val_limit, seed=dc.seed) \
-                if (dc.val_data or dc.data is None) else []
-            val_ex = tokenize_examples(val_raw, tokenizer, task.render_prompt, max_length=ctx)
-    else:
-        train_ex, val_ex = examples
-    if not train_ex:
-        raise SkdError("the training set is empty", "check --data / --limit")
-    scfg = SampleConfig(**{**scfg.__dict__, "stop_strings": scfg.stop_strings or tuple(task.stop_strings)})
-
-    B = tc.batch_size
-    mb = tc.micro_batch_size or B
-    total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * len(train_ex) / B))
-    divergence = None if method in CE_METHODS else losses.get_divergence(tc.divergence, beta=tc.beta, alpha=tc.alpha)
-    if method == "gkd" and tc.divergence == "fkl":
-        divergence = losses.get_divergence("jsd", beta=tc.beta)  # GKD trains with generalised JSD(beta)
-
-    optimizer = torch.optim.AdamW(student.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                  eps=tc.adam_eps, weight_decay=tc.weight_decay)
-
-    def lr_lambda(step: int) -> float:  # linear warm-up (default none), then linear decay to 0
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - tc.warmup_steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    s_dev = next(student.parameters()).device
-    gens = {"student": torch.Generator(device=s_dev).manual_seed(tc.seed + 1),
-            "teacher": torch.Generator(device=next(teacher.parameters()).device if teacher is not None else "cpu")
-            .manual_seed(tc.seed + 2),
-            "method": torch.Generator().manual_seed(tc.seed + 3)}
-    data = _Data(len(train_ex), tc.seed)
-
-    atomic_write_text(out / "run_config.json", json.dumps(run_config_to_dict(cfg), indent=2))
-    metrics_f = open(out / "metrics.jsonl", "a")
-    emit("start", {"total_steps": total_steps, "train_examples": len(train_ex), "val_examples": len(val_ex),
-                   "method": method, "vocab_size": vocab_size})
-    state = {"step": 0, "total_steps": total_steps, "data_cursor": 0}
-    history = []
-    t_start = time.perf_counter()
-    last_good = None
+    tc = cfg.train
+    dist = distributed.init_from_env(tc.batch_size, fsdp=tc.fsdp, device=cfg.model.student_device,
+                                     micro_batch_size=tc.micro_batch_size, sample_chunk=tc.sample_chunk)
     try:
-        for step in range(total_steps):
-            t0 = time.perf_counter()
-            batch = [train_ex[i] for i in data.next(B)]
-            s = build_training_batch(method, batch, step=step, total_steps=total_steps, teacher=teacher,
-                                     student=student, scfg=scfg, gens=gens, tokenizer=tokenizer, pad_id=pad_id,
-                                     vocab_size=vocab_size, gkd_lambda=tc.gkd_lambda)
-            t1 = time.perf_counter()
-            teacher_flat = _teacher_flat(teacher, s, vocab_size) if divergence is not None else None
-            t2 = time.perf_counter()
-            student.train()
-            optimizer.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(student, s, teacher_flat, divergence=divergence, micro_batch_size=mb,
-                                        loss_norm=tc.loss_norm, vocab_size=vocab_size,
-                                        autocast_dtype=autocast_dtype)
-            if not math.isfinite(loss):
-                raise SkdError(f"the loss became non-finite ({loss}) at step {step + 1}",
-                               "lower --lr or check the data; the last good checkpoint was kept"
-                               + (f" ({last_good})" if last_good else ""))
-            grad_norm = (float(torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip))
-                         if tc.grad_clip > 0 else float("nan"))
-            optimizer.step()
-            scheduler.step()
-            t3 = time.perf_counter()
-            state.update(step=step + 1, data_cursor=data.cursor)
-            rec = {"step": step + 1, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                   "correction_rate": s.correction_rate, "acceptance_rate": s.acceptance_rate,
-                   "mean_accepted_prefix": s.mean_accepted_prefix, "generated_tokens": s.generated,
-                   "proposed": s.proposed, "accepted": s.accepted, "replaced": s.replaced,
-                   "response_tokens": int(s.response_lengths.sum()),
-                   "tokens_per_s": int(s.response_lengths.sum()) / max(t3 - t0, 1e-9),
-                   "time_sampling": t1 - t0, "time_teacher": t2 - t1, "time_loss_backward": t3 - t2,
-                   "time_step": t3 - t0, "elapsed": time.perf_counter() - t_start}
-            if val_ex and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == total_steps):
-                rec["val_loss"] = evaluate_loss(student, teacher, val_ex, divergence=divergence,
-                                                vocab_size=vocab_size, pad_id=pad_id, batch_size=mb,
-                                                max_new_tokens=scfg.max_new_tokens,
-                                                autocast_dtype=autocast_dtype)
+        return _Run(cfg, dist, on_event, models, examples).run()
+    finally:
+        dist.close()
+
+
+class _Run:
+    """One training job: set-up in __init__ (nothing written until every input is checked), then run()."""
+
+    def __init__(self, cfg: RunConfig, dist: distributed.Dist, on_event, models, examples):
+        from skd.core import models as model_lib, tasks as task_lib
+
+        tc, dc, mc = cfg.train, cfg.data, cfg.model
+        self.cfg, self.dist = cfg, dist
+        self._emit = on_event or (lambda kind, payload: None)
+        self.method = tc.method
+        self.out = out = Path(tc.output_dir)
+
+        # ---- checks that need nothing loaded: fail fast, before minutes of model loading
+        resume_from = _check_output_dir(out, overwrite=tc.overwrite, resume=tc.resume)
+        if resume_from is not None:
+            _check_resume_config(cfg, resume_from)
+        found = dist.broadcast_object(str(resume_from) if resume_from is not None else None)
+        resume_from = Path(found) if found is not None else None  # rank 0's view decides for all
+
+        random.seed(tc.seed)
+        torch.manual_seed(tc.seed)
+        task = task_lib.get_task(dc.task)
+        needs_teacher = self.method not in CE_METHODS
+        train_raw = val_raw = None
+        if examples is None:  # read the data before the models: a bad file fails in a second, not minutes
+            train_raw = task.load("train", data_path=dc.data, fields=dc.fields, limit=dc.limit, seed=dc.seed)
+            val_raw = []
+            if dc.val_limit and (dc.val_data or dc.data is None):
+                val_split = "validation" if "validation" in task.splits else "test"
+                val_raw = task.load(val_split, data_path=dc.val_data, fields=dc.fields, limit=dc.val_limit,
+                                    seed=dc.seed)
+        if models is None:
+            s_dev = resolve_device(distributed.resolve_rank_device(mc.student_device, dist))
+            t_dev = resolve_device(distributed.resolve_rank_device(mc.teacher_device, dist))
+            dtype = mc.dtype
+            if dtype == "auto":
+                dtype = "bfloat16" if s_dev.type == "cuda" else "float32"
+            if needs_teacher:
+                teacher, student, tokenizer = model_lib.load_pair(
+                    mc.teacher, mc.student, dtype=dtype, teacher_device=str(t_dev), student_device=str(s_dev),
+                    trust_remote_code=mc.trust_remote_code)
+            else:
+                teacher = None
+                student = model_lib.load_model(mc.student, dtype=dtype, device=str(s_dev),
+                                               trust_remote_code=mc.trust_remote_code, role="student")
+                tokenizer = model_lib.load_tokenizer(mc.student, trust_remote_code=mc.trust_remote_code,
+                                                     role="student")
+        else:
+            teacher, student, tokenizer = models
+        self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
+        self.vocab_size = len(tokenizer)
+        # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (SKD_SPEC 5).
+        self.autocast_dtype = None
+        s_param_dtype = next(student.parameters()).dtype
+        if s_param_dtype in (torch.bfloat16, torch.float16):
+            self.autocast_dtype = s_param_dtype
+            student.float()
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+        if examples is None:
+            # A prompt must leave room to answer in both models' context windows.
+            contexts = [_model_context(m) for m in (student, teacher) if m is not None]
+            ctx = min((c for c in contexts if c is not None), default=None)
+            train_ex = tokenize_examples(train_raw, tokenizer, task.render_prompt, max_length=ctx)
+            val_ex = tokenize_examples(val_raw, tokenizer, task.render_prompt, max_length=ctx)
+        else:
+            train_ex, val_ex = examples
+        if not train_ex:
+            raise SkdError("the training set is empty", "check --data / --limit")
+        self.train_ex, self.val_ex = train_ex, val_ex
+        self.scfg = SampleConfig(**{**cfg.sample.__dict__,
+                                    "stop_strings": cfg.sample.stop_strings or tuple(task.stop_strings)})
+
+        B = tc.batch_size
+        self.local_batch = B // dist.world_size
+        self.chunk = tc.sample_chunk or self.local_batch
+        self.micro = tc.micro_batch_size or self.local_batch
+        self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * len(train_ex) / B))
+        self.divergence = (None if self.method in CE_METHODS
+                           else losses.get_divergence(tc.divergence, beta=tc.beta, alpha=tc.alpha))
+        if self.method == "gkd" and tc.divergence == "fkl":
+            self.divergence = losses.get_divergence("jsd", beta=tc.beta)  # GKD trains with generalised JSD(beta)
+
+        # ---- the checkpoint to resume from is read whole before anything on disk changes
+        resume_state = saved = None
+        if resume_from is not None:
+            resume_state = ckpt.read_trainer_state(resume_from)
+            if resume_state is None:
+                raise SkdError(f"checkpoint {resume_from} disappeared while starting", "run the command again")
+            saved = ckpt.load_training_state(resume_from)
+            ckpt.load_weights(resume_from, student)    # before wrapping: every rank starts from these weights
+
+        # ---- every input is valid: from here on the run folder changes
+        if dist.is_main:
+            _prepare_output_dir(out, overwrite=tc.overwrite,
+                                resume_step=resume_state["step"] if resume_state else (0 if tc.resume else None))
+        dist.barrier()
+
+        self.train_model = distributed.wrap_student(student, dist, tc.fsdp)
+        self.optimizer = torch.optim.AdamW(self.train_model.parameters(), lr=tc.lr,
+                                           betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
+                                           weight_decay=tc.weight_decay)
+        total = self.total_steps
+
+        def lr_lambda(step: int) -> float:  # linear warm-up (default none), then linear decay to 0
+            if step < tc.warmup_steps:
+                return (step + 1) / tc.warmup_steps
+            return max(0.0, (total - step) / max(1, total - tc.warmup_steps))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.data = _Data(len(train_ex), tc.seed)
+        self.state = {"step": 0, "total_steps": total, "data_cursor": 0, "seed": tc.seed,
+                      "world_size": dist.world_size, "sample_chunk": self.chunk, "rng_scheme": RNG_SCHEME}
+        self.resume_from = resume_from
+        if resume_from is not None:
+            distributed.load_optimizer_state(self.train_model, self.optimizer, saved["optimizer"])
+            if saved.get("scheduler") is not None:
+                self.scheduler.load_state_dict(saved["scheduler"])
+            if saved.get("rng") is not None:
+                ckpt.restore_rng(saved["rng"])
+            self.data.cursor = int(resume_state["data_cursor"])
+            self.state["step"] = int(resume_state["step"])
+            self.state["data_cursor"] = self.data.cursor
+
+    # ------------------------------------------------------------------ helpers
+
+    def emit(self, kind: str, payload: dict) -> None:
+        if self.dist.is_main:
+            self._emit(kind, payload)
+
+    def save(self, path: Path, state: dict, rng: dict | None = None) -> None:
+        """Checkpoint on the main process (FSDP: every process takes part in gathering the weights)."""
+        sd = distributed.full_state_dict(self.train_model)
+        osd = distributed.optimizer_state(self.train_model, self.optimizer)
+        if self.dist.is_main:
+            save_checkpoint(path, self.student, self.tokenizer, self.cfg, dict(state), scheduler=self.scheduler,
+                            state_dict=sd, optimizer_state=osd, rng=rng)
+            self.emit("checkpoint", {"path": str(path), "step": state["step"]})
+        self.dist.barrier()
+
+    def step_checkpoint(self, state: dict, rng: dict | None = None) -> Path:
+        path = self.out / "checkpoints" / f"step-{state['step']:06d}"
+        self.save(path, state, rng)
+        if self.dist.is_main:
+            _prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+        return path
+
+    def weights_finite(self) -> bool:
+        bad = sum(int(not bool(torch.isfinite(p).all())) for p in self.train_model.parameters() if p.numel())
+        return self.dist.sum_floats([bad])[0] == 0
+
+    def stop_non_finite(self, step: int, what: str, value: float, state: dict, rng: dict) -> None:
+        """Stop with the weights of the last good step saved (never a NaN model, never `final`)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        saved = None
+        if step > 0 and self.weights_finite():
+            path = self.out / "checkpoints" / f"step-{step:06d}"
+            if ckpt.read_trainer_state(path) is None:
+                self.step_checkpoint(state, rng)
+            saved = path
+        where = (f"the weights after step {step} were saved to {saved}" if saved else
+                 "no step completed, nothing was saved" if step == 0 else
+                 "the weights are no longer finite, nothing new was saved")
+        raise SkdError(f"the {what} became non-finite ({value}) at step {step + 1}; {where}",
+                       "lower --lr (the paper uses 1e-5) or keep --grad-clip on, and check the data for "
+                       "empty or garbled responses")
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict:
+        dist, out, total_steps = self.dist, self.out, self.total_steps
+        first_row = dist.rank * self.local_batch      # this process's rows of every global batch
+        start_step = self.state["step"]
+        metrics_path = out / "metrics.jsonl"
+        first_rec = None
+        if dist.is_main:
+            atomic_write_text(out / "run_config.json", json.dumps(run_config_to_dict(self.cfg), indent=2))
+            if start_step > 0 and metrics_path.exists():
+                head = metrics_path.read_text().split("\n", 1)[0]
+                first_rec = json.loads(head) if head.strip() else None
+        self.emit("start", {"total_steps": total_steps, "start_step": start_step,
+                            "train_examples": len(self.train_ex), "val_examples": len(self.val_ex),
+                            "method": self.method, "vocab_size": self.vocab_size, "world_size": dist.world_size,
+                            "resumed_from": str(self.resume_from) if self.resume_from else None})
+        metrics_f = open(metrics_path, "a") if dist.is_main else None
+        last_rec = None
+        t_start = self.t_start = time.perf_counter()
+        try:
+            with _StopRequests() as stop:
+                for step in range(start_step, total_steps):
+                    last_rec = self._step(step, first_row, stop, metrics_f)
+                    first_rec = first_rec or last_rec
+        finally:
+            if metrics_f is not None:
+                metrics_f.close()
+        final = out / "final"
+        self.save(final, self.state)
+        summary = {"method": self.method, "steps": self.state["step"], "final_checkpoint": str(final),
+                   "wall_time_s": time.perf_counter() - t_start, "world_size": dist.world_size,
+                   "resumed_from": str(self.resume_from) if self.resume_from else None,
+                   "first": first_rec, "last": last_rec}
+        if dist.is_main:
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        self.emit("end", summary)
+        return summary
+
+    def _step(self, step: int, first_row: int, stop: _StopRequests, metrics_f) -> dict:
+        tc, dist = self.cfg.train, self.dist
+        b = self.local_batch
+        t0 = time.perf_counter()
+        state_before, rng_before = dict(self.state), ckpt.capture_rng()   # for a stop inside this step
+        # ---- 1. data: the global batch's indices; this process's rows [first_row, first_row + b)
+        idx = self.data.next(tc.batch_size)
+        batch = [self.train_ex[i] for i in idx[first_row: first_row + b]]
+        coin = torch.Generator().manual_seed(derive_seed(tc.seed, "method", step))
+        sources = sequence_sources(self.method, tc.batch_size, step=step, total_steps=self.total_steps, coin=coin,
+                                   gkd_lambda=tc.gkd_lambda)[first_row: first_row + b]
+        # ---- 2./3. sample (full weights: FSDP gathers them) and teacher logits
+        with distributed.full_student(self.train_model) as plain:
+            s, teacher_flat, t_teacher = _sample_rank_batch(
+                self.method, batch, sources, first_row=first_row, chunk=self.chunk, seed=tc.seed, step=step,
+                total_steps=self.total_steps, teacher=self.teacher, student=plain, scfg=self.scfg,
+                tokenizer=self.tokenizer, pad_id=self.pad_id, vocab_size=self.vocab_size,
+                gkd_lambda=tc.gkd_lambda, need_teacher=self.divergence is not None)
+        t2 = time.perf_counter()
+        # ---- 4. loss over the global batch, normalised once
+        self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(self.train_model, s, teacher_flat, divergence=self.divergence,
+                                    micro_batch_size=self.micro, loss_norm=tc.loss_norm, vocab_size=self.vocab_size,
+                                    autocast_dtype=self.autocast_dtype, dist=dist if dist.enabled else None)
+        del teacher_flat
+        if not math.isfinite(loss):
+            self.stop_non_finite(step, "loss", loss, state_before, rng_before)
+        # ---- 5. update (the norm is computed even without clipping: it guards against inf / nan)
+        grad_norm = distributed.clip_grad_norm(self.train_model, tc.grad_clip if tc.grad_clip > 0 else math.inf,
+                                               dist)
+        if not math.isfinite(grad_norm):
+            self.stop_non_finite(step, "gradient norm", grad_norm, state_before, rng_before)
+        self.optimizer.step()
+        self.scheduler.step()
+        t3 = time.perf_counter()
+        self.state.update(step=step + 1, data_cursor=self.data.cursor)
+
+        # One reduction for the step's telemetry and for the stop requests (all processes agree to stop).
+        (proposed, accepted, replaced, generated, row_rounds, resp_tokens, n_int, n_term) = dist.sum_floats(
+            [s.proposed, s.accepted, s.replaced, s.generated, s.row_rounds, int(s.response_lengths.sum()),
+             stop.signum == signal.SIGINT, stop.signum == signal.SIGTERM])
+        rec = {"step": step + 1, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+               "grad_norm": grad_norm,
+               "correction_rate": replaced / generated if generated else 0.0,
+               "acceptance_rate": accepted / proposed if proposed else 0.0,
+               "mean_accepted_prefix": accepted / row_rounds if row_rounds else 0.0,
+               "generated_tokens": int(generated), "proposed": int(proposed), "accepted": int(accepted),
+               "replaced": int(replaced), "response_tokens": int(resp_tokens),
+               "tokens_per_s": resp_tokens / max(t3 - t0, 1e-9),
+               "time_sampling": t2 - t0 - t_teacher, "time_teacher": t_teacher, "time_loss_backward": t3 - t2,
+               "time_step": t3 - t0, "elapsed": t3 - self.t_start}
+        if self.val_ex and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
+            with distributed.full_student(self.train_model) as plain:
+                if dist.is_main:
+                    rec["val_loss"] = evaluate_loss(plain, self.teacher, self.val_ex, divergence=self.divergence,
+                                                    vocab_size=self.vocab_size, pad_id=self.pad_id,
+                                                    batch_size=self.micro, max_new_tokens=self.scfg.max_new_tokens,
+                                                    autocast_dtype=self.autocast_dtype)
+        if metrics_f is not None:
             metrics_f.write(json.dumps(rec) + "\n")
             metrics_f.flush()
-            history.append(rec)
-            emit("step", rec)
-            if tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < total_steps:
-                ck = out / "checkpoints" / f"step-{step + 1:06d}"
-                save_checkpoint(ck, student, tokenizer, cfg, dict(state), optimizer, scheduler, gens)
-                last_good = str(ck)
-                _prune_checkpoints(out / "checkpoints", tc.keep_checkpoints)
-                emit("checkpoint", {"path": str(ck), "step": step + 1})
-    finally:
-        metrics_f.close()
-    final = out / "final"
-    save_checkpoint(final, student, tokenizer, cfg, dict(state), optimizer, scheduler, gens)
-    emit("checkpoint", {"path": str(final), "step": state["step"]})
-    summary = {"method": method, "steps": state["step"], "final_checkpoint": str(final),
-               "wall_time_s": time.perf_counter() - t_start,
-               "first": history[0] if history else None, "last": history[-1] if history else None}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    emit("end", summary)
-    return summary
+        self.emit("step", rec)
+        last = step + 1 == self.total_steps
+        saved = None
+        if tc.save_every and (step + 1) % tc.save_every == 0 and not last:
+            saved = self.step_checkpoint(self.state)
+        if (n_int or n_term) and not last:   # on the last step the final save follows anyway
+            signum = signal.SIGINT if n_int else signal.SIGTERM
+            if saved is None:
+                saved = self.step_checkpoint(self.state)
+            raise TrainingInterrupted(signum, step + 1, str(saved))
+        return rec
 
 
 def _prune_checkpoints(folder: Path, keep: int) -> None:
     steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
     for p in steps[: max(0, len(steps) - keep)]:
-        shutil.rmtree(p, ignore_errors=True)
+        ckpt.discard(p)
 
 
 @torch.no_grad()
