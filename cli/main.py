@@ -57,13 +57,13 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SkdError as e:
-            if os.environ.get("SKD_DEBUG"):
+            if ctx.meta.get("skd_debug") or os.environ.get("SKD_DEBUG"):
                 raise
             _print_error(str(e))
             sys.exit(2)
         except click.UsageError as e:
             # click's own layout is three lines (usage, hint, error); keep errors to one line.
-            if os.environ.get("SKD_DEBUG"):
+            if ctx.meta.get("skd_debug") or os.environ.get("SKD_DEBUG"):
                 raise
             where = e.ctx.command_path if e.ctx is not None else "skd"
             _print_error(f"{e.format_message()} — see '{where} --help'")
@@ -77,7 +77,8 @@ class _Group(click.Group):
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Print skd, torch and transformers versions and the ops backend, then exit.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-def main(debug: bool):
+@click.pass_context
+def main(ctx, debug: bool):
     """Distil a large language model into a small one with Speculative Knowledge Distillation.
 
     SKD (Xu et al., ICLR 2025): the student proposes tokens, the teacher replaces those outside
@@ -92,8 +93,9 @@ def main(debug: bool):
       skd distill --method skd --k 25 --student gemma-2b --teacher gemma-7b-it --task gsm8k
       skd bench kernels
     """
-    if debug:
-        os.environ["SKD_DEBUG"] = "1"
+    # Kept on the context (not in os.environ) so one invocation's --debug cannot leak into the next
+    # in the same process; SKD_DEBUG=1 in the environment also works.
+    ctx.meta["skd_debug"] = debug
     # transformers' own per-file progress bars would interleave with ours.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
