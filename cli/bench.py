@@ -133,6 +133,12 @@ def _emit(result: dict, output: Path | None) -> None:
         _write_atomically(output, json.dumps(result) + "\n")
 
 
+def _short(name: str) -> str:
+    """A model name short enough for a table cell: the last two parts of a path."""
+    parts = Path(name).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else name
+
+
 def _device_line(result: dict) -> str:
     env = result["env"]
     return (f"{env['device_name']} · torch {env['torch']} · {env['threads']} threads · ops {env['ops_backend']}")
@@ -190,7 +196,7 @@ def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, ma
         table.add_column(col, justify="right" if col != "student" else "left")
     for r in result["results"]:
         match = "-" if r["outputs_match_teacher"] is None else ("yes" if r["outputs_match_teacher"] else "NO")
-        table.add_row(r["student"], str(r["gamma"]), _fmt(r["acceptance_rate"]), _fmt(r["mean_accepted_per_round"], 2),
+        table.add_row(_short(r["student"]), str(r["gamma"]), _fmt(r["acceptance_rate"]), _fmt(r["mean_accepted_per_round"], 2),
                       _fmt(r["tokens_per_round"], 2), _fmt(r["teacher_forwards_per_token"]),
                       f"{r['tokens_per_s']:.0f}", f"{r['speedup']:.2f}x", match)
     Console().print(table)

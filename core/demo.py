@@ -41,7 +41,7 @@ class DemoConfig:
     limit: int = 1000                  # the "1k" regime
     init_steps: int = 60               # brief SFT: a weak initialisation
     init_lr: float = 1e-3
-    distill_steps: int = 150
+    distill_steps: int = 100
     distill_lr: float = 5e-4           # tiny models from scratch need far more than the paper's 1e-5
     batch_size: int = 16
     k: int = 25                        # paper default

@@ -20,7 +20,9 @@ from skd.core.errors import SkdError
 
 # A chunk's fp32 temporaries: each [C, V] fp32 tensor is C * V * 4 bytes and a kernel keeps about
 # six alive, so 8 Mi elements per tensor (32 MiB) puts one chunk at roughly 200 MiB.
-_CHUNK_ELEMENTS = 1 << 23  # Gemma V = 256,000 -> 32 positions per chunk; V = 32,000 -> 262
+# ~5 fp32 temporaries of [C, V] live at once inside a chunk; 2M elements (8 MiB each) keeps them under
+# a third of the gradient buffer at Gemma's V = 256,000 (8 positions per chunk; V = 32,000 -> 65).
+_CHUNK_ELEMENTS = 1 << 21
 _MAX_CHUNK_POSITIONS = 1024  # small vocabularies: enough rows per chunk to keep kernels busy
 
 DEFAULT_BETA = 0.5  # GKD's generalized-JSD default (Agarwal et al. 2024); also TRL's default
@@ -32,7 +34,7 @@ Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor,
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Positions per chunk so that one [C, V] fp32 temporary stays near 32 MiB."""
+    """Positions per chunk so that one [C, V] fp32 temporary stays near 8 MiB."""
     return max(1, min(_MAX_CHUNK_POSITIONS, _CHUNK_ELEMENTS // max(1, vocab_size)))
 
 

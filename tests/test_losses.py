@@ -205,8 +205,8 @@ def test_3d_input_equals_flattened_2d():
 
 
 def test_default_chunk_size_is_sized_from_the_vocabulary():
-    assert default_chunk_size(256_000) == 32  # Gemma: 32 x 256k fp32 = 32 MiB per temporary
-    assert default_chunk_size(32_000) == 262
+    assert default_chunk_size(256_000) == 8  # Gemma: 8 x 256k fp32 = 8 MiB per temporary
+    assert default_chunk_size(32_000) == 65
     assert default_chunk_size(10) == 1024  # capped
     assert default_chunk_size(1 << 30) == 1
 
