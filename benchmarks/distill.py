@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from skd.benchmarks.common import env_info, load_model_and_tokenizer, task_prompts
+from skd.benchmarks.common import env_info, load_model_and_tokenizer
 
 METHODS = ("supervised", "on-policy", "skd", "imitkd", "gkd", "sft")
 

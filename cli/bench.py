@@ -8,8 +8,6 @@ torch and the benchmark modules are imported inside the subcommand so `skd --hel
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -17,15 +15,9 @@ import click
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write text to path via a temporary file in the same folder and os.replace (no torn files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from skd.core.checkpoint import atomic_write_text  # imports torch: only when a bench runs
+
+    atomic_write_text(path, text)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

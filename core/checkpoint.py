@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from skd.core.config import run_config_to_dict
-from skd.core.errors import SkdError
+from skd.core.errors import SkdError, default_mode
 
 MARKER = "trainer_state.json"
 TRAINING_STATE = "training_state.pt"
@@ -59,6 +59,7 @@ def atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))
         write(tmp)
         _fsync_tree(tmp)
         if final.exists():
@@ -84,6 +85,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 from urllib.parse import urlparse
 
-from .errors import SkdError
+from .errors import SkdError, default_mode
 from .tokenizer import BOS, CHARACTERS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
 
 if TYPE_CHECKING:
@@ -228,6 +228,7 @@ def _materialize(target: Path, build: Callable[[Path], None]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))
         build(tmp)
         os.rename(tmp, target)
     except OSError:
