@@ -114,3 +114,23 @@ def smollm2_dir() -> Path:
         if importlib.util.find_spec(pkg) is None:
             pytest.skip(f"{pkg} not installed: needed to read the SmolLM2 GGUF file")
     return materialize_smollm2()
+
+
+SHARP_V = 40  # vocabulary of `sharp_pair64`
+
+
+@pytest.fixture(scope="session")
+def sharp_pair64():
+    """(teacher, student) float64 Llamas over SHARP_V = 40 ids, output layers scaled by 8 so that
+    top-K tests and greedy choices are not coin flips. Shared by the sampler and speculative tests,
+    which must not modify them."""
+    import torch
+
+    from skd.core.models import tiny_model
+
+    teacher = tiny_model("llama", SHARP_V, seed=1, dtype=torch.float64, hidden=32, layers=2)
+    student = tiny_model("llama", SHARP_V, seed=2, dtype=torch.float64, hidden=16, layers=1)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(8.0)
+        student.lm_head.weight.mul_(8.0)
+    return teacher, student

@@ -12,14 +12,9 @@ PROMPTS = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30]]
 NO_EOS = -1
 
 
-@pytest.fixture(scope="module")
-def pair():
-    teacher = tiny_model("llama", V, seed=1, dtype=torch.float64, hidden=32, layers=2)
-    student = tiny_model("llama", V, seed=2, dtype=torch.float64, hidden=16, layers=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(8.0)
-        student.lm_head.weight.mul_(8.0)
-    return teacher, student
+@pytest.fixture
+def pair(sharp_pair64):
+    return sharp_pair64
 
 
 @pytest.mark.parametrize("gamma", [1, 2, 4, 7])
