@@ -140,6 +140,16 @@ class Task:
         load_dataset = _import_load_dataset(self)
         hub_split = hub.splits[split]
         source = f"hub:{hub.path}:{hub_split}"
+        # An unreachable hub makes `datasets` retry with back-off for ~25 s, printing each retry;
+        # the models module's 3-second probe answers first. With HF_HUB_OFFLINE=1 set, the
+        # library itself fails fast (or reads its local cache), so it is left to it.
+        from skd.core.models import _hub_unavailable_reason
+
+        reason = _hub_unavailable_reason()
+        if reason is not None and reason.startswith("offline or unreachable"):
+            raise SkdError(f"cannot download dataset '{hub.path}' ({reason})",
+                           f"pass a local file with --data path.jsonl ({self._fields_hint()}), or set "
+                           "HF_HUB_OFFLINE=1 to use a copy in the local Hugging Face cache")
         try:
             if hub.pair is not None:
                 rows = _paired_rows(load_dataset, hub, hub_split)
