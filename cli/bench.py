@@ -115,6 +115,17 @@ def kernels(rows, vocab, dtypes, k, repeats, device, threads, output):
         table.add_row(op, _fmt(kernel_us, 1), _fmt(ms["reference"] * 1e3, 1))
     console.print(table)
 
+    gpu = result.get("gpu_timing")
+    if gpu:  # CUDA only: device time per call and the share of the measured copy bandwidth
+        table = Table(title=f"device time (CUDA events) · copy bandwidth {gpu['copy_bandwidth']['GBps']:.0f} GB/s")
+        for col in ("dtype", "kernel µs", "amax µs", "kernel GB/s", "of copy bw (target >= 0.6)", "fits in L2"):
+            table.add_column(col, justify="left" if col == "dtype" else "right")
+        for name, g in gpu["topk_rank_accept"].items():
+            table.add_row(name, _fmt(g["us"].get("kernel"), 1), _fmt(g["us"].get("amax"), 1),
+                          _fmt(g["GBps"].get("kernel"), 0), _fmt(g["fraction_of_copy"].get("kernel"), 2),
+                          str(g["fits_in_l2"]))
+        console.print(table)
+
     if output is not None:
         _write_atomically(output, json.dumps(result) + "\n")
         console.print(f"wrote {output}")
