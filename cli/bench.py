@@ -142,6 +142,19 @@ def _short(name: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 2 else name
 
 
+def _throughput_table(title: str, result: dict):
+    """One row per variant of result["results"]: prompts, batch, tokens, seconds, tokens/s."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=_device_line(result))
+    for col in ("variant", "prompts", "batch", "tokens", "seconds", "tok/s"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    for name, r in result["results"].items():
+        table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
+                      f"{r['tokens_per_s']:.0f}")
+    return table
+
+
 def _device_line(result: dict) -> str:
     env = result["env"]
     return (f"{env['device_name']} · torch {env['torch']} · {env['threads']} threads · ops {env['ops_backend']}")
@@ -235,19 +248,12 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
       skd bench sampling --batch-size 32
     """
     from rich.console import Console
-    from rich.table import Table
 
     from skd.benchmarks import sampling as smp
 
     result = smp.run(teacher, student, task=task, n_prompts=n_prompts, batch_size=batch_size, k=k, gamma=gamma,
                      max_new_tokens=max_new_tokens, device=device, dtype=dtype, batch1_prompts=batch1_prompts)
-    table = Table(title="sampling throughput", caption=_device_line(result))
-    for col in ("variant", "prompts", "batch", "tokens", "seconds", "tok/s"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
-    for name, r in result["results"].items():
-        table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
-                      f"{r['tokens_per_s']:.0f}")
-    Console().print(table)
+    Console().print(_throughput_table("sampling throughput", result))
     for k_, v in result["ratios"].items():
         Console().print(f"{k_}: {v:.2f}x")
     _emit(result, output)
@@ -325,20 +331,13 @@ def generation(model, task, n_prompts, batch_size, batch1_prompts, max_new_token
       skd bench generation --model runs/teacher/final --batch-size 32
     """
     from rich.console import Console
-    from rich.table import Table
 
     from skd.benchmarks import generation as gen
 
     result = gen.run(model, task=task, n_prompts=n_prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      device=device, dtype=dtype, batch1_prompts=batch1_prompts)
-    table = Table(title="evaluation generation (greedy)", caption=_device_line(result))
-    for col in ("variant", "prompts", "batch", "tokens", "seconds", "tok/s"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
-    for name, r in result["results"].items():
-        table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
-                      f"{r['tokens_per_s']:.0f}")
     console = Console()
-    console.print(table)
+    console.print(_throughput_table("evaluation generation (greedy)", result))
     console.print(f"batched / batch-1 tokens/s: {result['ratios']['batched_over_batch1_tokens_per_s']:.2f}x · "
                   f"outputs identical: {result['outputs_identical']}")
     _emit(result, output)

@@ -73,8 +73,6 @@ def _accuracy(model, tok, task, examples, batch_size=64, max_new_tokens=96) -> f
 
 
 def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
-    import torch
-
     from skd.core import models as model_lib
     from skd.core.sampling import sample
     from skd.core.speculative import speculative_generate
@@ -150,15 +148,12 @@ def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = 
             if kind == "step" and p["step"] % cfg.curve_every == 0:
                 curve.append((p["step"], _accuracy(student, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)))
 
-        run = RunConfig(model=ModelConfig(), data=DataConfig(task=cfg.task, limit=cfg.limit, val_limit=0),
+        run = RunConfig(model=ModelConfig(dtype=cfg.dtype), data=DataConfig(task=cfg.task, limit=cfg.limit,
+                                                                        val_limit=0),
                         train=TrainConfig(method=method, lr=cfg.distill_lr, max_steps=cfg.distill_steps,
                                           batch_size=cfg.batch_size, eval_every=0, save_every=0, seed=cfg.seed,
                                           output_dir=str(root / method), overwrite=True),
                         sample=SampleConfig(k=cfg.k, gamma=cfg.gamma, max_new_tokens=cfg.max_new_tokens))
-        # A half-precision student tells train() to keep fp32 master weights and compute under autocast;
-        # train() casts the (same) module back to fp32 in place.
-        if cfg.dtype != "float32":
-            student.to(getattr(torch, cfg.dtype))
         train(run, on_event=on_step, models=(teacher, student, tok), examples=(train_ex, []))
         train_s = time.perf_counter() - t0
         metrics = [json.loads(x) for x in (root / method / "metrics.jsonl").read_text().splitlines()]

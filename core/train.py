@@ -546,10 +546,15 @@ class _Run:
         self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
         self.vocab_size = len(tokenizer)
         # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (SKD_SPEC 5).
+        # The half dtype comes from the loaded weights, or from cfg.model.dtype when models are passed in.
         self.autocast_dtype = None
         s_param_dtype = next(student.parameters()).dtype
+        half = {"bfloat16": torch.bfloat16, "float16": torch.float16}
         if s_param_dtype in (torch.bfloat16, torch.float16):
             self.autocast_dtype = s_param_dtype
+        elif models is not None and mc.dtype in half:
+            self.autocast_dtype = half[mc.dtype]
+        if self.autocast_dtype is not None:
             student.float()
         if teacher is not None:
             teacher.eval()
