@@ -1,8 +1,9 @@
 """`skd bench`: time skd's kernels and print / save the numbers.
 
 Public: bench (click group) with subcommands `kernels` (skd.benchmarks.kernels), `speculative`
-(skd.benchmarks.speculative), `sampling` (skd.benchmarks.sampling) and `distill`
-(skd.benchmarks.distill).
+(skd.benchmarks.speculative), `sampling` (skd.benchmarks.sampling), `distill`
+(skd.benchmarks.distill), `generation`, `steadiness` and `reproduce` (skd.benchmarks.reproduce: the
+paper's comparison at tiny scale).
 torch and the benchmark modules are imported inside the subcommand so `skd --help` stays instant.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ def bench():
       skd bench speculative --teacher runs/teacher/final --student runs/skd/final
       skd bench sampling --batch-size 32
       skd bench distill --output runs/bench/distill.json
+      skd bench reproduce --quick
     """
 
 
@@ -385,4 +387,160 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
                   f"{rss['max_after_warmup']:.1f} MiB", f"{100 * result['growth']:+.2f}%",
                   "yes" if result["steady"] else "NO (>= 5%)")
     Console().print(table)
+    _emit(result, output)
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    """'a, b,a' -> ('a', 'b'): comma-separated, stripped, duplicates dropped (order kept)."""
+    return None if text is None else tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+
+
+@bench.command("reproduce")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Models and per-run results; the demo's teacher is cached here  [default: runs/demo; "
+                   "with --quick runs/reproduce-quick, so the demo's teacher is never replaced by a quick one]")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="reproduce.json, reproduce.md, accuracy.png, correction_rate.png  [default: "
+                   "benchmarks/results/reproduce; with --quick <run-dir>/results]")
+@click.option("--teacher", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Use this teacher checkpoint folder instead of the demo's (cached) teacher stage.")
+@click.option("--methods", default=None, help="Comma-separated, of: sft, supervised, on-policy, imitkd, two-stage, "
+              "skd  [default: all six]")
+@click.option("--regimes", default=None, help="Training prompt sets, e.g. 1k,100 (the paper's)  [default: 1k,100]")
+@click.option("--inits", default=None, help="Student initialisations: weak (brief SFT), strong (long SFT)  "
+              "[default: weak,strong]")
+@click.option("--ks", default=None, help="SKD top-K sweep; V = the vocabulary size (on-policy KD)  "
+              "[default: 1,5,25,V; --quick 1,V]")
+@click.option("--seeds", default=None, help="Comma-separated integer seeds  [default: 0,1,2; --quick 0]")
+@click.option("--weak-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the weak init  [default: 60]")
+@click.option("--strong-steps", type=click.IntRange(min=1), default=None,
+              help="SFT steps of the strong init  [default: 600]")
+@click.option("--init-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate of the init SFTs  [default: 1e-3]")
+@click.option("--distill-steps", type=click.IntRange(min=1), default=None,
+              help="Steps of every method (sft included)  [default: 100]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per step  [default: 16]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate of every method  [default: 5e-4]")
+@click.option("--gamma", type=click.IntRange(min=1), default=None, help="SKD draft length  [default: 5]")
+@click.option("--eval-examples", type=click.IntRange(min=1), default=None,
+              help="Held-out test problems per model  [default: 300]")
+@click.option("--spec-prompts", type=click.IntRange(min=1), default=None,
+              help="Test prompts decoded speculatively (student drafts, teacher verifies)  [default: 64]")
+@click.option("--spec-gamma", type=click.IntRange(min=1), default=None, help="Speculative draft length  [default: 4]")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Response budget  [default: 176]")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Training compute dtype (fp32 master weights)  [default: bfloat16]")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's setting; 1 is steadier on a loaded machine).")
+@click.option("--quick", is_flag=True, help="Smoke scale (a few steps per run, 1 seed, K in {1, V}); numbers mean "
+              "nothing. Options given explicitly still apply.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the whole result as one JSON line to this file.")
+def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, weak_steps, strong_steps, init_lr,
+              distill_steps, batch_size, lr, gamma, eval_examples, spec_prompts, spec_gamma, max_new_tokens, dtype,
+              device, threads, quick, output):
+    """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
+
+    Distils the demo's tiny teacher into tiny students with sft (no teacher), supervised KD,
+    on-policy KD, ImitKD, two-stage and SKD (swept over K) from a weak and a strong init on the
+    "1k" and "100" prompt sets, 3 seeds each; reports mean ± std test accuracy, the correction-rate
+    curves and each student's speculative-decoding acceptance with the teacher. Every stage is
+    cached: an interrupted study resumes where it stopped.
+
+    \b
+    Examples:
+      skd bench reproduce
+      skd bench reproduce --quick
+      skd bench reproduce --regimes 1k --inits weak --methods supervised,on-policy,skd --seeds 0
+    """
+    import dataclasses
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from skd.benchmarks import reproduce as rep
+    from skd.core.errors import SkdError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available to this torch build; use --device cpu", param_hint="--device")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    given = dict(methods=_csv(methods), regimes=_csv(regimes), inits=_csv(inits),
+                 ks=rep.parse_ks(ks) if ks is not None else None, weak_steps=weak_steps, strong_steps=strong_steps,
+                 init_lr=init_lr, distill_steps=distill_steps, batch_size=batch_size, lr=lr, gamma=gamma,
+                 eval_examples=eval_examples, spec_prompts=spec_prompts, spec_gamma=spec_gamma,
+                 max_new_tokens=max_new_tokens, dtype=dtype)
+    if seeds is not None:
+        try:
+            given["seeds"] = tuple(int(s) for s in _csv(seeds))
+        except ValueError:
+            raise SkdError(f"--seeds must be comma-separated integers (got {seeds!r})", "e.g. --seeds 0,1,2")
+    run_dir = run_dir or ("runs/reproduce-quick" if quick else "runs/demo")
+    output_dir = output_dir or (str(Path(run_dir) / "results") if quick else "benchmarks/results/reproduce")
+    cfg = rep.ReproConfig(run_dir=run_dir, output_dir=output_dir, teacher=teacher, device=device, quick=quick,
+                          **(rep.QUICK if quick else {}))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    for name in ("methods", "regimes", "inits", "seeds"):
+        if not getattr(cfg, name):
+            raise SkdError(f"--{name} is empty", "pass at least one value, see 'skd bench reproduce --help'")
+
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    bars: dict[str, int] = {}
+
+    def on_event(kind: str, p: dict) -> None:
+        if kind == "plan":
+            console.print(f"[bold]plan[/]: {p['runs']} distillation runs = {p['cells']} (regime, init, seed) cells x "
+                          f"{len(p['variants'])} variants ({', '.join(p['variants'])}); {p['inits']} student inits "
+                          f"({p['init_steps_total']} SFT steps); {p['distill_steps_total']} distillation steps; "
+                          f"plus the teacher stage (cached in {cfg.run_dir}/teacher when done before)")
+        elif kind == "resume":
+            console.print(f"{p['cached_runs']} of {p['runs']} runs already have a result (skipped)")
+            bars["runs"] = progress.add_task("runs", total=p["runs"])
+            progress.start()
+        elif kind == "stage":
+            console.print(f"[bold]▶ {p['stage']}[/]" + (f" ({p['steps']} steps)" if p.get("steps") else ""))
+        elif kind == "cached":
+            console.print(f"[dim]✓ {p['stage']}: cached at {p['path']}[/]")
+        elif kind == "run_start":
+            bars["steps"] = progress.add_task(f"  {p['regime']}/{p['init']}/seed{p['seed']}/{p['variant']}",
+                                              total=cfg.distill_steps)
+        elif kind == "train:step" and "steps" in bars:
+            progress.update(bars["steps"], completed=p["step"])
+        elif kind == "run_done":
+            if "steps" in bars:
+                progress.remove_task(bars.pop("steps"))
+            progress.advance(bars["runs"])
+            if p["status"] == "ok":
+                console.print(f"  {p['regime']}/{p['init']}/seed{p['seed']}/{p['variant']}: test acc "
+                              f"{p['test_accuracy']:.3f} · draft accept {p['draft']['acceptance_rate']:.3f}"
+                              + (" (cached)" if p.get("cached") else f" · {p['train_wall_s']:.0f}s"))
+            else:
+                console.print(f"  [red]{p['regime']}/{p['init']}/seed{p['seed']}/{p['variant']} failed:[/] "
+                              f"{p['error']}")
+
+    try:
+        result = rep.run(cfg, on_event=on_event)
+    finally:
+        progress.stop()
+    table = Table(title=f"SKD reproduction · teacher test accuracy {result['teacher']['eval']['test_accuracy']:.3f} · "
+                        f"mean ± std over seeds", caption=_device_line(result))
+    for col in ("regime", "init", "method", "K", "n", "test acc", "draft accept", "T/tok", "corr. start→end"):
+        table.add_column(col, justify="left" if col in ("regime", "init", "method") else "right")
+    for r in result["summary"]:
+        k = "-" if r["k_label"] is None else (f"V={r['k']}" if r["k_label"] == "V" else r["k_label"])
+        corr = "-" if r["method"] != "skd" or r["correction_rate_start"]["mean"] is None else \
+            f"{r['correction_rate_start']['mean']:.2f}→{r['correction_rate_end']['mean']:.2f}"
+        table.add_row(r["regime"], r["init"], r["method"], k, f"{r['n_ok']}" + (f" ({r['n_failed']}✗)" if r["n_failed"]
+                                                                                 else ""),
+                      rep._pm(r["test_accuracy"]), rep._pm(r["draft_acceptance"]),
+                      rep._pm(r["teacher_passes_per_token"]), corr)
+    Console().print(table)
+    console.print(f"total {result['timings_s']['total']:.0f}s · {cfg.output_dir}/reproduce.json, reproduce.md"
+                  + "".join(f", {Path(v).name}" for v in result["plots"].values() if v))
     _emit(result, output)

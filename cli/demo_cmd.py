@@ -29,13 +29,11 @@ def demo(run_dir, methods, distill_steps, quick):
     from rich.console import Console
     from rich.table import Table
 
-    from skd.core.demo import DemoConfig, run_demo
+    from skd.core.demo import QUICK_OVERRIDES, DemoConfig, run_demo
 
     cfg = DemoConfig(run_dir=run_dir, methods=tuple(methods))
     if quick:
-        cfg = dataclasses.replace(cfg, teacher_limit=2000, teacher_steps=8, teacher_batch=8, init_steps=4, limit=64,
-                                  distill_steps=4, batch_size=4, max_new_tokens=24, curve_every=2, curve_examples=8,
-                                  eval_examples=16, spec_prompts=8, dtype="float32")
+        cfg = dataclasses.replace(cfg, **QUICK_OVERRIDES)
     if distill_steps:
         cfg = dataclasses.replace(cfg, distill_steps=distill_steps)
     console = Console(stderr=True)

@@ -19,11 +19,15 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 
 from skd.core.errors import SkdError
 
 OPS = ("+", "-", "*", "/")
+# Bumped whenever the text a spec produces changes, so cached models trained on the old text are
+# not reused (tasks.Task.fingerprint).
+FORMAT_VERSION = 2
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 50_000, "validation": 500, "test": 1_000}  # train: "plenty" for a teacher
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}  # fixed: a split is the same on every run
@@ -57,6 +61,9 @@ class ArithSpec:
     max_value: int = 9_999  # cap on every intermediate result, keeps numbers <= 4 digits
     reasoning: bool = True  # one line per computation before "####"; False: "#### n" only (harder)
     annotate: bool = False  # GSM8K "<<a*b=c>>" annotations: faithful format, but doubles lines
+    columns: bool = False  # work each +, - and x1-digit product column by column, units first,
+    #                        carries written out ("37+48: 7+8+0=15 3+4+1=8 =85"): one-digit facts
+    #                        a small char-level model learns fast, where "37+48=85" is slow
     max_chars: int = 200  # question + answer limit, so tiny models train on short sequences
 
     def __post_init__(self) -> None:
@@ -76,6 +83,9 @@ class ArithSpec:
         if self.max_value < 10 ** self.digits:
             raise SkdError(f"arith: max_value {self.max_value} must be at least "
                            f"10**digits = {10 ** self.digits}", "raise max_value or lower digits")
+        if self.columns and self.annotate:
+            raise SkdError("arith: columns and annotate both rewrite the computation lines",
+                           "set one of them")
         if self.max_chars < 60:
             raise SkdError(f"arith: max_chars {self.max_chars} is too small for any problem",
                            "use max_chars >= 60")
@@ -88,8 +98,9 @@ class ArithSpec:
 PRESETS: dict[str, ArithSpec] = {
     # 1-2 additions/subtractions of 2-digit numbers: a smoke test; small students learn it too.
     "easy": ArithSpec(min_steps=1, max_steps=2, ops=("+", "-"), groups=False, max_value=999),
-    # 2-3 steps with carries and 2x1-digit products: the intended teacher/student gap.
-    "default": ArithSpec(),
+    # 2-3 steps with carries and 2x1-digit products, worked column by column: the intended
+    # teacher/student gap.
+    "default": ArithSpec(min_steps=2, max_steps=2, columns=True, max_chars=240),
     # 3-4 steps, 3-digit operands, exact division too: for stronger teachers or longer budgets.
     "hard": ArithSpec(min_steps=3, max_steps=4, ops=("+", "-", "*", "/"), digits=3,
                       max_value=99_999),
@@ -110,8 +121,60 @@ def split_of(signature: str) -> str:
     return next(name for name, members in _BUCKETS.items() if bucket in members)
 
 
-def _line(expr: str, value: int, annotate: bool) -> str:
-    return f"{expr}=<<{expr}={value}>>{value}" if annotate else f"{expr}={value}"
+def _digits(n: int) -> list[int]:
+    """Decimal digits of n >= 0, units first."""
+    return [int(c) for c in reversed(str(n))]
+
+
+def column_work(expr: str) -> str | None:
+    """The column-by-column working of "a+b", "a-b" (a >= b) or a product with a one-digit factor,
+    units column first, or None for anything else (division, wider products).
+
+        37+48 -> "7+8+0=15 3+4+1=8"      column: digit + digit + carry in = sum
+        52-17 -> "2-7-0=-5+10=5 5-1-1=3" a negative column difference borrows: plus 10
+        4*12  -> "2*4=8+0=8 1*4=4+0=4"   a digit of the wider factor times the one-digit one,
+                                         then the carry in (two small steps, not one)
+    The result is read back from the last column's value, then the units of the earlier
+    columns from last to first, leading zeros dropped."""
+    m = re.fullmatch(r"(\d+)([+*-])(\d+)", expr)
+    if m is None:
+        return None
+    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+    cols, carry = [], 0
+    if op == "*":
+        if min(a, b) > 9:
+            return None
+        big, k = (a, b) if b <= 9 else (b, a)
+        for d in _digits(big):
+            p = d * k + carry
+            cols.append(f"{d}*{k}={d * k}+{carry}={p}")  # the product fact, then the carry added
+            carry = p // 10
+        return " ".join(cols)
+    da, db = _digits(a), _digits(b)
+    if op == "-" and a < b:
+        return None
+    for i in range(max(len(da), len(db))):
+        x = da[i] if i < len(da) else 0
+        y = db[i] if i < len(db) else 0
+        if op == "+":
+            s = x + y + carry
+            cols.append(f"{x}+{y}+{carry}={s}")
+            carry = s // 10
+        else:  # the borrow is decided after the column's difference is written, not before it
+            d = x - y - carry
+            cols.append(f"{x}-{y}-{carry}={d}" if d >= 0 else f"{x}-{y}-{carry}={d}+10={d + 10}")
+            carry = 1 if d < 0 else 0
+    return " ".join(cols)
+
+
+def _line(expr: str, value: int, spec: ArithSpec) -> str:
+    if spec.annotate:
+        return f"{expr}=<<{expr}={value}>>{value}"
+    if spec.columns:
+        work = column_work(expr)
+        if work is not None:
+            return f"{expr}: {work} ={value}"
+    return f"{expr}={value}"
 
 
 def _one_step(rng: random.Random, spec: ArithSpec, value: int):
@@ -173,7 +236,7 @@ def _problem(rng: random.Random, spec: ArithSpec) -> tuple[str, dict] | None:
             return None
         template, args, step_lines, value, sig = step
         sentences.append(template.format(P=pronoun.capitalize(), p=pronoun, **args))
-        lines.extend(_line(expr, result, spec.annotate) for expr, result in step_lines)
+        lines.extend(_line(expr, result, spec) for expr, result in step_lines)
         signature.append(sig)
     question = " ".join(sentences + [_QUESTION])
     answer = "\n".join((lines if spec.reasoning else []) + [f"#### {value}"])

@@ -1,6 +1,7 @@
 """`skd demo`: the paper's comparison in miniature, offline on a CPU, in minutes.
 
-Public: DemoConfig, run_demo(cfg, *, on_event=None) -> dict.
+Public: DemoConfig, run_demo(cfg, *, on_event=None) -> dict; ensure_teacher(cfg, emit) and
+cached_sft(folder, stamp, run, ...) (the cached stages, shared with `skd bench reproduce`).
 
 Steps (each cached in the run directory, so a second run skips what is done):
   1. teacher      — SFT of the `tiny-teacher` preset on plenty of built-in `arith` data;
@@ -33,7 +34,7 @@ class DemoConfig:
     methods: tuple[str, ...] = ("supervised", "on-policy", "skd")
     # teacher: plenty of data, trained once (cached); lr for training from scratch, not the paper's 1e-5
     teacher_limit: int = 50_000
-    teacher_steps: int = 600
+    teacher_steps: int = 700
     teacher_batch: int = 32
     teacher_lr: float = 1e-3
     teacher_warmup: int = 30
@@ -46,7 +47,7 @@ class DemoConfig:
     batch_size: int = 16
     k: int = 25                        # paper default
     gamma: int = 5                     # released code default
-    max_new_tokens: int = 96           # arith answers are < 60 characters
+    max_new_tokens: int = 176          # arith answers (columns worked) are <= 159 characters
     curve_every: int = 25
     curve_examples: int = 64           # validation problems scored for the curves
     eval_examples: int = 300           # test problems scored at the end
@@ -56,13 +57,68 @@ class DemoConfig:
     seed: int = 20
 
     def recipe_hash(self, *fields: str) -> str:
+        from skd.core.tasks import get_task
+
         d = dataclasses.asdict(self)
-        return hashlib.sha1(json.dumps({f: d[f] for f in fields}, sort_keys=True).encode()).hexdigest()[:12]
+        payload = {f: d[f] for f in fields}
+        if "task" in fields:  # the generator's format is part of the recipe (a change retrains)
+            payload["task_data"] = get_task(self.task).fingerprint()
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# `skd demo --quick` (and `skd bench reproduce --quick`): a seconds-long smoke run; numbers mean nothing.
+QUICK_OVERRIDES = dict(teacher_limit=2000, teacher_steps=8, teacher_batch=8, init_steps=4, limit=64, distill_steps=4,
+                       batch_size=4, max_new_tokens=24, curve_every=2, curve_examples=8, eval_examples=16,
+                       spec_prompts=8, dtype="float32")
 
 
 def _stage_done(folder: Path, stamp: str) -> bool:
     return (folder / "final" / "trainer_state.json").exists() and (folder / "recipe.txt").exists() \
         and (folder / "recipe.txt").read_text().strip() == stamp
+
+
+def cached_sft(folder: Path, stamp: str, run: RunConfig, *, name: str,
+               emit: Callable[[str, dict], None] | None = None, models=None,
+               examples=None) -> tuple[Path, float | None]:
+    """Train `run` into `folder` unless `folder/recipe.txt` already holds `stamp` next to a complete
+    `final` checkpoint. Returns (folder / "final", wall seconds, or None when cached). Events are
+    emitted as "cached" / "stage" and f"{name}:{kind}" for the training loop's own events."""
+    from skd.core.train import train
+
+    emit = emit or (lambda kind, payload: None)
+    folder = Path(folder)
+    if _stage_done(folder, stamp):
+        emit("cached", {"stage": name, "path": str(folder / "final")})
+        return folder / "final", None
+    emit("stage", {"stage": name, "steps": run.train.max_steps})
+    t0 = time.perf_counter()
+    train(run, on_event=lambda k, p: emit(f"{name}:{k}", p), models=models, examples=examples)
+    (folder / "recipe.txt").write_text(stamp + "\n")
+    return folder / "final", time.perf_counter() - t0
+
+
+def _sft_run(cfg: DemoConfig, folder: Path, model: str, limit: int, steps: int, batch: int, lr: float,
+             warmup: int) -> RunConfig:
+    return RunConfig(model=ModelConfig(teacher=None, student=model, dtype=cfg.dtype),
+                     data=DataConfig(task=cfg.task, limit=limit, val_limit=0, seed=cfg.seed),
+                     train=TrainConfig(method="sft", lr=lr, warmup_steps=warmup, max_steps=steps, batch_size=batch,
+                                       eval_every=0, save_every=0, seed=cfg.seed, output_dir=str(folder),
+                                       overwrite=True),
+                     sample=SampleConfig(max_new_tokens=cfg.max_new_tokens))
+
+
+TEACHER_RECIPE_FIELDS = ("task", "teacher_limit", "teacher_steps", "teacher_batch", "teacher_lr", "teacher_warmup",
+                         "dtype", "seed")
+
+
+def ensure_teacher(cfg: DemoConfig, emit: Callable[[str, dict], None] | None = None) -> tuple[Path, float | None]:
+    """The demo's teacher stage, shared with `skd bench reproduce`: SFT of `tiny-teacher` on plenty
+    of task data into `<run_dir>/teacher`, cached by a stamp of the teacher recipe fields.
+    Returns (checkpoint folder, training wall seconds or None when cached)."""
+    folder = Path(cfg.run_dir) / "teacher"
+    run = _sft_run(cfg, folder, "tiny-teacher", cfg.teacher_limit, cfg.teacher_steps, cfg.teacher_batch,
+                   cfg.teacher_lr, cfg.teacher_warmup)
+    return cached_sft(folder, cfg.recipe_hash(*TEACHER_RECIPE_FIELDS), run, name="teacher", emit=emit)
 
 
 def _accuracy(model, tok, task, examples, batch_size=64, max_new_tokens=96) -> float:
@@ -86,31 +142,16 @@ def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = 
     t_start = time.perf_counter()
     timings = {}
 
-    def sft(name: str, model: str, limit: int, steps: int, batch: int, lr: float, warmup: int, stamp_fields):
-        folder = root / name
-        stamp = cfg.recipe_hash(*stamp_fields)
-        if _stage_done(folder, stamp):
-            emit("cached", {"stage": name, "path": str(folder / "final")})
-            return folder / "final"
-        emit("stage", {"stage": name, "steps": steps})
-        t0 = time.perf_counter()
-        run = RunConfig(model=ModelConfig(teacher=None, student=model, dtype=cfg.dtype),
-                        data=DataConfig(task=cfg.task, limit=limit, val_limit=0, seed=cfg.seed),
-                        train=TrainConfig(method="sft", lr=lr, warmup_steps=warmup, max_steps=steps, batch_size=batch,
-                                          eval_every=0, save_every=0, seed=cfg.seed, output_dir=str(folder),
-                                          overwrite=True),
-                        sample=SampleConfig(max_new_tokens=cfg.max_new_tokens))
-        train(run, on_event=lambda k, p: emit(f"{name}:{k}", p))
-        (folder / "recipe.txt").write_text(stamp + "\n")
-        timings[name] = time.perf_counter() - t0
-        return folder / "final"
-
-    teacher_dir = sft("teacher", "tiny-teacher", cfg.teacher_limit, cfg.teacher_steps, cfg.teacher_batch,
-                      cfg.teacher_lr, cfg.teacher_warmup,
-                      ("task", "teacher_limit", "teacher_steps", "teacher_batch", "teacher_lr", "teacher_warmup",
-                       "dtype", "seed"))
-    init_dir = sft("student_init", "tiny-student", cfg.limit, cfg.init_steps, cfg.batch_size, cfg.init_lr, 0,
-                   ("task", "limit", "init_steps", "batch_size", "init_lr", "dtype", "seed"))
+    teacher_dir, wall = ensure_teacher(cfg, emit)
+    if wall is not None:
+        timings["teacher"] = wall
+    init_dir, wall = cached_sft(root / "student_init",
+                                cfg.recipe_hash("task", "limit", "init_steps", "batch_size", "init_lr", "dtype", "seed"),
+                                _sft_run(cfg, root / "student_init", "tiny-student", cfg.limit, cfg.init_steps,
+                                         cfg.batch_size, cfg.init_lr, 0),
+                                name="student_init", emit=emit)
+    if wall is not None:
+        timings["student_init"] = wall
 
     tok = model_lib.load_tokenizer(str(teacher_dir))
     teacher = model_lib.load_model(str(teacher_dir), dtype="float32")

@@ -129,6 +129,13 @@ class Task:
             order = order[:limit]
         return [self._example(rows[i], i, mapping, source, split) for i in order]
 
+    def fingerprint(self) -> str:
+        """What defines this task's built-in data and scoring, for cache stamps: a cached model
+        trained before the generator or the template changed must not be reused silently."""
+        spec = arith.get_preset(self.arith_preset).to_dict() if self.arith_preset is not None else None
+        return json.dumps({"name": self.name, "arith": spec, "arith_format": arith.FORMAT_VERSION, "template": self.prompt_template,
+                           "max_new_tokens": self.max_new_tokens}, sort_keys=True)
+
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
             raise SkdError(f"task '{self.name}' has no split '{split}'",
@@ -452,7 +459,7 @@ def _arith_task(preset: str) -> Task:
                     f"(core/arith.py, preset '{preset}'); GSM8K's prompt, stop and metric",
         prompt_template=_GSM_TEMPLATE, fields={"prompt": "question", "answer": "answer"},
         splits=arith.SPLITS, answer_format="gsm8k", reference_format="gsm8k", metric="accuracy",
-        stop_strings=("\n\n",), eval_stop_strings=("\n\n",), max_new_tokens=128,
+        stop_strings=("\n\n",), eval_stop_strings=("\n\n",), max_new_tokens=176,
         arith_preset=preset, percent_lenient=False,
         notes="accuracy is exact numeric match of the number after '####'")
 

@@ -16,6 +16,46 @@ from skd.core.metrics import extract_gsm8k_answer
 from skd.core.tasks import get_task
 
 _LINE = re.compile(r"^(\d+)([-+*/])(\d+)=(?:<<\1\2\3=(\d+)>>)?(\d+)$")
+_COLUMNS = re.compile(r"^(\d+)([-+*])(\d+): ((?:\d+[-+*]\d+(?:=\d+)?[-+]\d+(?:=-\d+\+10)?=\d+ )+)=(\d+)$")
+
+
+def _check_columns(line: str) -> tuple[str, int]:
+    """A column-worked line ("37+48: 7+8+0=15 3+4+1=8 =85"), re-derived digit by digit: each column
+    takes the right digits (units first), its arithmetic and carry/borrow chain hold, and the
+    result read back from the columns is the one shown. Returns (expression, shown result)."""
+    m = _COLUMNS.fullmatch(line)
+    assert m, line
+    a, op, b, cols, shown = m.group(1), m.group(2), m.group(3), m.group(4).split(), int(m.group(5))
+    if op == "*":
+        k, big = (int(b), a) if len(b) == 1 else (int(a), b)
+        tops, bottoms = big[::-1], None
+    else:
+        width = max(len(a), len(b))
+        tops, bottoms = a[::-1].ljust(width, "0"), b[::-1].ljust(width, "0")
+    assert len(cols) == len(tops), line
+    carry, values = 0, []
+    for i, col in enumerate(cols):
+        x, o1, y, prod, o2, c, diff, v = re.fullmatch(
+            r"(\d+)([-+*])(\d+)(?:=(\d+))?([-+])(\d+)(?:=(-\d+)\+10)?=(\d+)", col).groups()
+        x, y, c, v = int(x), int(y), int(c), int(v)
+        assert (prod is not None) == (op == "*"), line  # products show x*k before the carry
+        assert c == carry, line
+        if op == "+":
+            assert (o1, o2, x, y, v) == ("+", "+", int(tops[i]), int(bottoms[i]), x + y + c), line
+            carry = v // 10
+        elif op == "-":
+            borrow = int(tops[i]) - c < int(bottoms[i])
+            assert (x, o1, o2, y) == (int(tops[i]), "-", "-", int(bottoms[i])), line
+            assert (diff is not None) == borrow and v == x - y - c + 10 * borrow and 0 <= v <= 9, line
+            assert diff is None or int(diff) == x - y - c, line
+            carry = int(borrow)
+        else:
+            assert (o1, o2, x, y, int(prod), v) == ("*", "+", int(tops[i]), k, x * k, x * k + c), line
+            carry = v // 10
+        values.append(v)
+    read_back = str(values[-1]) + "".join(str(v % 10) for v in reversed(values[:-1]))
+    assert int(read_back) == shown, line
+    return f"{a}{op}{b}", shown
 
 
 def _solve(question: str) -> tuple[int, str]:
@@ -56,6 +96,10 @@ def _check_lines(answer: str, annotated: bool) -> int:
     *lines, last = answer.split("\n")
     assert last.startswith("#### ")
     for line in lines:
+        if ": " in line:
+            expr, shown = _check_columns(line)
+            assert shown == eval(expr), line  # noqa: S307 - digits and one operator, checked above
+            continue
         m = _LINE.fullmatch(line)
         assert m, line
         a, op, b, note, shown = m.groups()
@@ -66,7 +110,7 @@ def _check_lines(answer: str, annotated: bool) -> int:
             assert int(a) % int(b) == 0, line
         assert int(shown) == exact and (note is None or int(note) == exact), line
     if lines:
-        assert int(_LINE.fullmatch(lines[-1]).group(5)) == int(last[5:])
+        assert int(re.search(r"(\d+)$", lines[-1]).group(1)) == int(last[5:])
     return int(last[5:])
 
 
@@ -163,3 +207,27 @@ def test_exhausted_spec_fails_instead_of_spinning():
         generate(tiny, 100, seed=0)
     with pytest.raises(SkdError, match="split"):
         generate(tiny, 1, seed=0, split="dev")
+
+
+@pytest.mark.parametrize("expr, work", [
+    ("37+48", "7+8+0=15 3+4+1=8"),                  # carry into the last column
+    ("75+48", "5+8+0=13 7+4+1=12"),                 # the last column keeps its carry: 123
+    ("52-17", "2-7-0=-5+10=5 5-1-1=3"),             # a negative difference borrows: plus 10
+    ("100-1", "0-1-0=-1+10=9 0-0-1=-1+10=9 1-0-1=0"),  # borrow chain through zeros: 099 -> 99
+    ("4*12", "2*4=8+0=8 1*4=4+0=4"),                # the one-digit factor multiplies either side
+    ("999*9", "9*9=81+0=81 9*9=81+8=89 9*9=81+8=89"),
+    ("5+7", "5+7+0=12"),
+])
+def test_column_work_by_hand(expr, work):
+    assert arith.column_work(expr) == work
+    assert _check_columns(f"{expr}: {work} ={eval(expr)}") == (expr, eval(expr))  # noqa: S307
+
+
+def test_column_work_declines_what_it_cannot_work():
+    assert arith.column_work("12/4") is None
+    assert arith.column_work("12*34") is None  # no one-digit factor
+    assert arith.column_work("3-5") is None  # negative results never occur in problems
+    with pytest.raises(SkdError, match="columns and annotate"):
+        ArithSpec(columns=True, annotate=True)
+    lines = [line for p in generate(PRESETS["default"], 100, seed=4) for line in p["answer"].split("\n")[:-1]]
+    assert lines and all(": " in line for line in lines)  # the default preset works every line

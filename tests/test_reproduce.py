@@ -1,0 +1,154 @@
+"""`skd bench reproduce` end to end at the tiniest scale: tiny models built here, a few steps, a few problems."""
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from skd.cli.main import main
+
+ARGS = ["--regimes", "12", "--inits", "weak,strong", "--methods", "sft,supervised,skd", "--ks", "1,V",
+        "--seeds", "0,1", "--weak-steps", "1", "--strong-steps", "2", "--distill-steps", "2", "--batch-size", "2",
+        "--eval-examples", "3", "--spec-prompts", "2", "--max-new-tokens", "6", "--dtype", "float32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a 2-thread pool crawl when anything else loads the machine; 1 thread is steady."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A one-layer teacher on the char tokenizer, saved like a checkpoint folder (no demo teacher stage)."""
+    from skd.core.models import tiny_model
+    from skd.core.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    path = tmp_path_factory.mktemp("teacher")
+    tiny_model("llama", len(tok), seed=0, hidden=32, layers=1).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def _invoke(args):
+    return CliRunner().invoke(main, ["bench", "reproduce", *args], catch_exceptions=False)
+
+
+def test_help_is_listed_and_documents_every_knob():
+    assert "reproduce" in CliRunner().invoke(main, ["bench", "--help"]).output
+    out = _invoke(["--help"]).output
+    for opt in ("--run-dir", "--output-dir", "--methods", "--regimes", "--inits", "--ks", "--seeds",
+                "--distill-steps", "--batch-size", "--lr", "--eval-examples", "--spec-prompts", "--max-new-tokens",
+                "--quick"):
+        assert opt in out
+
+
+def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, monkeypatch):
+    from skd.benchmarks import reproduce as rep
+
+    real = rep._Study.distil
+
+    def flaky(self, regime, init, seed, method, k, init_dir):
+        if (method, seed) == ("supervised", 1):
+            raise RuntimeError("injected failure")
+        return real(self, regime, init, seed, method, k, init_dir)
+
+    monkeypatch.setattr(rep._Study, "distil", flaky)
+    run_dir, out_dir = tmp_path / "runs", tmp_path / "out"
+    args = ["--run-dir", str(run_dir), "--output-dir", str(out_dir), "--teacher", str(teacher_dir), *ARGS]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    assert "16 distillation runs" in r.output
+
+    res = json.loads((out_dir / "reproduce.json").read_text())
+    assert res["schema"] == rep.SCHEMA and res["vocab_size"] == 103
+    assert {"torch", "transformers", "skd"} <= set(res["env"])
+    assert res["config"]["distill_steps"] == 2 and res["teacher"]["eval"]["test_examples"] == 3
+    assert len(res["inits"]) == 4 and all(i["status"] == "ok" for i in res["inits"])
+    runs = res["runs"]
+    assert len(runs) == 16                     # 1 regime x 2 inits x 2 seeds x (sft, supervised, skd K=1, K=V)
+    failed = [x for x in runs if x["status"] != "ok"]
+    assert [(x["method"], x["seed"]) for x in failed] == [("supervised", 1)] * 2
+    assert "injected failure" in failed[0]["error"]
+    for x in runs:
+        if x["status"] == "ok":
+            assert 0 <= x["test_accuracy"] <= 1 and x["test_examples"] == 3
+            assert {"acceptance_rate", "teacher_forwards_per_token"} <= set(x["draft"])
+            assert [s for s, _ in x["correction_curve"]] == [1, 2] and x["train_wall_s"] > 0
+    assert {x["k"] for x in runs if x["method"] == "skd"} == {1, 103}
+    kv = [x for x in runs if x["variant"] == "skd-kV"]
+    assert all(c == 0 for x in kv for _, c in x["correction_curve"])   # K = V: nothing is ever replaced
+
+    # mean and sample std come from the runs themselves
+    for row in res["summary"]:
+        if row["method"] == "init":
+            continue
+        mine = [x for x in runs if (x["regime"], x["init"], x["variant"], x["status"]) ==
+                (row["regime"], row["init"], row["variant"], "ok")]
+        accs = [x["test_accuracy"] for x in mine]
+        assert row["n_ok"] == len(accs) and row["test_accuracy"]["values"] == accs
+        assert row["test_accuracy"]["mean"] == pytest.approx(statistics.fmean(accs))
+        if len(accs) >= 2:
+            assert row["test_accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+        else:
+            assert row["test_accuracy"]["std"] is None and row["n_failed"] == 1
+        acc_rates = [x["draft"]["acceptance_rate"] for x in mine]
+        assert row["draft_acceptance"]["mean"] == pytest.approx(statistics.fmean(acc_rates))
+    assert [r_["variant"] for r_ in res["summary"]][:5] == ["init", "sft", "supervised", "skd-k1", "skd-kV"]
+
+    md = (out_dir / "reproduce.md").read_text()
+    assert "| regime | init | method | K | n | test accuracy |" in md
+    assert md.count("\n| 12 | ") == len(res["summary"]) == 10
+    assert "V=103" in md and "## Failed runs" in md and "injected failure" in md
+    assert (run_dir / "reproduce" / "12" / "weak" / "seed0" / "skd-k1" / "result.json").exists()
+    if res["plots"]["accuracy"] is not None:      # matplotlib installed
+        assert (out_dir / "accuracy.png").stat().st_size > 0 and (out_dir / "correction_rate.png").exists()
+
+    # resume: every finished run is skipped, the failed ones are retried (the failure is gone now)
+    monkeypatch.setattr(rep._Study, "distil", real)
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    assert "14 of 16 runs already have a result" in r.output
+    res2 = json.loads((out_dir / "reproduce.json").read_text())
+    assert all(x["status"] == "ok" for x in res2["runs"])
+    assert sorted((x["method"], x["seed"]) for x in res2["runs"] if not x["cached"]) == [("supervised", 1)] * 2
+    same = {(x["init"], x["variant"], x["seed"]): x["test_accuracy"] for x in runs if x["status"] == "ok"}
+    assert all(same[(x["init"], x["variant"], x["seed"])] == x["test_accuracy"] for x in res2["runs"] if x["cached"])
+
+
+def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
+    """Without --teacher the study calls the demo's teacher stage with the demo's recipe and run dir."""
+    import dataclasses
+
+    from skd.benchmarks import reproduce as rep
+    from skd.core.demo import DemoConfig
+
+    seen = []
+
+    def stage(demo_cfg, emit):
+        seen.append(demo_cfg)
+        return teacher_dir, None
+
+    cfg = rep.ReproConfig(run_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"), methods=("skd",),
+                          regimes=("8",), inits=("weak",), ks=("V",), seeds=(0,), weak_steps=1, distill_steps=1,
+                          batch_size=2, eval_examples=2, spec_prompts=1, max_new_tokens=4, dtype="float32")
+    res = rep.run(cfg, teacher_stage=stage)
+    assert seen == [DemoConfig(run_dir=cfg.run_dir)]
+    assert res["teacher"]["source"] == "demo teacher stage" and len(res["runs"]) == 1
+    assert res["runs"][0]["status"] == "ok", res["runs"][0].get("error")
+    quick = dataclasses.replace(cfg, quick=True)
+    seen.clear()
+    rep.run(quick, teacher_stage=stage)
+    assert seen[0].teacher_steps == 8     # --quick uses `skd demo --quick`'s teacher recipe
+
+
+def test_bad_values_are_one_line_errors(tmp_path):
+    for args in (["--ks", "1,x"], ["--regimes", "lots"], ["--methods", "gkd"], ["--seeds", "a"]):
+        r = CliRunner().invoke(main, ["bench", "reproduce", "--run-dir", str(tmp_path), *args])
+        assert r.exit_code != 0 and "error" in r.output.lower(), (args, r.output)
