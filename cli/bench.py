@@ -410,11 +410,11 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--inits", default=None, help="Student initialisations: weak (brief SFT), strong (long SFT)  "
               "[default: weak,strong]")
 @click.option("--ks", default=None, help="SKD top-K sweep; V = the vocabulary size (on-policy KD)  "
-              "[default: 1,5,25,V; --quick 1,V]")
+              "[default: 1,3,25,V; --quick 1,V]")
 @click.option("--seeds", default=None, help="Comma-separated integer seeds  [default: 0,1,2; --quick 0]")
-@click.option("--weak-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the weak init  [default: 60]")
+@click.option("--weak-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the weak init  [default: 300]")
 @click.option("--strong-steps", type=click.IntRange(min=1), default=None,
-              help="SFT steps of the strong init  [default: 600]")
+              help="SFT steps of the strong init  [default: 1000]")
 @click.option("--init-lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Learning rate of the init SFTs  [default: 1e-3]")
 @click.option("--distill-steps", type=click.IntRange(min=1), default=None,
