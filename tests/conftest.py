@@ -134,3 +134,15 @@ def sharp_pair64():
         teacher.lm_head.weight.mul_(8.0)
         student.lm_head.weight.mul_(8.0)
     return teacher, student
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is faster than a 2-thread pool that
+    waits for a busy core, and steadier; restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,17 +19,11 @@ from skd.cli.main import main
 V = 103
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, _one_thread):
+def world(tmp_path_factory, one_thread):
     """Models, data files and run folders shared (read-only) by every case."""
     from skd.core.models import tiny_model
     from skd.core.tokenizer import build_char_tokenizer

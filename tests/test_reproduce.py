@@ -12,15 +12,7 @@ ARGS = ["--regimes", "12", "--inits", "weak,strong", "--methods", "sft,supervise
         "--eval-examples", "3", "--spec-prompts", "2", "--max-new-tokens", "6", "--dtype", "float32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a 2-thread pool crawl when anything else loads the machine; 1 thread is steady."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
