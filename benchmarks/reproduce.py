@@ -182,7 +182,7 @@ class _Study:
     # ---- shared inputs
     def setup(self) -> None:
         from skd.core import models as model_lib
-        from skd.core.demo import DemoConfig, QUICK_OVERRIDES, ensure_teacher
+        from skd.core.demo import TEACHER_RECIPE_FIELDS, DemoConfig, QUICK_OVERRIDES, ensure_teacher
         from skd.core.tasks import get_task
         from skd.core.train import tokenize_examples
 
@@ -199,9 +199,7 @@ class _Study:
             teacher_dir, wall = stage(demo, self.emit)
             stamp = (Path(teacher_dir).parent / "recipe.txt")
             self.teacher_info = {"source": "demo teacher stage", "path": str(teacher_dir),
-                                 "recipe": {f: getattr(demo, f) for f in ("teacher_limit", "teacher_steps",
-                                                                          "teacher_batch", "teacher_lr",
-                                                                          "teacher_warmup", "dtype", "seed")},
+                                 "recipe": {f: getattr(demo, f) for f in TEACHER_RECIPE_FIELDS},
                                  "id": stamp.read_text().strip() if stamp.exists() else _teacher_id(teacher_dir)}
         if wall is not None:
             self.timings["teacher_train"] = wall

@@ -105,14 +105,18 @@ def _common_options(f):
     return f
 
 
-def _build_config(ctx: click.Context, params: dict, fixed: dict):
-    """Defaults < config file < explicit command-line options; `fixed` always wins."""
+def _build_config(ctx: click.Context, params: dict, fixed: dict, recipe: dict | None = None):
+    """Defaults < `recipe` (a preset's own defaults) < config file < explicit command-line options;
+    `fixed` always wins."""
     from click.core import ParameterSource
 
     from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
     from skd.core.errors import SkdError
 
     sections = {"model": {}, "data": {}, "train": {}, "sample": {}}
+    for name, value in (recipe or {}).items():
+        sec, field = OPTION_FIELDS[name]
+        sections[sec][field] = value
     file_values: dict = {}
     if params.get("config_file"):
         file_values = _read_config_file(params["config_file"])
@@ -233,14 +237,22 @@ def sft(ctx, **params):
     """Fine-tune a model with cross-entropy on a task's responses (SFT; SeqKD with teacher outputs).
 
     Used to train the teacher (and a task-SFT student initialisation) before distillation.
+    `--model tiny-teacher` on an arith task trains with its own recipe unless options say
+    otherwise: --limit 50000 --lr 1e-3 --warmup-steps 30 --max-steps 700 --batch-size 32
+    --dtype bfloat16 (96.6% test accuracy in ~10 minutes on 2 CPU cores).
 
     \b
     Examples:
       skd sft --model tiny-teacher --task arith --limit 20000 --epochs 2 --output-dir runs/teacher
       skd sft --model gemma-7b-it --task gsm8k --data gsm8k_train.jsonl --lr 1e-5
     """
+    from skd.core.models import PRESET_SFT_RECIPES
+
     method = "sft"
-    cfg = _build_config(ctx, params, {("train", "method"): method, ("model", "teacher"): None})
+    recipe = PRESET_SFT_RECIPES.get(params["model"]) if params["task"].startswith("arith") else None
+    if recipe and ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
+        recipe = {k: v for k, v in recipe.items() if k != "max_steps"}  # --epochs asked for a length
+    cfg = _build_config(ctx, params, {("train", "method"): method, ("model", "teacher"): None}, recipe)
     _run(cfg)
 
 

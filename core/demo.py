@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+from skd.core.models import PRESET_SFT_RECIPES
+
+_TEACHER_RECIPE = PRESET_SFT_RECIPES["tiny-teacher"]  # what `skd sft --model tiny-teacher` runs
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,11 @@ class DemoConfig:
     task: str = "arith"
     methods: tuple[str, ...] = ("supervised", "on-policy", "skd")
     # teacher: plenty of data, trained once (cached); lr for training from scratch, not the paper's 1e-5
-    teacher_limit: int = 50_000
-    teacher_steps: int = 700
-    teacher_batch: int = 32
-    teacher_lr: float = 1e-3
-    teacher_warmup: int = 30
+    teacher_limit: int = _TEACHER_RECIPE["limit"]
+    teacher_steps: int = _TEACHER_RECIPE["max_steps"]
+    teacher_batch: int = _TEACHER_RECIPE["batch_size"]
+    teacher_lr: float = _TEACHER_RECIPE["lr"]
+    teacher_warmup: int = _TEACHER_RECIPE["warmup_steps"]
     # student init and distillation: the paper's small fixed prompt set
     limit: int = 1000                  # the "1k" regime
     init_steps: int = 300              # SFT on the 1k set alone: a weak student (~5 epochs; 60 steps
@@ -125,7 +128,7 @@ def ensure_teacher(cfg: DemoConfig, emit: Callable[[str, dict], None] | None = N
     return cached_sft(folder, cfg.recipe_hash(*TEACHER_RECIPE_FIELDS), run, name="teacher", emit=emit)
 
 
-def _accuracy(model, tok, task, examples, batch_size=64, max_new_tokens=96) -> float:
+def _accuracy(model, tok, task, examples, *, max_new_tokens: int, batch_size: int = 64) -> float:
     from skd.core.evaluation import evaluate_model
 
     metrics, _ = evaluate_model(model, tok, task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)

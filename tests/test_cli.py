@@ -93,3 +93,30 @@ def test_bench_speculative_on_tiny_models(tmp_path):
     assert (tmp_path / "spec.png").stat().st_size > 1000
     for key in ("device", "torch", "transformers", "ops_backend"):
         assert key in res["env"]
+
+
+def test_tiny_teacher_sft_uses_its_recipe_unless_options_say_otherwise(monkeypatch, tmp_path):
+    from skd.cli import train_cmd
+    from skd.core.models import PRESET_SFT_RECIPES
+
+    seen = []
+    monkeypatch.setattr(train_cmd, "_run", seen.append)  # resolve the configuration, train nothing
+    runner = CliRunner()
+    recipe = PRESET_SFT_RECIPES["tiny-teacher"]
+
+    def resolved(*args):
+        r = runner.invoke(main, ["sft", *args, "--output-dir", str(tmp_path / "x")])
+        assert r.exit_code == 0, r.output
+        return seen.pop()
+
+    cfg = resolved("--model", "tiny-teacher", "--task", "arith")
+    assert (cfg.data.limit, cfg.train.lr, cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.batch_size,
+            cfg.model.dtype) == (recipe["limit"], recipe["lr"], recipe["warmup_steps"], recipe["max_steps"],
+                                 recipe["batch_size"], recipe["dtype"])
+    cfg = resolved("--model", "tiny-teacher", "--task", "arith", "--lr", "2e-3", "--epochs", "1")
+    assert cfg.train.lr == 2e-3 and cfg.train.max_steps is None and cfg.train.epochs == 1.0  # options win
+    (tmp_path / "c.yaml").write_text("batch-size: 4\n")
+    cfg = resolved("--model", "tiny-teacher", "--config", str(tmp_path / "c.yaml"))
+    assert cfg.train.batch_size == 4 and cfg.train.max_steps == recipe["max_steps"]  # file over recipe
+    cfg = resolved("--model", "tiny-student", "--task", "arith")  # no recipe: the paper's defaults
+    assert (cfg.data.limit, cfg.train.lr, cfg.train.max_steps) == (1000, 1e-5, None)
