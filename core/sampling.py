@@ -129,6 +129,125 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+_GROWING_LAYER = None
+
+
+def _growing_layer_class():
+    """transformers' DynamicLayer with its keys/values kept as prefix views of a preallocated buffer.
+
+    DynamicLayer.update concatenates the whole cache with every new slot, so each decoding step copies
+    the cache (11% of the batched sampler's time on the tiny models). Here an update writes the new
+    slots in place and the capacity doubles when full (amortised O(1) copies per slot). Anything
+    that replaces .keys/.values from outside (beam reorder, crop to a copy) is noticed by identity
+    and the layer re-adopts the new tensors, so it is never less correct than DynamicLayer."""
+    global _GROWING_LAYER
+    if _GROWING_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowingLayer(DynamicLayer):
+            def adopt(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+                A, H, n, dk = keys.shape
+                cap = max(capacity, n, 1)
+                self._kbuf = keys.new_empty(A, H, cap, dk)
+                self._vbuf = values.new_empty(A, H, cap, values.shape[-1])
+                self._kbuf[:, :, :n].copy_(keys)
+                self._vbuf[:, :, :n].copy_(values)
+                self._set(n)
+
+            def _set(self, n: int) -> None:
+                self.keys = self._kbuf[:, :, :n]
+                self.values = self._vbuf[:, :, :n]
+                self._views = (self.keys, self.values)
+
+            def _current(self) -> int:
+                if self.keys is not self._views[0] or self.values is not self._views[1]:
+                    self.adopt(self.keys, self.values, self._kbuf.shape[2])  # replaced from outside
+                return self.keys.shape[2]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                n, s = self._current(), key_states.shape[2]
+                if n + s > self._kbuf.shape[2]:
+                    self.adopt(self.keys, self.values, max(2 * self._kbuf.shape[2], n + s))
+                self._kbuf[:, :, n: n + s].copy_(key_states)
+                self._vbuf[:, :, n: n + s].copy_(value_states)
+                self._set(n + s)
+                return self.keys, self.values
+
+            def batch_select_indices(self, indices: torch.Tensor) -> None:
+                # In place: the kept rows move to the front of the buffer, which then narrows to them
+                # (no new buffer: a fresh allocation of the whole capacity costs more than the copy).
+                n, m = self._current(), indices.shape[0]
+                k, v = self.keys.index_select(0, indices), self.values.index_select(0, indices)
+                self._kbuf, self._vbuf = self._kbuf[:m], self._vbuf[:m]
+                self._kbuf[:, :, :n].copy_(k)
+                self._vbuf[:, :, :n].copy_(v)
+                self._set(n)
+
+            def gather_slots(self, order: torch.Tensor) -> None:
+                """Keep, per row, the slots order[A, M] (in that order), at the front of the buffer."""
+                self._current()
+                kidx = order[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
+                vidx = order[:, None, :, None].expand(-1, self.values.shape[1], -1, self.values.shape[3])
+                k, v = self.keys.gather(2, kidx), self.values.gather(2, vidx)
+                M = order.shape[1]
+                self._kbuf[:, :, :M].copy_(k)
+                self._vbuf[:, :, :M].copy_(v)
+                self._set(M)
+
+        _GROWING_LAYER = GrowingLayer
+    return _GROWING_LAYER
+
+
+def _use_growing_layers(cache, extra: int) -> None:
+    """Swap each plain full-attention DynamicLayer of a filled cache for a GrowingLayer with room for
+    `extra` more slots. Other layer types (sliding window, static, quantized) and older transformers
+    caches without .layers are left as they are."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - transformers without cache layers
+        return
+    cls = _growing_layer_class()
+    for i, layer in enumerate(layers):
+        if type(layer) is not DynamicLayer or not getattr(layer, "is_initialized", False) or layer.keys is None:
+            continue
+        if layer.keys.dim() != 4:
+            continue
+        new = cls()
+        new.__dict__.update({k: v for k, v in layer.__dict__.items() if k not in ("keys", "values")})
+        new.adopt(layer.keys, layer.values, layer.keys.shape[2] + extra)
+        layers[i] = new
+
+
+# Model types whose transformers (>= 5) forward takes a prepared 4D mask as is, with every layer
+# full attention; tested against the 2D path in tests/test_sampling.py. Others get the 2D mask.
+_MASK4D_MODEL_TYPES = ("llama", "gemma", "qwen2", "gpt2")
+
+
+def _mask4d_kind(model) -> str | None:
+    """"bool" (sdpa) or "float" (eager, additive) when KVStream may build the 4D attention mask
+    itself, else None. transformers rebuilds the 4D mask from the 2D one on every forward (0.25 ms
+    a call on CPU, a sixth of a tiny model's decoding step); the slot mask already holds it."""
+    try:
+        import transformers
+        if int(transformers.__version__.split(".")[0]) < 5:
+            return None
+    except Exception:  # pragma: no cover
+        return None
+    cfg = model.config
+    if getattr(cfg, "model_type", None) not in _MASK4D_MODEL_TYPES:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and any(t != "full_attention" for t in types):
+        return None
+    if types is None and getattr(cfg, "model_type", None) != "gpt2" and getattr(cfg, "sliding_window", None):
+        return None
+    impl = getattr(cfg, "_attn_implementation", None)
+    return {"sdpa": "bool", "eager": "float"}.get(impl)
+
+
 class KVStream:
     """One model's incremental view of a ragged batch: KV cache, slot mask, next position per row."""
 
@@ -140,18 +259,39 @@ class KVStream:
         self.slot_mask: torch.Tensor | None = None   # [A, S] int64: 1 valid slot, 0 pad / hole
         self.next_pos: torch.Tensor | None = None    # [A] int64: valid tokens so far
         self._kw = _cache_kwarg(model)
+        self._reserve = 0
+        self._mask4d = _mask4d_kind(model)
+        self._dtype = next(model.parameters()).dtype
 
     def _run(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        kwargs = {self._kw: self.cache} if self.cache is not None else {}
-        out = self.model(input_ids=ids, attention_mask=self.slot_mask, position_ids=position_ids,
+        fresh = self.cache is None
+        kwargs = {self._kw: self.cache} if not fresh else {}
+        mask = self.slot_mask if self._mask4d is None else self._mask_4d(ids.shape[1])
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                          use_cache=True, **kwargs)
         # transformers >= 5.2x names the output `cache` (reading `past_key_values` warns); older: past_key_values.
         self.cache = out["cache"] if "cache" in out else out.past_key_values
+        if fresh:  # the model made a DynamicCache: from now on append in place
+            _use_growing_layers(self.cache, self._reserve)
         return out.logits[..., : self.V]
 
-    def prefill(self, rows: list[list[int]], pad_id: int) -> None:
-        """Consume each row's tokens (left-padded); rows may be empty."""
+    def _mask_4d(self, q: int) -> torch.Tensor:
+        """[A, 1, q, S] mask for the q newest slots: valid earlier-or-same slots, and each query's own
+        slot (so a hole's or a pad's query row is never fully masked: its output is unused)."""
+        S = self.slot_mask.shape[1]
+        k_pos = torch.arange(S, device=self.device)
+        q_pos = k_pos[S - q:, None]
+        m = (self.slot_mask.bool()[:, None, None, :] & (k_pos <= q_pos)) | (k_pos == q_pos)
+        if self._mask4d == "bool":
+            return m
+        return torch.zeros(m.shape, dtype=self._dtype, device=self.device).masked_fill_(
+            ~m, torch.finfo(self._dtype).min)
+
+    def prefill(self, rows: list[list[int]], pad_id: int, reserve: int = 0) -> None:
+        """Consume each row's tokens (left-padded); rows may be empty. `reserve`: slots to preallocate
+        for what follows (the cache still grows past it when needed)."""
         A, P = len(rows), max((len(r) for r in rows), default=0)
+        self._reserve = reserve
         self.slot_mask = torch.zeros(A, P, dtype=torch.long, device=self.device)
         self.next_pos = torch.tensor([len(r) for r in rows], dtype=torch.long, device=self.device)
         if P == 0:
@@ -210,6 +350,9 @@ class KVStream:
         order = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, S - M:]
         for layer in layers:
             if layer.keys is None or layer.keys.numel() == 0:
+                continue
+            if hasattr(layer, "gather_slots"):
+                layer.gather_slots(order)
                 continue
             idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
             layer.keys = layer.keys.gather(2, idx)
@@ -370,10 +513,10 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
     streams = {}
     if mode in ("skd", "student"):
         streams["s"] = KVStream(student, V)
-        streams["s"].prefill([p[:-1] for p in prompt_ids], pad_token_id)
+        streams["s"].prefill([p[:-1] for p in prompt_ids], pad_token_id, reserve=R + cfg.gamma + 1)
     if mode in ("skd", "teacher"):
         streams["t"] = KVStream(teacher, V)
-        streams["t"].prefill([p[:-1] for p in prompt_ids], pad_token_id)
+        streams["t"].prefill([p[:-1] for p in prompt_ids], pad_token_id, reserve=R + cfg.gamma + 1)
     pend = torch.tensor([p[-1] for p in prompt_ids], dtype=torch.long)  # last committed token, not yet consumed
     # A fully accepted draft followed by a bonus token leaves the last draft token unseen by the
     # student (it drafts D tokens from D forwards); it is fed, with the bonus, in the next round.

@@ -201,3 +201,60 @@ def test_bad_inputs_are_refused(pair64):
         SampleConfig(k=-1)
     with pytest.raises(SkdError):
         SampleConfig(gamma=0)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+@pytest.mark.parametrize("arch,attn", [(a, i) for a in ("llama", "gpt2", "gemma", "qwen2") for i in ("sdpa", "eager")]
+                         + [("gemma2", "eager")])   # transformers refuses gemma2's soft-capping under sdpa
+def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, attn, monkeypatch):
+    """KVStream's preallocated cache layers and its own 4D mask against transformers' DynamicCache
+    and 2D-mask path: same tokens, same kept teacher logits, through holes (K = 1 rejects often),
+    dropped rows (ragged lengths, EOS) and compaction (long enough for holes to dominate)."""
+    import skd.core.sampling as S
+
+    # float32 for eager: transformers' own eager path turns left padding into NaN in float64 (a
+    # fully masked pad row adds finfo.min twice); the prepared mask lets a pad row see itself.
+    dtype = torch.float64 if attn == "sdpa" else torch.float32
+    teacher = tiny_model(arch, V, seed=5, dtype=dtype, hidden=32, layers=2)
+    student = tiny_model(arch, V, seed=6, dtype=dtype, hidden=16, layers=1)
+    for m in (teacher, student):
+        m.config._attn_implementation = attn
+    prompts = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30], [4]]
+    cfg = SampleConfig(mode="skd", k=1, gamma=3, max_new_tokens=70, keep_teacher_logits=True,
+                       student_temperature=1.0, student_top_p=1.0, teacher_temperature=1.0, teacher_top_p=1.0)
+    run = lambda: sample(teacher, student, prompts, cfg, eos_token_id=[2], vocab_size=V, **_gens())  # noqa: E731
+    fast = run()
+    if arch == "gemma2":   # sliding-window layers: both fast paths must stand aside
+        assert S._mask4d_kind(teacher) is None
+    else:
+        assert S._mask4d_kind(teacher) == {"sdpa": "bool", "eager": "float"}[attn]
+    monkeypatch.setattr(S, "_mask4d_kind", lambda model: None)
+    monkeypatch.setattr(S, "_use_growing_layers", lambda cache, extra: None)
+    ref = run()
+    assert fast.responses() == ref.responses()
+    assert len({len(r) for r in ref.responses()}) > 1            # ragged: rows were dropped
+    assert ref.replaced > 10                                      # holes were made
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast.teacher_logits, ref.teacher_logits, rtol=tol, atol=tol)
+
+
+def test_growing_layer_readopts_tensors_replaced_from_outside():
+    """Beam-style code that swaps .keys/.values for new tensors must not be overwritten later."""
+    from transformers.cache_utils import DynamicLayer
+    import skd.core.sampling as S
+
+    ref, grow = DynamicLayer(), S._growing_layer_class()()
+    k0 = torch.randn(2, 1, 3, 4, dtype=torch.float64)
+    ref.update(k0, k0 + 1)
+    grow.adopt(k0, k0 + 1, capacity=4)              # as KVStream makes them, from a filled layer
+    for layer in (ref, grow):
+        layer.batch_select_indices(torch.tensor([1]))
+        layer.keys = layer.keys * 2                  # replaced from outside
+        layer.values = layer.values * 2
+        for s in range(3):                           # grows past the capacity
+            k = torch.full((1, 1, 2, 4), float(s), dtype=torch.float64)
+            layer.update(k, k + 1)
+    torch.testing.assert_close(grow.keys, ref.keys)
+    torch.testing.assert_close(grow.values, ref.values)
+    assert grow.keys.shape[2] == 9
