@@ -164,7 +164,12 @@ def mean_std(values: list[float]) -> dict:
 
 
 def _teacher_id(path: Path) -> str:
-    """Identity of a teacher checkpoint folder for the run stamps: path and newest file time."""
+    """Identity of a teacher checkpoint folder for the run stamps: the recipe stamp beside it when the
+    demo's teacher stage made it (<folder>/../recipe.txt: a copied stage keeps its identity), else its
+    path and newest file time."""
+    recipe = Path(path).parent / "recipe.txt"
+    if recipe.is_file() and (Path(path).parent / "final") == Path(path):
+        return recipe.read_text().strip()
     times = [p.stat().st_mtime_ns for p in Path(path).iterdir() if p.is_file()] if Path(path).is_dir() else [0]
     return f"{Path(path).resolve()}@{max(times, default=0)}"
 

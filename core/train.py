@@ -361,17 +361,37 @@ def _sequence_weights(s: Samples, norm: str) -> torch.Tensor:
 class _Data:
     """Deterministic endless stream over the examples: a fresh seeded permutation per epoch.
 
+    With `lengths` and `batch` (group by length), each epoch's permutation is cut into pools of
+    GROUP_POOL batches, each pool is sorted by length and cut into batches, and the batches of the
+    epoch are put in a seeded random order: every batch holds similar lengths (padding in a random
+    batch of 32 `arith` examples is ~30% of the tokens), while which examples meet and the batch
+    order stay random. The order depends only on (seed, epoch), so resume is exact.
+
     `cursor` counts the examples handed out (the data position saved in checkpoints)."""
 
-    def __init__(self, n: int, seed: int):
+    GROUP_POOL = 50
+
+    def __init__(self, n: int, seed: int, lengths: list[int] | None = None, batch: int = 0):
         self.n, self.seed = n, seed
+        self.lengths, self.batch = lengths, batch
         self.cursor = 0
         self._perm: tuple[int, list[int]] | None = None   # (epoch, permutation): one epoch cached
 
     def _order(self, epoch: int) -> list[int]:
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=g).tolist())
+            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None and self.batch > 1:
+                pool = self.batch * self.GROUP_POOL
+                batches = []
+                for i in range(0, self.n, pool):
+                    part = sorted(perm[i: i + pool], key=lambda j: self.lengths[j])   # stable
+                    batches += [part[j: j + self.batch] for j in range(0, len(part), self.batch)]
+                order = torch.randperm(len(batches), generator=g).tolist()
+                # a short batch (a pool's remainder) goes last, so the stream's batches stay aligned
+                order.sort(key=lambda b: len(batches[b]) < self.batch)
+                perm = [j for b in order for j in batches[b]]
+            self._perm = (epoch, perm)
         return self._perm[1]
 
     def next(self, k: int) -> list[int]:
@@ -612,7 +632,8 @@ class _Run:
             return max(0.0, (total - step) / max(1, total - tc.warmup_steps))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
-        self.data = _Data(len(train_ex), tc.seed)
+        self.data = (_Data(len(train_ex), tc.seed, [len(e.prompt_ids) + len(e.response_ids) for e in train_ex],
+                           tc.batch_size) if tc.group_by_length else _Data(len(train_ex), tc.seed))
         self.state = {"step": 0, "total_steps": total, "data_cursor": 0, "seed": tc.seed,
                       "world_size": dist.world_size, "sample_chunk": self.chunk, "rng_scheme": RNG_SCHEME}
         self.resume_from = resume_from

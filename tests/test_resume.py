@@ -247,3 +247,24 @@ def test_in_process_resume_from_an_older_checkpoint_is_bit_identical(char_tokeni
     assert summary["resumed_from"].endswith("step-000002")
     _assert_same_weights(cut / "final", full / "final")
     assert _metrics(cut) == _metrics(full)
+
+
+def test_resume_with_group_by_length_is_bit_identical(char_tokenizer, tmp_path):
+    from skd.core.models import tiny_model
+    from skd.core.train import train
+
+    def models():
+        return (tiny_model("llama", V, seed=1, hidden=32, layers=2), tiny_model("llama", V, seed=2, hidden=16, layers=1),
+                char_tokenizer)
+
+    ex = (_examples(char_tokenizer, 5), _examples(char_tokenizer, 2))
+    kw = dict(method="supervised", group_by_length=True, keep_checkpoints=3)      # 4 steps x 2 > 5: two epochs
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_cfg(full, **kw), models=models(), examples=ex)
+    train(_cfg(cut, **kw), models=models(), examples=ex)
+    for name in ("final", "checkpoints/step-000003"):           # as if killed right after step 2's save
+        ckpt.discard(cut / name)
+    summary = train(_cfg(cut, resume=True, **kw), models=models(), examples=ex)
+    assert summary["resumed_from"].endswith("step-000002")
+    _assert_same_weights(cut / "final", full / "final")
+    assert _metrics(cut) == _metrics(full)

@@ -114,3 +114,29 @@ def test_output_dir_with_another_run_is_refused(tmp_path, char_tokenizer):
     with pytest.raises(SkdError, match="is a file"):
         train(_cfg(tmp_path, "supervised", output_dir=str(tmp_path / "afile")),
               models=(teacher, student, char_tokenizer), examples=ex)
+
+
+def test_group_by_length_stream_is_a_seeded_permutation_of_aligned_similar_length_batches(monkeypatch):
+    import random
+
+    from skd.core.train import _Data
+
+    monkeypatch.setattr(_Data, "GROUP_POOL", 3)            # pools of 24: several pools and a remainder
+    rnd = random.Random(0)
+    lengths = [rnd.randint(5, 200) for _ in range(203)]
+    grouped, plain = _Data(203, 7, lengths, 8), _Data(203, 7)
+    spread = lambda d, e: [max(lengths[j] for j in b) - min(lengths[j] for j in b)  # noqa: E731
+                           for b in (d._order(e)[i: i + 8] for i in range(0, 200, 8))]
+    for epoch in (0, 1):
+        order = grouped._order(epoch)
+        assert sorted(order) == list(range(203))
+        # every aligned batch of 8 comes from one sorted pool of 24: far tighter than random batches
+        assert sum(spread(grouped, epoch)) < 0.5 * sum(spread(plain, epoch))
+    assert grouped._order(0) != _Data(203, 7, lengths, 8)._order(1)           # a fresh order per epoch
+    assert _Data(203, 7, lengths, 8)._order(1) == grouped._order(1)           # depends on (seed, epoch) only
+    assert _Data(203, 8, lengths, 8)._order(0) != _Data(203, 7, lengths, 8)._order(0)
+    # the stream hands out the epoch's order, batch after batch, across the epoch boundary
+    d = _Data(203, 7, lengths, 8)
+    got = [d.next(8) for _ in range(30)]
+    flat = [j for b in got for j in b]
+    assert flat == (d._order(0) + d._order(1))[:240]
