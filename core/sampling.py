@@ -148,6 +148,7 @@ def _growing_layer_class():
             def adopt(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
                 A, H, n, dk = keys.shape
                 cap = max(capacity, n, 1)
+                self.device, self.is_initialized = keys.device, True
                 self._kbuf = keys.new_empty(A, H, cap, dk)
                 self._vbuf = values.new_empty(A, H, cap, values.shape[-1])
                 self._kbuf[:, :, :n].copy_(keys)
@@ -165,6 +166,9 @@ def _growing_layer_class():
                 return self.keys.shape[2]
 
             def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized or self.keys is None:   # after reset(): start a fresh buffer
+                    self.adopt(key_states, value_states, 2 * key_states.shape[2])
+                    return self.keys, self.values
                 n, s = self._current(), key_states.shape[2]
                 if n + s > self._kbuf.shape[2]:
                     self.adopt(self.keys, self.values, max(2 * self._kbuf.shape[2], n + s))

@@ -258,3 +258,7 @@ def test_growing_layer_readopts_tensors_replaced_from_outside():
     torch.testing.assert_close(grow.keys, ref.keys)
     torch.testing.assert_close(grow.values, ref.values)
     assert grow.keys.shape[2] == 9
+    for layer in (ref, grow):                        # reset, then used again
+        layer.reset()
+        layer.update(k0, k0 + 1)
+    torch.testing.assert_close(grow.keys, ref.keys)
