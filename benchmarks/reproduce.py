@@ -20,7 +20,9 @@ metrics.jsonl (section 7, last claim), and the student as a greedy speculative-d
 teacher (acceptance rate, teacher passes per generated token; section 7, fourth claim).
 
 Caching (a rerun or an interrupted study resumes where it stopped):
-  teacher       <run_dir>/teacher                       the demo's stage (skd.core.demo.ensure_teacher)
+  teacher       <run_dir>/teacher-full                  the demo's teacher stage (skd.core.demo.ensure_teacher)
+                                                        with the preset's full recipe (700 steps, 96.6%),
+                                                        not the demo's shortened one
   inits         <run_dir>/reproduce/<regime>/<init>/seed<s>/init   recipe.txt stamp, like the demo
   each run      <run_dir>/reproduce/<regime>/<init>/seed<s>/<variant>/result.json  (config stamp; a run
                 whose result.json holds the same stamp and status "ok" is skipped; failed runs are retried)
@@ -50,7 +52,7 @@ Emit = Callable[[str, dict], None]
 
 @dataclass(frozen=True)
 class ReproConfig:
-    run_dir: str = "runs/demo"                    # shares the demo's cached teacher
+    run_dir: str = "runs/demo"                    # beside the demo's stages (its own teacher-full/)
     output_dir: str = "benchmarks/results/reproduce"
     task: str = "arith"
     teacher: str | None = None                    # a checkpoint folder instead of the demo's teacher stage
@@ -163,6 +165,16 @@ def mean_std(values: list[float]) -> dict:
             "std": statistics.stdev(vals) if len(vals) >= 2 else None, "n": len(vals), "values": vals}
 
 
+def study_teacher_config(run_dir: str, task: str):
+    """The demo's teacher stage with tiny-teacher's full SFT recipe (`skd sft --model tiny-teacher`):
+    the demo shortens it to fit its 10 minutes; the study wants the strong teacher."""
+    from skd.core.demo import DemoConfig
+    from skd.core.models import PRESET_SFT_RECIPES
+
+    return DemoConfig(run_dir=run_dir, task=task, teacher_steps=PRESET_SFT_RECIPES["tiny-teacher"]["max_steps"],
+                      teacher_folder="teacher-full")
+
+
 def _teacher_id(path: Path) -> str:
     """Identity of a teacher checkpoint folder for the run stamps: the recipe stamp beside it when the
     demo's teacher stage made it (<folder>/../recipe.txt: a copied stage keeps its identity), else its
@@ -187,7 +199,7 @@ class _Study:
     # ---- shared inputs
     def setup(self) -> None:
         from skd.core import models as model_lib
-        from skd.core.demo import TEACHER_RECIPE_FIELDS, DemoConfig, QUICK_OVERRIDES, ensure_teacher
+        from skd.core.demo import TEACHER_RECIPE_FIELDS, QUICK_OVERRIDES, ensure_teacher
         from skd.core.tasks import get_task
         from skd.core.train import tokenize_examples
 
@@ -197,7 +209,7 @@ class _Study:
             teacher_dir, wall = Path(cfg.teacher), None
             self.teacher_info = {"source": "checkpoint", "path": str(teacher_dir), "id": _teacher_id(teacher_dir)}
         else:
-            demo = DemoConfig(run_dir=cfg.run_dir, task=cfg.task)
+            demo = study_teacher_config(cfg.run_dir, cfg.task)
             if cfg.quick:
                 demo = dataclasses.replace(demo, **QUICK_OVERRIDES)
             stage = self.teacher_stage or ensure_teacher

@@ -296,7 +296,10 @@ def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, 
                      max_new_tokens=max_new_tokens, steps=steps, device=device, dtype=dtype)
     mem = dst.divergence_memory(memory_positions, memory_vocab, device=device)
     table = Table(title=f"distillation step · batch {batch_size}", caption=_device_line(result))
-    for col in ("method", "sampling s", "teacher s", "loss+bwd s", "step s", "tok/s", "peak MB"):
+    # CPU: growth of the resident set over the step; memory freed by an earlier method and reused
+    # does not show, so only the first method's number is a peak (CUDA: the allocator's peak).
+    mem_col = "peak MB" if str(device).startswith("cuda") else "RSS growth MB"
+    for col in ("method", "sampling s", "teacher s", "loss+bwd s", "step s", "tok/s", mem_col):
         table.add_column(col, justify="right" if col != "method" else "left")
     for r in result["results"]:
         table.add_row(r["method"], _fmt(r["sampling_s"]), _fmt(r["teacher_s"]), _fmt(r["loss_backward_s"]),
@@ -399,13 +402,14 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 @bench.command("reproduce")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Models and per-run results; the demo's teacher is cached here  [default: runs/demo; "
-                   "with --quick runs/reproduce-quick, so the demo's teacher is never replaced by a quick one]")
+              help="Models and per-run results; the study's teacher (tiny-teacher, the preset's full 700-step "
+                   "recipe) is cached in <run-dir>/teacher-full  [default: runs/demo; with --quick "
+                   "runs/reproduce-quick]")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="reproduce.json, reproduce.md, accuracy.png, correction_rate.png  [default: "
                    "benchmarks/results/reproduce; with --quick <run-dir>/results]")
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Use this teacher checkpoint folder instead of the demo's (cached) teacher stage.")
+              help="Use this teacher checkpoint folder instead of training (and caching) one.")
 @click.option("--methods", default=None, help="Comma-separated, of: sft, supervised, on-policy, imitkd, two-stage, "
               "skd  [default: all six]")
 @click.option("--regimes", default=None, help="Training prompt sets, e.g. 1k,100 (the paper's)  [default: 1k,100]")
@@ -445,7 +449,7 @@ def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, 
               device, threads, quick, output):
     """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
 
-    Distils the demo's tiny teacher into tiny students with sft (no teacher), supervised KD,
+    Distils the tiny teacher (SFT'd with its full recipe, cached) into tiny students with sft (no teacher), supervised KD,
     on-policy KD, ImitKD, two-stage and SKD (swept over K) from a weak and a strong init on the
     "1k" and "100" prompt sets, 3 seeds each; reports mean ± std test accuracy, the correction-rate
     curves and each student's speculative-decoding acceptance with the teacher. Every stage is

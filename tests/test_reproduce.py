@@ -115,11 +115,13 @@ def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, mo
 
 
 def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
-    """Without --teacher the study calls the demo's teacher stage with the demo's recipe and run dir."""
+    """Without --teacher the study calls the demo's teacher stage in the run dir, with the preset's full
+    recipe (the demo's own teacher is shortened to its time budget) in a folder of its own."""
     import dataclasses
 
     from skd.benchmarks import reproduce as rep
     from skd.core.demo import DemoConfig
+    from skd.core.models import PRESET_SFT_RECIPES
 
     seen = []
 
@@ -131,7 +133,9 @@ def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
                           regimes=("8",), inits=("weak",), ks=("V",), seeds=(0,), weak_steps=1, distill_steps=1,
                           batch_size=2, eval_examples=2, spec_prompts=1, max_new_tokens=4, dtype="float32")
     res = rep.run(cfg, teacher_stage=stage)
-    assert seen == [DemoConfig(run_dir=cfg.run_dir)]
+    full = dataclasses.replace(DemoConfig(run_dir=cfg.run_dir), teacher_steps=PRESET_SFT_RECIPES["tiny-teacher"]["max_steps"],
+                               teacher_folder="teacher-full")
+    assert seen == [full] and full.teacher_steps == 700 and DemoConfig().teacher_steps < 700
     assert res["teacher"]["source"] == "demo teacher stage" and len(res["runs"]) == 1
     assert res["runs"][0]["status"] == "ok", res["runs"][0].get("error")
     quick = dataclasses.replace(cfg, quick=True)
