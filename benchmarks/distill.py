@@ -6,7 +6,9 @@ seed) -> dict; divergence_memory(n_positions, vocab, device, dtype) -> dict; Pea
 Step time is split as in training: sampling (building the batch's sequences), teacher (the teacher
 logits: a forward pass, or nothing when SKD reuses its verification logits), loss+backward, and
 optimizer step; tokens/s counts response tokens trained on. Peak memory: CUDA's allocator peak, or
-on CPU the peak resident set size above the level before the step (sampled every millisecond).
+on CPU the peak resident set size above the level before the step (sampled every millisecond):
+the allocator keeps freed memory, so on CPU a method run after another one that needed as much shows
+~0 (RSS growth, not the step's own peak).
 """
 from __future__ import annotations
 
