@@ -95,8 +95,9 @@ def _common_options(f):
         click.option("--resume", is_flag=True,
                      help="Continue the run in --output-dir from its latest complete checkpoint (same options)."),
         click.option("--fsdp", is_flag=True,
-                     help="Multi-process runs: shard the student's gradients and AdamW state with FSDP instead "
-                          "of replicating them (DDP); its full weights must still fit one device."),
+                     help="Multi-process runs: shard the student's weights, gradients and AdamW state with FSDP, "
+                          "one unit per decoder layer, instead of replicating them (DDP); sampling runs through "
+                          "the sharded student in lockstep. The teacher is replicated."),
         click.option("--sample-chunk", type=int, default=None,
                      help="Sequences sampled with one seeded generator pair (default: the per-process batch). "
                           "Equal values draw the same sequences at any process count."),

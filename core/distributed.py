@@ -2,8 +2,8 @@
 
 Public: Dist (world_size, rank, is_main, sum_floats, broadcast_object, barrier, close),
 init_from_env(batch_size, *, fsdp, device, ...) -> Dist, resolve_rank_device(name, dist),
-wrap_student(student, dist, fsdp), unwrap(module), full_student(module) (context: the plain student
-with full weights), full_state_dict(module), optimizer_state(module, optimizer),
+wrap_student(student, dist, fsdp), unwrap(module), full_student(module, dist) (context: the student
+for sampling and evaluation), LockstepStudent, fsdp_units(module), full_state_dict(module), optimizer_state(module, optimizer),
 load_optimizer_state(module, optimizer, state), clip_grad_norm(module, max_norm, dist),
 no_sync(module, skip), is_fsdp(module).
 
@@ -13,11 +13,11 @@ the environment variables WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_P
 Backends: gloo on CPU, nccl on CUDA (one GPU per process, cuda:LOCAL_RANK). The output folder
 must be on a file system every process sees (rank 0 writes, every rank reads on --resume).
 
-DDP replicates the student; FSDP (`--fsdp`) shards its gradients and AdamW state (12 of the 16
-bytes per fp32 parameter) and its stored weights over the ranks; the full weights are gathered
-for the loss forward / backward, to sample training sequences, to evaluate and to save. So FSDP
-helps when the optimizer state is what does not fit; the full student must still fit one device.
-The teacher is frozen and replicated on every rank.
+DDP replicates the student; FSDP (`--fsdp`) shards its weights, gradients and AdamW state over the
+ranks, one unit per decoder layer, so a forward or backward holds one layer's full weights at a
+time: the full student never has to fit one device (only the checkpoint writer gathers it, to
+host memory from a GPU). Sampling and evaluation run through the sharded module in lockstep
+(LockstepStudent). The teacher is frozen and replicated on every rank.
 """
 from __future__ import annotations
 
@@ -174,12 +174,17 @@ def wrap_student(student, dist: Dist, fsdp: bool):
     dev = next(student.parameters()).device
     if fsdp:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        # One FSDP unit around the whole student (no per-layer auto-wrap): sampling, evaluation and
-        # saving run the plain module inside summon_full_params, where nested FSDP units could not
-        # run their forward. Sharding still removes the gradients and AdamW state from every rank
-        # but their owner's shard; use_orig_params keeps the student's own parameters addressable.
-        return FSDP(student, device_id=dev, use_orig_params=True)
+        # One FSDP unit per decoder layer (the classes transformers lists in _no_split_modules) plus
+        # the root (embeddings, norm, head): a forward gathers one layer's weights at a time, so the
+        # full student never has to sit on one device. Sampling and evaluation run through the
+        # sharded module in lockstep (LockstepStudent); use_orig_params keeps the student's own
+        # parameters addressable (checkpoints, clipping, the optimizer).
+        layer_classes = {type(m) for m in student.modules()
+                         if type(m).__name__ in set(getattr(student, "_no_split_modules", None) or ())}
+        policy = ModuleWrapPolicy(layer_classes) if layer_classes else None
+        return FSDP(student, device_id=dev, use_orig_params=True, auto_wrap_policy=policy)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(student, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -193,14 +198,65 @@ def unwrap(module):
     return module.module if isinstance(module, (DDP, FSDP)) else module
 
 
-@contextlib.contextmanager
-def full_student(module):
-    """Yield the plain student with its full weights (FSDP: gathered, read-only, released after)."""
-    if is_fsdp(module):
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+def fsdp_units(module) -> int:
+    """How many FSDP units shard the student (0: not FSDP)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        with FSDP.summon_full_params(module, writeback=False, recurse=True):
-            yield module.module
+    return sum(isinstance(m, FSDP) for m in module.modules()) if is_fsdp(module) else 0
+
+
+class LockstepStudent:
+    """The FSDP student as sampling and evaluation see it: called like the plain model, attributes
+    (config, generation_config, ...) read from it, but every forward runs through the sharded module,
+    which gathers each layer's shard from the other ranks: a collective. Ranks sample different rows,
+    finish at different rounds and may call the model a different number of times, so before each
+    forward the ranks agree that a forward happens (one all-reduce of a flag); a rank whose own work is
+    done calls drain(), which joins every remaining forward with a one-token dummy one until no rank
+    has work left. Real forwards compute exactly what the plain model computes."""
+
+    def __init__(self, fsdp_module, dist: "Dist"):
+        self.__dict__.update(_fsdp=fsdp_module, _plain=fsdp_module.module, _dist=dist,
+                             skd_inner=fsdp_module.module)
+        dev = next(fsdp_module.parameters()).device
+        self.__dict__["_flag_device"] = dev if dist.backend == "nccl" else torch.device("cpu")
+        self.__dict__["_device"] = dev
+
+    def _agree(self, have_work: bool) -> bool:
+        import torch.distributed as tdist
+
+        flag = torch.tensor([1 if have_work else 0], dtype=torch.int32, device=self._flag_device)
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __call__(self, *args, **kwargs):
+        self._agree(True)
+        return self._fsdp(*args, **kwargs)
+
+    def drain(self) -> None:
+        """Take part in the other ranks' forwards until none has work left (call it on every rank)."""
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self._device)
+        while self._agree(False):
+            with torch.no_grad():
+                self._fsdp(input_ids=ids, use_cache=False)
+
+    def parameters(self, recurse: bool = True):
+        return self._fsdp.parameters(recurse)
+
+    def __getattr__(self, name):
+        return getattr(self._plain, name)
+
+
+@contextlib.contextmanager
+def full_student(module, dist: "Dist | None" = None):
+    """Yield the student for sampling and evaluation: the plain module (DDP: the replica), or under
+    FSDP a LockstepStudent over the sharded module; every rank must enter, and on leaving each one
+    waits until all are done (the lockstep drain)."""
+    if is_fsdp(module):
+        if dist is None:
+            raise ValueError("full_student needs the Dist of an FSDP module")
+        lock = LockstepStudent(module, dist)
+        yield lock
+        lock.drain()      # not on an exception: that rank's error ends the job
         return
     yield unwrap(module)
 

@@ -125,6 +125,7 @@ def _draw(generator: torch.Generator | None, B: int, active: torch.Tensor, devic
 # --------------------------------------------------------------------------- KV streams
 
 def _cache_kwarg(model) -> str:
+    model = getattr(model, "skd_inner", model)      # distributed.LockstepStudent: the model it runs
     params = inspect.signature(type(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 

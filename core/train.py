@@ -723,6 +723,7 @@ class _Run:
         summary = {"method": self.method, "steps": self.state["step"], "final_checkpoint": str(final),
                    "wall_time_s": time.perf_counter() - t_start, "world_size": dist.world_size,
                    "resumed_from": str(self.resume_from) if self.resume_from else None,
+                   "fsdp_units": distributed.fsdp_units(self.train_model),
                    "first": first_rec, "last": last_rec}
         if dist.is_main:
             atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -741,7 +742,7 @@ class _Run:
         sources = sequence_sources(self.method, tc.batch_size, step=step, total_steps=self.total_steps, coin=coin,
                                    gkd_lambda=tc.gkd_lambda)[first_row: first_row + b]
         # ---- 2./3. sample (full weights: FSDP gathers them) and teacher logits
-        with distributed.full_student(self.train_model) as plain:
+        with distributed.full_student(self.train_model, self.dist) as plain:
             s, teacher_flat, t_teacher = _sample_rank_batch(
                 self.method, batch, sources, first_row=first_row, chunk=self.chunk, seed=tc.seed, step=step,
                 total_steps=self.total_steps, teacher=self.teacher, student=plain, scfg=self.scfg,
@@ -782,7 +783,7 @@ class _Run:
                "time_sampling": t2 - t0 - t_teacher, "time_teacher": t_teacher, "time_loss_backward": t3 - t2,
                "time_step": t3 - t0, "elapsed": t3 - self.t_start}
         if self.val_ex and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
-            with distributed.full_student(self.train_model) as plain:
+            with distributed.full_student(self.train_model, self.dist) as plain:
                 if dist.is_main:
                     rec["val_loss"] = evaluate_loss(plain, self.teacher, self.val_ex, divergence=self.divergence,
                                                     vocab_size=self.vocab_size, pad_id=self.pad_id,

@@ -39,7 +39,7 @@ def _setup():
 
     tok = build_char_tokenizer()
     teacher = tiny_model("llama", V, seed=1, dtype=torch.float64, hidden=32, layers=2)
-    student = tiny_model("llama", V, seed=2, dtype=torch.float64, hidden=16, layers=1)
+    student = tiny_model("llama", V, seed=2, dtype=torch.float64, hidden=16, layers=2)
     g = torch.Generator().manual_seed(0)
     examples = []
     for _ in range(N_EXAMPLES):
@@ -75,6 +75,8 @@ def _child(rank: int, world: int, root: str, ports: list[int]) -> None:
         models, examples = _setup()
         summary = train(_cfg(root / name, method, **kw), models=models, examples=examples)
         assert summary["steps"] == 3 and summary["world_size"] == world
+        # FSDP: one unit per decoder layer (2) plus the root; DDP: none
+        assert summary["fsdp_units"] == (3 if kw.get("fsdp") else 0), summary["fsdp_units"]
     # FSDP resume: a copy of the FSDP run without `final` continues from its step-2 checkpoint
     # (gathered optimizer state re-sharded on load); the parent compares the final weights.
     dst = root / "fsdp-resume"
@@ -139,6 +141,61 @@ def _compare_with_single_process(tmp_path, train):
     assert not list(tmp_path.rglob(".*tmp-*"))
     state = json.loads((tmp_path / "fsdp-skd" / "final" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["sample_chunk"] == 2 and state["step"] == 3
+
+
+# Uneven sampling work under a per-layer FSDP student: rank 0 samples 3 prompts with a long budget,
+# rank 1 one prompt with a short one (and then an evaluation pass rank 0 alone does), so the ranks
+# call the student a different number of times; the lockstep wrapper must neither hang nor change
+# a token or a logit against the plain model.
+LOCK_WORK = {0: dict(prompts=[[5, 6, 7], [8, 9], [10, 11, 12, 13]], max_new_tokens=9),
+             1: dict(prompts=[[14, 15]], max_new_tokens=2)}
+
+
+def _lockstep_child(rank: int, world: int, root: str, port: int) -> None:
+    from skd.core import distributed
+    from skd.core.config import SampleConfig
+    from skd.core.sampling import sample
+
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = distributed.init_from_env(2, fsdp=True, device="cpu")
+    (teacher, student, _), _ = _setup()
+    wrapped = distributed.wrap_student(student, dist, fsdp=True)
+    assert distributed.fsdp_units(wrapped) == 3
+    work = LOCK_WORK[rank]
+    cfg = SampleConfig(mode="skd", k=5, gamma=3, max_new_tokens=work["max_new_tokens"])
+    out = {}
+    with distributed.full_student(wrapped, dist) as st:
+        s = sample(teacher, st, work["prompts"], cfg, student_generator=torch.Generator().manual_seed(1),
+                   teacher_generator=torch.Generator().manual_seed(2), eos_token_id=3, vocab_size=V)
+        out["tokens"], out["lengths"] = s.tokens, s.lengths
+    with distributed.full_student(wrapped, dist) as st:
+        if rank == 0:   # an evaluation only the main rank runs
+            with torch.no_grad():
+                out["logits"] = st(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
+    torch.save(out, Path(root) / f"lock{rank}.pt")
+    dist.close()
+
+
+def test_lockstep_sampling_through_a_sharded_student_matches_the_plain_model(tmp_path):
+    from skd.core.config import SampleConfig
+    from skd.core.sampling import sample
+
+    mp.spawn(_lockstep_child, args=(2, str(tmp_path), _free_port()), nprocs=2, join=True)
+    (teacher, student, _), _ = _setup()
+    for rank, work in LOCK_WORK.items():
+        got = torch.load(tmp_path / f"lock{rank}.pt", weights_only=True)
+        cfg = SampleConfig(mode="skd", k=5, gamma=3, max_new_tokens=work["max_new_tokens"])
+        ref = sample(teacher, student, work["prompts"], cfg, student_generator=torch.Generator().manual_seed(1),
+                     teacher_generator=torch.Generator().manual_seed(2), eos_token_id=3, vocab_size=V)
+        assert torch.equal(got["tokens"], ref.tokens) and torch.equal(got["lengths"], ref.lengths)
+        if rank == 0:
+            with torch.no_grad():
+                want = student(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
+            torch.testing.assert_close(got["logits"], want, rtol=1e-12, atol=1e-12)
+    lengths = [int(torch.load(tmp_path / f"lock{r}.pt", weights_only=True)["lengths"].max()) for r in (0, 1)]
+    assert lengths[0] > lengths[1] + 3      # the ranks really had different amounts of work
 
 
 def test_batch_not_divisible_by_processes_is_refused_before_joining(tmp_path, monkeypatch):
