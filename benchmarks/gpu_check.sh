@@ -11,6 +11,7 @@
 #   kernels40  skd bench kernels --device cuda --rows 40  (V=256,000, bf16 + fp32) + copy GB/s
 #   kernels320 the same at 320 rows (B=64 prompts x D=5 drafts)
 #   distill    skd distill --method skd, tiny presets, task arith, 3 steps on the GPU
+#   resume     benchmarks/resume_check.py: --deterministic run vs the same run resumed from step 2, bitwise
 #   spec       skd bench speculative --device cuda --gamma 1,4 --prompts 16
 # Output (at most 8 files, for the device tool's $OUT): summary.txt (the table printed last),
 # summary.json, kernels_40.json, kernels_320.json, speculative.json, logs.tar.gz (every log).
@@ -72,6 +73,7 @@ STAGES=(
   "kernels40|90|${SKD[*]} bench kernels --device $DEV --rows $ROWS_A --vocab $VOCAB --dtype bfloat16 --dtype float32 --repeats $REPEATS --output $OUTDIR/kernels_40.json"
   "kernels320|120|${SKD[*]} bench kernels --device $DEV --rows $ROWS_B --vocab $VOCAB --dtype bfloat16 --dtype float32 --repeats $REPEATS --output $OUTDIR/kernels_320.json"
   "distill|150|${SKD[*]} distill --method skd --student tiny-student --teacher tiny-teacher --task arith --student-device $DEV --teacher-device $DEV --max-steps 3 --batch-size $DISTILL_B --max-new-tokens $NEW_TOKENS --eval-every 0 --save-every 0 --output-dir $WORK/distill && cp $WORK/distill/metrics.jsonl $LOGS/distill_metrics.jsonl && cp $WORK/distill/summary.json $LOGS/distill_summary.json"
+  "resume|150|$PY benchmarks/resume_check.py --device $DEV --work $WORK/resume --batch $DISTILL_B --new-tokens $NEW_TOKENS"
   "spec|150|${SKD[*]} bench speculative --device $DEV --gamma 1,4 --prompts $PROMPTS --max-new-tokens $NEW_TOKENS --output $OUTDIR/speculative.json --plot $LOGS/speculative.png"
 )
 

@@ -181,6 +181,10 @@ def main(outdir: str) -> int:
                  f"{d['tokens_per_s']:.0f} tok/s, acceptance {_f(d['acceptance_rate'], '.2f')}, loss {d['loss']:.3f}")
     else:
         L.append("   distill: no result")
+    res_log = logs / "resume.log"
+    res_line = next((x for x in reversed(res_log.read_text().splitlines()) if x.startswith("resume on")), None) \
+        if res_log.exists() else None
+    L.append(f"   {res_line}" if res_line else "   resume: no result")
     sp = summary["speculative"]
     if sp:
         parts = [f"γ={g['gamma']} {g['speedup']:.2f}x (accept {_f(g['acceptance_rate'], '.2f')}, "

@@ -24,6 +24,7 @@ OPTION_FIELDS = {
     "warmup_steps": ("train", "warmup_steps"), "grad_clip": ("train", "grad_clip"), "epochs": ("train", "epochs"),
     "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
     "micro_batch_size": ("train", "micro_batch_size"), "group_by_length": ("train", "group_by_length"),
+    "deterministic": ("train", "deterministic"),
     "eval_every": ("train", "eval_every"),
     "save_every": ("train", "save_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "seed": ("train", "seed"), "output_dir": ("train", "output_dir"), "overwrite": ("train", "overwrite"),
@@ -79,6 +80,10 @@ def _common_options(f):
                      help="Sequences per forward/backward (gradient accumulation)."),
         click.option("--group-by-length/--no-group-by-length", default=False, show_default=True,
                      help="Batch examples of similar length together (less padding; batches still in random order)."),
+        click.option("--deterministic/--no-deterministic", default=False, show_default=True,
+                     help="Deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, "
+                          "no cuDNN autotuning): on a GPU a resumed run then matches an uninterrupted one "
+                          "bit for bit (CPU runs are deterministic anyway); slower on a GPU."),
         click.option("--loss-norm", type=click.Choice(["sequence", "token"]), default="sequence", show_default=True,
                      help="sequence: per-sequence token mean, then mean (paper); token: global token mean."),
         click.option("--max-new-tokens", type=int, default=256, show_default=True,

@@ -127,6 +127,7 @@ class TrainConfig:
     batch_size: int = 8                # sequences per optimizer step (paper)
     micro_batch_size: int | None = None  # gradient accumulation: batch_size / micro_batch_size passes
     group_by_length: bool = False      # batches of similar-length examples (less padding, faster steps)
+    deterministic: bool = False        # deterministic kernels (GPU: bit-identical resume; CPU: already so)
     eval_every: int = 25               # paper: validation loss every 25 steps, with a checkpoint
     save_every: int = 25
     keep_checkpoints: int = 2          # rolling step checkpoints kept besides `final`

@@ -31,6 +31,7 @@ number regenerates it; checkpoints still carry the Python / torch / CUDA / NumPy
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -506,12 +507,36 @@ def train(cfg: RunConfig, *, on_event: Callable[[str, dict], None] | None = None
     SIGINT / SIGTERM (with a checkpoint saved).
     """
     tc = cfg.train
-    dist = distributed.init_from_env(tc.batch_size, fsdp=tc.fsdp, device=cfg.model.student_device,
-                                     micro_batch_size=tc.micro_batch_size, sample_chunk=tc.sample_chunk)
+    with deterministic_kernels(tc.deterministic):
+        dist = distributed.init_from_env(tc.batch_size, fsdp=tc.fsdp, device=cfg.model.student_device,
+                                         micro_batch_size=tc.micro_batch_size, sample_chunk=tc.sample_chunk)
+        try:
+            return _Run(cfg, dist, on_event, models, examples).run()
+        finally:
+            dist.close()
+
+
+@contextlib.contextmanager
+def deterministic_kernels(on: bool):
+    """--deterministic: torch's deterministic algorithms (an op without one raises instead of running
+    a nondeterministic kernel), cuBLAS with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS
+    starts: it must be set before the process's first matrix product on the GPU, which train() is when
+    it runs from the command line) and no cuDNN autotuning. The previous settings come back after."""
+    if not on:
+        yield
+        return
+    import os
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     try:
-        return _Run(cfg, dist, on_event, models, examples).run()
+        yield
     finally:
-        dist.close()
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
 
 
 class _Run:

@@ -268,3 +268,26 @@ def test_resume_with_group_by_length_is_bit_identical(char_tokenizer, tmp_path):
     assert summary["resumed_from"].endswith("step-000002")
     _assert_same_weights(cut / "final", full / "final")
     assert _metrics(cut) == _metrics(full)
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels_for_the_run_only(char_tokenizer, tmp_path):
+    """--deterministic: on during the run (an op without a deterministic kernel would raise), the
+    previous settings back afterwards; on the CPU the weights are those of a default run."""
+    from skd.core.train import train
+
+    seen = []
+    on_event = lambda kind, p: seen.append(torch.are_deterministic_algorithms_enabled()) if kind == "step" else None
+    before = torch.are_deterministic_algorithms_enabled()
+    train(_cfg(tmp_path / "det", deterministic=True), on_event=on_event, models=_models(char_tokenizer),
+          examples=(_examples(char_tokenizer, 6), []))
+    assert seen and all(seen) and torch.are_deterministic_algorithms_enabled() == before
+    train(_cfg(tmp_path / "plain"), models=_models(char_tokenizer), examples=(_examples(char_tokenizer, 6), []))
+    _assert_same_weights(tmp_path / "det" / "final", tmp_path / "plain" / "final")
+    state = json.loads((tmp_path / "det" / "final" / "skd_run_config.json").read_text())
+    assert state["train"]["deterministic"] is True
+
+
+def test_deterministic_option_on_the_command_line(model_dirs, reference, tmp_path):
+    r = _skd(_args(model_dirs, tmp_path / "run", "--deterministic"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_weights(tmp_path / "run" / "final", reference / "final")
