@@ -2,7 +2,8 @@
 
 Public: env_info(device) -> dict, load_model_and_tokenizer(name, device, dtype), task_prompts(task,
 tokenizer, n, split, seed) -> list[list[int]], timed(fn, device) -> (result, seconds),
-write_json_line(path, record), save_plot(path, draw).
+write_json_line(path, record), save_plot(path, draw), read_json(path), cached_result(path, stamp),
+write_json_atomic(path, data) (the resumable studies' per-stage result files).
 """
 from __future__ import annotations
 
@@ -72,6 +73,26 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out, time.perf_counter() - t0
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable (a stage to redo)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cached_result(path: Path, stamp: str) -> dict | None:
+    """A cached stage's result.json when it holds this config stamp and status "ok", else None."""
+    d = read_json(path)
+    return d if d is not None and d.get("stamp") == stamp and d.get("status") == "ok" else None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    from skd.core.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _jsonable(x):

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from skd.benchmarks.common import cached_result as _cached, write_json_atomic as _write_json
 from skd.core.errors import SkdError
 
 SCHEMA = "skd-real-model-v1"
@@ -187,24 +188,6 @@ def _quick_teacher(folder: Path) -> Path:
 
     atomic_dir_write(folder, write)
     return folder
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _cached(path: Path, stamp: str) -> dict | None:
-    d = _read_json(path)
-    return d if d is not None and d.get("stamp") == stamp and d.get("status") == "ok" else None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    from skd.core.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _clock() -> tuple[float, float]:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from skd.benchmarks.common import cached_result as _cached, write_json_atomic as _write_json
 from skd.core.errors import SkdError
 
 SCHEMA = "skd-reproduce-v1"
@@ -139,24 +140,6 @@ def plan(cfg: ReproConfig) -> dict:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _cached(path: Path, stamp: str) -> dict | None:
-    d = _read_json(path)
-    return d if d is not None and d.get("stamp") == stamp and d.get("status") == "ok" else None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    from skd.core.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
-
 
 def mean_std(values: list[float]) -> dict:
     """Mean and sample standard deviation (n - 1); std is None below two values."""
