@@ -62,7 +62,7 @@ class ReproConfig:
     inits: tuple[str, ...] = INITS
     ks: tuple[str, ...] = ("1", "3", "25", "V")   # SKD top-K sweep; "V" = the vocabulary size (on-policy KD)
     seeds: tuple[int, ...] = (0, 1, 2)
-    weak_steps: int = 300                         # the demo's init: SFT on the prompt set alone, ~0% accuracy
+    weak_steps: int = 300                         # SFT on the prompt set alone, ~0% accuracy (the demo: 400)
     strong_steps: int = 1000                      # 3.3x longer on the same data: the "task-SFT" start
     init_lr: float = 1e-3                         # tiny models from scratch (demo), not the paper's 1e-5
     distill_steps: int = 100
