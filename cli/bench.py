@@ -504,7 +504,7 @@ def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, 
             console.print(f"[bold]plan[/]: {p['runs']} distillation runs = {p['cells']} (regime, init, seed) cells x "
                           f"{len(p['variants'])} variants ({', '.join(p['variants'])}); {p['inits']} student inits "
                           f"({p['init_steps_total']} SFT steps); {p['distill_steps_total']} distillation steps; "
-                          f"plus the teacher stage (cached in {cfg.run_dir}/teacher when done before)")
+                          f"plus the teacher stage (cached in {cfg.run_dir}/teacher-full when done before)")
         elif kind == "resume":
             console.print(f"{p['cached_runs']} of {p['runs']} runs already have a result (skipped)")
             bars["runs"] = progress.add_task("runs", total=p["runs"])
