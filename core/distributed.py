@@ -3,7 +3,8 @@
 Public: Dist (world_size, rank, is_main, sum_floats, broadcast_object, barrier, close),
 init_from_env(batch_size, *, fsdp, device, ...) -> Dist, resolve_rank_device(name, dist),
 wrap_student(student, dist, fsdp), unwrap(module), full_student(module, dist) (context: the student
-for sampling and evaluation), LockstepStudent, fsdp_units(module), full_state_dict(module), optimizer_state(module, optimizer),
+for sampling and evaluation), LockstepStudent, fsdp_units(module), full_state_dict(module),
+optimizer_state(module, optimizer),
 load_optimizer_state(module, optimizer, state), clip_grad_norm(module, max_norm, dist),
 no_sync(module, skip), is_fsdp(module).
 
@@ -215,11 +216,10 @@ class LockstepStudent:
     has work left. Real forwards compute exactly what the plain model computes."""
 
     def __init__(self, fsdp_module, dist: "Dist"):
-        self.__dict__.update(_fsdp=fsdp_module, _plain=fsdp_module.module, _dist=dist,
-                             skd_inner=fsdp_module.module)
+        # Set through __dict__: __getattr__ forwards every other name to the plain model (skd_inner).
         dev = next(fsdp_module.parameters()).device
-        self.__dict__["_flag_device"] = dev if dist.backend == "nccl" else torch.device("cpu")
-        self.__dict__["_device"] = dev
+        self.__dict__.update(_fsdp=fsdp_module, skd_inner=fsdp_module.module, _device=dev,
+                             _flag_device=dev if dist.backend == "nccl" else torch.device("cpu"))
 
     def _agree(self, have_work: bool) -> bool:
         import torch.distributed as tdist
@@ -243,7 +243,7 @@ class LockstepStudent:
         return self._fsdp.parameters(recurse)
 
     def __getattr__(self, name):
-        return getattr(self._plain, name)
+        return getattr(self.skd_inner, name)
 
 
 @contextlib.contextmanager
