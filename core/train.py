@@ -766,7 +766,7 @@ class _Run:
         coin = torch.Generator().manual_seed(derive_seed(tc.seed, "method", step))
         sources = sequence_sources(self.method, tc.batch_size, step=step, total_steps=self.total_steps, coin=coin,
                                    gkd_lambda=tc.gkd_lambda)[first_row: first_row + b]
-        # ---- 2./3. sample (full weights: FSDP gathers them) and teacher logits
+        # ---- 2./3. sample (FSDP: through the sharded student, in lockstep) and teacher logits
         with distributed.full_student(self.train_model, self.dist) as plain:
             s, teacher_flat, t_teacher = _sample_rank_batch(
                 self.method, batch, sources, first_row=first_row, chunk=self.chunk, seed=tc.seed, step=step,
