@@ -242,10 +242,13 @@ def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, ma
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs of every variant, interleaved; the median counts.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, gamma, max_new_tokens, device, dtype,
-             output):
-    """Compare the batched SKD sampler with a per-prompt loop and with student-only sampling.
+             repeats, output):
+    """Compare the batched SKD sampler with the released code's per-prompt loop (generate()-drafted,
+    as the authors run it), our own sampler at batch 1, and student-only sampling.
 
     \b
     Examples:
@@ -256,7 +259,8 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
     from skd.benchmarks import sampling as smp
 
     result = smp.run(teacher, student, task=task, n_prompts=n_prompts, batch_size=batch_size, k=k, gamma=gamma,
-                     max_new_tokens=max_new_tokens, device=device, dtype=dtype, batch1_prompts=batch1_prompts)
+                     max_new_tokens=max_new_tokens, device=device, dtype=dtype, batch1_prompts=batch1_prompts,
+                     repeats=repeats)
     Console().print(_throughput_table("sampling throughput", result))
     for k_, v in result["ratios"].items():
         Console().print(f"{k_}: {v:.2f}x")
