@@ -13,7 +13,8 @@ Variants, same prompts and settings, in one run:
                   without generate()'s per-call cost);
   student_only  — on-policy sampling (mode student) at B = batch_size: the cost floor of sampling.
 Every variant runs `repeats` times, interleaved (so background load hits them alike); the median
-time counts. Reports generated tokens/s of each and the ratios.
+time counts. Reports generated tokens/s of each, the SKD variants' acceptance rates (drafted tokens
+kept: the procedures must sample alike), and the ratios.
 """
 from __future__ import annotations
 
@@ -41,17 +42,17 @@ def run(teacher: str, student: str, *, task: str = "arith", n_prompts: int = 32,
     def go(mode, ps, bs):
         cfg = SampleConfig(mode=mode, **base)
         sg, tg = torch.Generator(device=dev).manual_seed(seed), torch.Generator(device=dev).manual_seed(seed + 1)
-        n = 0
+        n = proposed = accepted = 0
         for i in range(0, len(ps), bs):
             out = sample(t_model, s_model, ps[i: i + bs], cfg, student_generator=sg, teacher_generator=tg,
                          tokenizer=tok, vocab_size=V)
-            n += out.generated
-        return n
+            n, proposed, accepted = n + out.generated, proposed + out.proposed, accepted + out.accepted
+        return n, (accepted / proposed if proposed else None)
 
     def released(ps):
         _, st = released_loop_sample(t_model, s_model, ps, SampleConfig(mode="skd", **base), tokenizer=tok,
                                      vocab_size=V, seed=seed)
-        return st["generated"]
+        return st["generated"], st["accepted"] / st["proposed"] if st["proposed"] else None
 
     go("skd", prompts[:batch_size], batch_size)  # warm-up
     released(prompts[:1])
@@ -67,9 +68,9 @@ def run(teacher: str, student: str, *, task: str = "arith", n_prompts: int = 32,
     results = {}
     for name, (_, n_p, bs) in variants.items():
         secs = statistics.median(x[1] for x in runs[name])
-        n = runs[name][0][0]
+        n, acc = runs[name][0][0]   # the same seeds every repeat: the same tokens
         results[name] = {"prompts": n_p, "batch_size": bs, "tokens": n, "seconds": secs, "tokens_per_s": n / secs,
-                         "seconds_each": [x[1] for x in runs[name]]}
+                         "acceptance_rate": acc, "seconds_each": [x[1] for x in runs[name]]}
     r = results
     ratios = {"skd_batched_over_released_loop": r["skd_batched"]["tokens_per_s"] / r["released_loop"]["tokens_per_s"],
               "skd_batched_over_batch1": r["skd_batched"]["tokens_per_s"] / r["skd_batch1"]["tokens_per_s"],

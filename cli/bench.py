@@ -236,7 +236,7 @@ def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, ma
 @click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--batch1-prompts", type=click.IntRange(min=1), default=None,
-              help="Prompts for the slow batch-1 loop (default: all).")
+              help="Prompts for the two slow batch-1 loops (default: all).")
 @click.option("--k", type=click.IntRange(min=0), default=25, show_default=True)
 @click.option("--gamma", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
@@ -262,6 +262,8 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
                      max_new_tokens=max_new_tokens, device=device, dtype=dtype, batch1_prompts=batch1_prompts,
                      repeats=repeats)
     Console().print(_throughput_table("sampling throughput", result))
+    acc = {k_: r["acceptance_rate"] for k_, r in result["results"].items() if r.get("acceptance_rate") is not None}
+    Console().print("acceptance rate: " + ", ".join(f"{k_} {v:.3f}" for k_, v in acc.items()))
     for k_, v in result["ratios"].items():
         Console().print(f"{k_}: {v:.2f}x")
     _emit(result, output)

@@ -84,6 +84,9 @@ def test_bench_sampling_on_tiny_models(tmp_path):
     assert res["results"]["released_loop"]["batch_size"] == 1
     for x in res["results"].values():
         assert x["tokens"] > 0 and x["tokens_per_s"] > 0
+    for name in ("skd_batched", "released_loop", "skd_batch1"):
+        assert 0 <= res["results"][name]["acceptance_rate"] <= 1
+    assert res["results"]["student_only"]["acceptance_rate"] is None
     assert set(res["ratios"]) == {"skd_batched_over_released_loop", "skd_batched_over_batch1",
                                   "skd_batched_over_student_only"}
     assert "skd_batched_over_released_loop" in r.output
