@@ -33,10 +33,12 @@ def _greedy(**kw):
     return SampleConfig(mode="skd", student_temperature=0, teacher_temperature=0, **kw)
 
 
-@pytest.mark.parametrize("k,keep_bonus,gamma", [(0, False, 3), (4, False, 3), (4, True, 2), (200, False, 5)])
-def test_greedy_equals_the_batched_sampler(setup, k, keep_bonus, gamma):
+@pytest.mark.parametrize("k,keep_bonus,gamma,semantics", [(0, False, 3, "paper"), (4, False, 3, "paper"),
+                                                          (4, True, 2, "paper"), (200, False, 5, "paper"),
+                                                          (4, False, 3, "code")])
+def test_greedy_equals_the_batched_sampler(setup, k, keep_bonus, gamma, semantics):
     teacher, student, tok, V, prompts = setup
-    cfg = _greedy(k=k, gamma=gamma, keep_bonus=keep_bonus, max_new_tokens=23)
+    cfg = _greedy(k=k, gamma=gamma, keep_bonus=keep_bonus, max_new_tokens=23, semantics=semantics)
     ours = sample(teacher, student, prompts, cfg, tokenizer=tok, vocab_size=V, eos_token_id=-1)
     theirs, st = released_loop_sample(teacher, student, prompts, cfg, tokenizer=tok, vocab_size=V, eos_token_id=-1)
     assert theirs == ours.responses()
