@@ -59,7 +59,6 @@ def released_loop_sample(teacher, student, prompt_ids: list[list[int]], cfg: Sam
     s_dev = next(student.parameters()).device
     rule = SkdRule(cfg)
     eos = _eos_ids([teacher, student], eos_token_id)
-    eos_t = torch.tensor(eos, dtype=torch.long)
     stopper = _StopChecker(tokenizer, cfg.stop_strings) if cfg.stop_strings else None
     pad = next((int(c) for c in (getattr(tokenizer, "pad_token_id", None), *eos) if isinstance(c, int)), 0)
     s_kw, t_kw = _cache_kwarg(student), _cache_kwarg(teacher)
@@ -92,7 +91,7 @@ def released_loop_sample(teacher, student, prompt_ids: list[list[int]], cfg: Sam
             if d == 0:
                 break
             draft = cand[:, n:]
-            ended = bool(torch.isin(draft[0, -1:].cpu(), eos_t).any()) or d < budget or d == R - (n - P)
+            ended = int(draft[0, -1]) in eos or d < budget or d == R - (n - P)
             # 2. verify: one teacher forward over the tokens its cache does not hold
             _crop_to(t_cache, n - 1)
             c = t_cache.get_seq_length()
@@ -117,13 +116,12 @@ def released_loop_sample(teacher, student, prompt_ids: list[list[int]], cfg: Sam
             stats["proposed"] += d
             stats["accepted"] += n_acc
             # end of round: EOS, stop strings, budget (the teacher's stopping criteria)
-            resp = ids[0, P:].tolist()
-            hit = [i for i, t in enumerate(resp[n - P:], start=n - P) if t in eos]
-            if hit:
-                ids = ids[:, : P + hit[0] + 1]
+            hit = next((i for i, t in enumerate(new[0].tolist()) if t in eos), None)
+            if hit is not None:
+                ids = ids[:, : n + hit + 1]
                 break
             if stopper is not None:
-                cut = stopper.cut(resp, n - P)
+                cut = stopper.cut(ids[0, P:].tolist(), n - P)
                 if cut is not None:
                     ids = ids[:, : P + cut]
                     break
