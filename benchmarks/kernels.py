@@ -24,7 +24,7 @@ TOKENS_NOTE = (
     "tokens = row argmax: always accepted, so the scan never exits early (worst case for the "
     "kernel); 'kernel_reject' uses the row argmin, rejected after the first block (typical case)"
 )
-SMALL_B, SMALL_D, SMALL_V = 64, 5, 1024  # one SKD round at batch 64, gamma 5 (SKD_SPEC sec. 2)
+SMALL_B, SMALL_D, SMALL_V = 64, 5, 1024  # one SKD round at batch 64, gamma 5 (CONTRACT.md §2)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -215,7 +215,7 @@ def run(
 ) -> dict:
     """Time the top-K test per dtype on [rows, vocab] logits, and the small ops; return a dict.
 
-    Defaults: Gemma's vocabulary (V = 256,000, SKD_SPEC sec. 3), 40 verified positions (B=8
+    Defaults: Gemma's vocabulary (V = 256,000, CONTRACT.md §3), 40 verified positions (B=8
     prompts x (gamma 5 drafts)), the paper's K = 25. `threads` sets torch's intra-op threads
     for the run (restored afterwards); None keeps the current setting.
     """

@@ -1,5 +1,5 @@
 """Synthetic multi-step arithmetic word problems in GSM8K's format (a built-in stand-in for the
-paper's GSM8K task, SKD_SPEC section 6, small enough for tiny CPU models).
+paper's GSM8K task, CONTRACT.md §6, small enough for tiny CPU models).
 
 Public: ArithSpec (frozen difficulty knobs), PRESETS / get_preset(name), generate(spec, n, seed,
 split=None) -> [{"question", "answer"}], make_split(spec, split, n=None), split_of(signature),

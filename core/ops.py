@@ -152,7 +152,7 @@ def _check_speculative_accept(p_target, q_draft, draft, u) -> None:
 def ref_topk_rank_accept(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
     """bool[N]: logits[n, tokens[n]] is finite and fewer than k entries of row n are greater.
 
-    Top-K membership without sorting (SKD_SPEC section 2): ties at the K-th value are inside,
+    Top-K membership without sorting (CONTRACT.md §2): ties at the K-th value are inside,
     NaNs elsewhere never count as greater, ids outside [0, V) are never accepted, k >= V accepts
     every finite token and k == 0 none. Compared in the logits' own dtype.
     """
@@ -184,7 +184,7 @@ def ref_splice(
     finished: torch.Tensor,
     eos_id: int,
 ) -> None:
-    """Append each unfinished row's accepted draft and teacher token in place (SKD_SPEC section 2).
+    """Append each unfinished row's accepted draft and teacher token in place (CONTRACT.md §2).
 
     Row b (skipped when finished[b]): write draft[b, :n_accept[b]] (provenance 2) then
     replacement[b] (provenance 3; none when negative, i.e. -1) at seq[b, length[b]:]. Writing

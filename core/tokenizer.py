@@ -15,7 +15,7 @@ Decisions (the rest of skd relies on them):
   characters of the prompt. "<bos>" exists for callers that want one.
 - The chat template renders "<|user|>{content}<|end|><|assistant|>{answer}<|end|>"; assistant
   content sits in a `{% generation %}` block so `return_assistant_tokens_mask=True` marks the answer
-  and its closing <|end|> (the position that predicts EOS is trained, SKD_SPEC.md section 3).
+  and its closing <|end|> (the position that predicts EOS is trained, CONTRACT.md §3).
 """
 from __future__ import annotations
 

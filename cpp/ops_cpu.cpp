@@ -165,7 +165,7 @@ void check_speculative_accept(const at::Tensor& p_target, const at::Tensor& q_dr
 // ---- topk_rank_accept -----------------------------------------------------------------------
 //
 // A token is in the top-k of its row iff its logit x is finite and #{v : l_v > x} < k (ties at
-// the boundary are inside; SKD_SPEC section 2). One pass over the row, no sort. The count is
+// the boundary are inside; CONTRACT.md §2). One pass over the row, no sort. The count is
 // checked against k once per block so the inner loop stays a branch-free, vectorisable
 // compare-and-add; the scan stops as soon as k larger entries were seen (the common reject).
 
