@@ -140,7 +140,7 @@ def test_sigterm_saves_the_last_step_and_exits_143_then_resumes_exactly(model_di
 
 
 def _examples(tok, n):
-    from skd.core.train import TokenizedExample
+    from skd.core.data import TokenizedExample
 
     out = []
     for i in range(n):
