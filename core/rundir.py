@@ -24,7 +24,11 @@ _RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "ke
 
 
 def check_output_dir(out: Path, cfg: RunConfig) -> Path | None:
-    """Read-only checks of --output-dir before anything is loaded; returns the checkpoint to resume."""
+    """Read-only checks of --output-dir before anything is loaded; returns the checkpoint to resume.
+
+    --resume with no complete checkpoint returns None (the run starts fresh) when the folder is
+    new, empty or holds this same run's files (preempted before its first checkpoint); another
+    run's files there are refused."""
     tc = cfg.train
     if out.exists() and not out.is_dir():
         raise SkdError(f"output directory {out} is a file", "pass another --output-dir")
@@ -32,6 +36,8 @@ def check_output_dir(out: Path, cfg: RunConfig) -> Path | None:
         found = ckpt.find_latest_checkpoint(out) if out.is_dir() else None
         if found is not None:
             check_resume_config(cfg, found)
+        elif out.is_dir():
+            _check_same_run(cfg, out)
         return found
     if (out.is_dir() and any((out / n).exists() for n in ("final", "checkpoints", "metrics.jsonl"))
             and not tc.overwrite):
@@ -46,6 +52,26 @@ def _option_diffs(cfg: RunConfig, saved: dict) -> list[str]:
     return [f"{key} {saved.get(sec, {}).get(key)!r} -> {value!r}"
             for sec, fields in now.items() for key, value in fields.items()
             if key not in _RESUME_FREE.get(sec, ()) and saved.get(sec, {}).get(key) != value]
+
+
+def _check_same_run(cfg: RunConfig, out: Path) -> None:
+    """--resume found no checkpoint: the run files in `out` must be this run's (same options)."""
+    present = [n for n in RUN_FILES if (out / n).exists()]
+    if not present:
+        return
+    try:
+        saved = json.loads((out / "run_config.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise SkdError(f"--resume: {out} holds another run's files ({', '.join(present)}) but no complete checkpoint",
+                       "pass --overwrite to replace them, or choose another --output-dir")
+    diffs = _option_diffs(cfg, saved)
+    if diffs:
+        raise SkdError(f"--resume: {out} holds another run's files but no complete checkpoint; its options differ"
+                       f" ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''})",
+                       f"pass its options (saved in {out / 'run_config.json'}), --overwrite to replace it, "
+                       "or choose another --output-dir")
 
 
 def check_resume_config(cfg: RunConfig, folder: Path) -> None:

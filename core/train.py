@@ -177,6 +177,8 @@ class _Run:
         resume_from = check_output_dir(out, cfg)
         found = dist.broadcast_object(str(resume_from) if resume_from is not None else None)
         resume_from = Path(found) if found is not None else None  # rank 0's view decides for all
+        if resume_from is None and tc.resume:   # e.g. a preempted job's command, stopped before its first save
+            self.emit("notice", {"message": f"no checkpoint in {out}: starting a fresh run"})
 
         random.seed(tc.seed)
         torch.manual_seed(tc.seed)
