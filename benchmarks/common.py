@@ -58,7 +58,7 @@ def task_prompts(task_name: str, tokenizer, n: int, split: str = "test", seed: i
                  data: str | None = None) -> tuple[list[list[int]], object]:
     """Prompt token ids of n examples of a task, rendered through the chat template."""
     from skd.core.tasks import get_task
-    from skd.core.train import tokenize_examples
+    from skd.core.data import tokenize_examples
 
     task = get_task(task_name)
     examples = task.load(split, data_path=data, limit=n, seed=seed)

@@ -71,7 +71,9 @@ def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", bat
     from skd.core import losses
     from skd.core.config import SampleConfig
     from skd.core.tasks import get_task
-    from skd.core.train import _teacher_flat, accumulate_gradients, build_training_batch, tokenize_examples
+    from skd.core.batches import build_training_batch, teacher_logits_flat
+    from skd.core.data import tokenize_examples
+    from skd.core.objective import accumulate_gradients
 
     dev = torch.device(device)
     t_model, tok = load_model_and_tokenizer(teacher, device, dtype)
@@ -99,7 +101,7 @@ def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", bat
                                          student=s_model, scfg=scfg, gens=gens, tokenizer=tok, pad_id=tok.pad_token_id,
                                          vocab_size=V, gkd_lambda=0.5)
                 t1 = time.perf_counter()
-                tf = _teacher_flat(t_model, s, V) if div is not None else None
+                tf = teacher_logits_flat(t_model, s, V) if div is not None else None
                 t2 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 s_model.train()

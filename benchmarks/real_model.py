@@ -255,7 +255,7 @@ class _Run:
                            "raise --max-new-tokens, or pass --truncate-answers")
         # The fixed test subset: the first N problems of test.jsonl, in file order.
         self.test_ex = self.task.load("test", data_path=self.test_file)[: cfg.eval_examples]
-        from skd.core.train import tokenize_examples
+        from skd.core.data import tokenize_examples
 
         self.spec_prompts = [t.prompt_ids for t in tokenize_examples(self.test_ex[: cfg.spec_prompts], self.tok,
                                                                      self.task.render_prompt)]
@@ -267,7 +267,7 @@ class _Run:
         """(examples, tokenized, skipped): the first `limit` problems (None: all) of train.jsonl in the seed-20
         order of Task.load (the paper's subset rule), skipping those whose answer + EOS exceeds max_new_tokens
         when fit_answers is on; `skipped` counts the problems passed over on the way."""
-        from skd.core.train import tokenize_examples
+        from skd.core.data import tokenize_examples
 
         cfg = self.cfg
         fit = cfg.fit_answers if fit is None else fit

@@ -184,7 +184,7 @@ class _Study:
         from skd.core import models as model_lib
         from skd.core.demo import TEACHER_RECIPE_FIELDS, QUICK_OVERRIDES, ensure_teacher
         from skd.core.tasks import get_task
-        from skd.core.train import tokenize_examples
+        from skd.core.data import tokenize_examples
 
         cfg = self.cfg
         self.task = get_task(cfg.task)
@@ -213,7 +213,7 @@ class _Study:
         self.teacher_info["eval"] = self._teacher_eval()
 
     def train_examples(self, regime: str) -> list:
-        from skd.core.train import tokenize_examples
+        from skd.core.data import tokenize_examples
 
         if regime not in self._train_ex:
             raw = self.task.load("train", limit=parse_regime(regime), seed=self.cfg.data_seed)

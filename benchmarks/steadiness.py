@@ -31,7 +31,7 @@ def rss_bytes() -> int:
 
 
 def _examples(tokenizer, n: int, seed: int):
-    from skd.core.train import TokenizedExample
+    from skd.core.data import TokenizedExample
 
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -43,7 +43,8 @@ def eval_cmd(models, task, data, field, split, limit, batch_size, max_new_tokens
     from skd.core.errors import SkdError
     from skd.core.evaluation import evaluate_model
     from skd.core.tasks import get_task
-    from skd.core.train import atomic_write_text, resolve_device
+    from skd.core.checkpoint import atomic_write_text
+    from skd.core.train import resolve_device
 
     if batch_size < 1:
         raise SkdError(f"--batch-size must be >= 1 (got {batch_size})", "pass --batch-size 32")

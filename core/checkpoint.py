@@ -127,14 +127,13 @@ def restore_rng(state: dict) -> None:
 
 # --------------------------------------------------------------------------- writing
 
-def save_checkpoint(path: Path, student, tokenizer, cfg, state: dict, optimizer=None, scheduler=None,
-                    gens: dict | None = None, *, state_dict: dict | None = None,
-                    optimizer_state: dict | None = None, rng: dict | None = None) -> None:
+def save_checkpoint(path: Path, student, tokenizer, cfg, state: dict, optimizer=None, scheduler=None, *,
+                    state_dict: dict | None = None, optimizer_state: dict | None = None,
+                    rng: dict | None = None) -> None:
     """HF folder (safetensors + config + tokenizer) + run config + training state + marker, atomically.
 
     `state_dict` / `optimizer_state` override the ones read from `student` / `optimizer` (FSDP
-    gathers them first); `rng` defaults to the process's RNG states now; `gens` are extra
-    generators whose states are kept as uint8 tensors.
+    gathers them first); `rng` defaults to the process's RNG states now.
     """
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
@@ -147,7 +146,6 @@ def save_checkpoint(path: Path, student, tokenizer, cfg, state: dict, optimizer=
         if optimizer_state is not None:
             torch.save({"optimizer": optimizer_state,
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "generators": {k: g.get_state() for k, g in (gens or {}).items()},
                         "rng": rng}, tmp / TRAINING_STATE)
         # Last: a folder with a readable marker is complete (SKD resume ignores the others).
         (tmp / MARKER).write_text(json.dumps({**state, "complete": True}, indent=2))

@@ -143,7 +143,9 @@ def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = 
     from skd.core.sampling import sample
     from skd.core.speculative import speculative_generate
     from skd.core.tasks import get_task
-    from skd.core.train import atomic_write_text, tokenize_examples, train
+    from skd.core.checkpoint import atomic_write_text
+    from skd.core.data import tokenize_examples
+    from skd.core.train import train
 
     emit = on_event or (lambda kind, payload: None)
     root = Path(cfg.run_dir)

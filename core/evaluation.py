@@ -48,7 +48,7 @@ def evaluate_model(model, tokenizer, task, examples, *, batch_size: int = 32, ma
                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 20,
                    on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
     """Generate for every example and score with the task's metric. Returns (metrics, predictions)."""
-    from skd.core.train import tokenize_examples
+    from skd.core.data import tokenize_examples
 
     toks = tokenize_examples(examples, tokenizer, task.render_prompt)
     prompts = [t.prompt_ids for t in toks]

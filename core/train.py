@@ -1,9 +1,9 @@
-"""The one training loop: SFT and every distillation method of SKD_SPEC.md section 4, on 1..W processes.
+"""The one training loop: SFT and every distillation method of CONTRACT.md §4, on 1..W processes.
 
 Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; TrainingInterrupted;
-TokenizedExample; tokenize_examples(...); sequence_sources(...); build_training_batch(...);
-chunk_generators(...); distill_loss(...); accumulate_gradients(...); evaluate_loss(...);
-resolve_device(...); save_checkpoint / atomic_write_text (skd.core.checkpoint, re-exported).
+deterministic_kernels(on); resolve_device(name) -> torch.device. The loop's parts live in their own
+rooms: skd.core.data (examples, their order), skd.core.batches (the method's sequences),
+skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder).
 
 Per optimizer step (B = batch_size sequences in the global batch, W processes, b = B / W each):
   1. data    — the next B indices of one deterministic global stream (a seeded permutation per
@@ -11,11 +11,11 @@ Per optimizer step (B = batch_size sequences in the global batch, W processes, b
   2. sample  — the b training sequences of the method (ground truth, student samples, SKD
                interleaved samples, or a per-prompt / per-batch mix), in chunks of C rows;
   3. teacher — teacher logits at every response position: reused from the SKD verification passes
-               (SKD_SPEC 3, last point), else one no-grad teacher forward per chunk;
+               (CONTRACT.md §3, last point), else one no-grad teacher forward per chunk;
   4. loss    — the student forward + divergence (or cross-entropy) per micro-batch, divided ONCE by
                the count of the whole GLOBAL batch (all-reduced before dividing), so 1 x 8, 4 x 2
                accumulation and 2 processes x 4 are the same step;
-  5. step    — DDP / FSDP sum the gradients, clip 1.0, AdamW, linear decay to 0 (SKD_SPEC 5).
+  5. step    — DDP / FSDP sum the gradients, clip 1.0, AdamW, linear decay to 0 (CONTRACT.md §5).
 Rank 0 writes metrics.jsonl, checkpoints and summary.json; `on_event` feeds the CLI's progress bar.
 
 Randomness — why W processes give the run of 1 process. No generator carries state from one
@@ -32,15 +32,12 @@ number regenerates it; checkpoints still carry the Python / torch / CUDA / NumPy
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import math
 import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,15 +45,12 @@ import torch
 
 from skd.core import checkpoint as ckpt
 from skd.core import distributed, losses
-from skd.core.checkpoint import atomic_write_text, save_checkpoint  # noqa: F401  (public API of this module)
+from skd.core.batches import RNG_SCHEME, derive_seed, sample_rank_batch, sequence_sources
 from skd.core.config import RunConfig, SampleConfig, run_config_to_dict
+from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
-from skd.core.sampling import PROV_PROMPT, PROV_TEACHER, Samples, sample
-
-DISTILL_METHODS = ("skd", "supervised", "on-policy", "imitkd", "two-stage", "mixed-skd", "gkd")
-CE_METHODS = ("sft", "seqkd")
-RNG_SCHEME = "seed-step-chunk-v1"   # recorded in checkpoints: how the sampling generators are derived
-RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json")
+from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
+from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 
 
 class TrainingInterrupted(Exception):
@@ -72,13 +66,8 @@ class TrainingInterrupted(Exception):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
-@dataclass(frozen=True)
-class TokenizedExample:
-    prompt_ids: list[int]
-    response_ids: list[int]   # ground-truth response, EOS appended
-
-
 def resolve_device(name: str) -> torch.device:
+    """--*-device value (auto, cpu, cuda, cuda:N) -> torch.device; SkdError when unknown or unavailable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -90,27 +79,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def tokenize_examples(examples, tokenizer, render_prompt: Callable, *, max_length: int | None = None):
-    """Prompt text -> ids through the chat template; response ids + EOS."""
-    out = []
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise SkdError("the tokenizer has no EOS token", "use a tokenizer with an eos_token")
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    for ex in examples:
-        text = render_prompt(ex, tokenizer)
-        # A rendered chat template already carries BOS and friends.
-        p = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-        r = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [eos]
-        if not p:
-            raise SkdError("a prompt tokenised to zero tokens", "check the data's prompt field")
-        if max_length is not None and len(p) >= max_length:
-            raise SkdError(f"a prompt has {len(p)} tokens, the model's context is {max_length}",
-                           "shorten the prompts (or filter the data), or use a model with a longer context")
-        out.append(TokenizedExample(p, r))
-    return out
-
-
 def _model_context(model) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         v = getattr(model.config, name, None)
@@ -119,353 +87,7 @@ def _model_context(model) -> int | None:
     return None
 
 
-def _ground_truth_samples(batch: list[TokenizedExample], pad_id: int, max_new_tokens: int) -> Samples:
-    B = len(batch)
-    resp = [ex.response_ids[:max_new_tokens] for ex in batch]
-    P = torch.tensor([len(ex.prompt_ids) for ex in batch])
-    n = torch.tensor([len(r) for r in resp])
-    L = int((P + n).max())
-    tokens = torch.full((B, L), pad_id, dtype=torch.long)
-    prov = torch.zeros(B, L, dtype=torch.int8)
-    for b, (ex, r) in enumerate(zip(batch, resp)):
-        ids = ex.prompt_ids + r
-        tokens[b, : len(ids)] = torch.tensor(ids)
-        prov[b, : len(ex.prompt_ids)] = PROV_PROMPT
-        prov[b, len(ex.prompt_ids): len(ids)] = PROV_TEACHER  # not sampled: ground truth
-    pos = torch.arange(L)[None]
-    lengths = P + n
-    attn = (pos < lengths[:, None]).long()
-    return Samples(tokens=tokens, attention_mask=attn, response_mask=attn.bool() & (pos >= P[:, None]),
-                   provenance=prov, prompt_lengths=P, lengths=lengths, teacher_logits=None,
-                   proposed=0, accepted=0, replaced=0, generated=int(n.sum()), rounds=0, row_rounds=0)
-
-
-def _merge(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -> Samples:
-    """Put per-source Samples back into the original batch order (rows listed in each part)."""
-    if len(parts) == 1 and parts[0][0] == list(range(B)):
-        return parts[0][1]
-    L = max(s.tokens.shape[1] for _, s in parts)
-    tokens = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros(B, L, dtype=torch.long)
-    rmask = torch.zeros(B, L, dtype=torch.bool)
-    prov = torch.zeros(B, L, dtype=torch.int8)
-    P = torch.zeros(B, dtype=torch.long)
-    lengths = torch.zeros(B, dtype=torch.long)
-    tl = None
-    if any(s.teacher_logits is not None for _, s in parts):
-        if not all(s.teacher_logits is not None for _, s in parts):
-            tl = None  # mixed sources: the loop runs one teacher pass for everything
-        else:
-            R = max(s.teacher_logits.shape[1] for _, s in parts)
-            ref = parts[0][1].teacher_logits
-            tl = ref.new_zeros(B, R, ref.shape[2])
-    for rows, s in parts:
-        idx = torch.tensor(rows)
-        w = s.tokens.shape[1]
-        tokens[idx, :w] = s.tokens
-        attn[idx, :w] = s.attention_mask
-        rmask[idx, :w] = s.response_mask
-        prov[idx, :w] = s.provenance
-        P[idx] = s.prompt_lengths
-        lengths[idx] = s.lengths
-        if tl is not None:
-            tl[idx.to(tl.device), : s.teacher_logits.shape[1]] = s.teacher_logits
-    keys = ("proposed", "accepted", "replaced", "generated", "rounds", "row_rounds")
-    tot = {k: sum(getattr(s, k) for _, s in parts) for k in keys}
-    return Samples(tokens=tokens, attention_mask=attn, response_mask=rmask, provenance=prov,
-                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot)
-
-
-def sequence_sources(method: str, B: int, *, step: int, total_steps: int, coin: torch.Generator,
-                     gkd_lambda: float) -> list[str]:
-    """Where each of the B sequences of a (global) batch comes from: "gt", "student" or "skd"."""
-    if method in ("sft", "seqkd", "supervised"):
-        return ["gt"] * B
-    if method == "on-policy":
-        return ["student"] * B
-    if method == "skd":
-        return ["skd"] * B
-    if method == "imitkd":      # per prompt, 50/50 (released code: "mixed")
-        return ["student" if u < 0.5 else "gt" for u in torch.rand(B, generator=coin).tolist()]
-    if method == "mixed-skd":
-        return ["skd" if u < 0.5 else "gt" for u in torch.rand(B, generator=coin).tolist()]
-    if method == "two-stage":   # released code: "mixed_train" — ground truth first, then on-policy
-        return ["gt" if step < total_steps // 2 else "student"] * B
-    if method == "gkd":         # GKD (Agarwal et al. 2024): on-policy batch with probability lambda
-        return ["student" if float(torch.rand((), generator=coin)) < gkd_lambda else "gt"] * B
-    raise SkdError(f"unknown method {method!r}", "see skd distill --help")
-
-
-def build_training_batch(method: str, batch: list[TokenizedExample], *, step: int, total_steps: int,
-                         teacher, student, scfg: SampleConfig, gens: dict, tokenizer, pad_id: int,
-                         vocab_size: int, gkd_lambda: float, sources: list[str] | None = None) -> Samples:
-    """The B training sequences of `method` (SKD_SPEC section 4), sampled with gens["student"/"teacher"].
-
-    `sources` (one of "gt" / "student" / "skd" per row) is drawn from gens["method"] when not given.
-    """
-    B = len(batch)
-    use = sources if sources is not None else sequence_sources(
-        method, B, step=step, total_steps=total_steps, coin=gens["method"], gkd_lambda=gkd_lambda)
-    assert len(use) == B, f"{len(use)} sources for {B} rows"
-    parts = []
-    gt_rows = [i for i, u in enumerate(use) if u == "gt"]
-    if gt_rows:
-        parts.append((gt_rows, _ground_truth_samples([batch[i] for i in gt_rows], pad_id, scfg.max_new_tokens)))
-    for mode in ("student", "skd"):
-        rows = [i for i, u in enumerate(use) if u == mode]
-        if not rows:
-            continue
-        cfg = SampleConfig(**{**scfg.__dict__, "mode": mode})
-        was_training = student.training
-        student.eval()
-        s = sample(teacher, student, [batch[i].prompt_ids for i in rows], cfg,
-                   student_generator=gens["student"], teacher_generator=gens["teacher"],
-                   tokenizer=tokenizer, pad_token_id=pad_id, vocab_size=vocab_size)
-        student.train(was_training)
-        parts.append((rows, s))
-    return _merge(parts, B, pad_id)
-
-
-def derive_seed(*keys) -> int:
-    """A 63-bit seed from (seed, purpose, step, ...): the same in every process, run and Python."""
-    digest = hashlib.blake2b(json.dumps(keys).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def chunk_generators(seed: int, step: int, chunk: int, *, student_device, teacher_device) -> dict:
-    """Fresh student / teacher generators of sampling chunk `chunk` (a global index) at `step`."""
-    return {"student": torch.Generator(device=student_device).manual_seed(derive_seed(seed, "student", step, chunk)),
-            "teacher": torch.Generator(device=teacher_device).manual_seed(derive_seed(seed, "teacher", step, chunk))}
-
-
-def _sample_rank_batch(method: str, batch: list[TokenizedExample], sources: list[str], *, first_row: int,
-                       chunk: int, seed: int, step: int, total_steps: int, teacher, student, scfg: SampleConfig,
-                       tokenizer, pad_id: int, vocab_size: int, gkd_lambda: float, need_teacher: bool):
-    """This process's b sequences, sampled chunk by chunk (global rows first_row ...), and the teacher
-    logits at their response positions. Returns (Samples, teacher_flat [N, V] or None, teacher seconds)."""
-    s_dev = next(student.parameters()).device
-    t_dev = next(teacher.parameters()).device if teacher is not None else torch.device("cpu")
-    parts, flats, t_teacher = [], [], 0.0
-    for lo in range(0, len(batch), chunk):
-        rows = list(range(lo, min(len(batch), lo + chunk)))
-        gens = chunk_generators(seed, step, (first_row + lo) // chunk, student_device=s_dev, teacher_device=t_dev)
-        s = build_training_batch(method, [batch[i] for i in rows], step=step, total_steps=total_steps,
-                                 teacher=teacher, student=student, scfg=scfg, gens=gens, tokenizer=tokenizer,
-                                 pad_id=pad_id, vocab_size=vocab_size, gkd_lambda=gkd_lambda,
-                                 sources=[sources[i] for i in rows])
-        if need_teacher:
-            t0 = time.perf_counter()
-            flats.append(_teacher_flat(teacher, s, vocab_size))
-            t_teacher += time.perf_counter() - t0
-        # The [C, R, V] verification logits are no longer needed: only their response rows (flats) are.
-        parts.append((rows, dataclasses.replace(s, teacher_logits=None)))
-    # Chunks are consecutive rows, so concatenating their row-major flats gives the merged batch's.
-    teacher_flat = (flats[0] if len(flats) == 1 else torch.cat(flats)) if flats else None
-    return _merge(parts, len(batch), pad_id), teacher_flat, t_teacher
-
-
-def _positions(s: Samples):
-    """Masks selecting, row-major, the logits rows that predict response tokens."""
-    pred = torch.zeros_like(s.response_mask)
-    pred[:, :-1] = s.response_mask[:, 1:]     # position t predicts token t + 1
-    n = s.response_lengths
-    R = int(n.max()) if n.numel() else 0
-    ridx = torch.arange(R)[None, :] < n[:, None]  # response index i < length of that response
-    return pred, ridx
-
-
-def distill_loss(student, s: Samples, teacher_flat: torch.Tensor | None, rows: torch.Tensor, *,
-                 divergence: Callable | None, vocab_size: int, weights_per_row: torch.Tensor,
-                 autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unnormalised (sum, count) of one micro-batch `rows` of the training batch `s`."""
-    dev = next(student.parameters()).device
-    tokens = s.tokens[rows].to(dev)
-    attn = s.attention_mask[rows].to(dev)
-    pred, _ = _positions(s)
-    pred = pred[rows]
-    Lm = int(s.lengths[rows].max())
-    tokens, attn, pred = tokens[:, :Lm], attn[:, :Lm], pred[:, :Lm].to(dev)
-    ctx = (torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else torch.autocast(dev.type, enabled=False))
-    with ctx:
-        logits = student(input_ids=tokens, attention_mask=attn).logits[..., :vocab_size]
-    student_flat = logits[pred]                                          # [N, V]
-    w = weights_per_row[rows].to(dev)[:, None].expand_as(pred)[pred]     # [N]
-    if divergence is None:  # cross-entropy on the response tokens (sft / seqkd)
-        labels = torch.zeros_like(tokens)
-        labels[:, :-1] = tokens[:, 1:]
-        return losses.cross_entropy(student_flat, labels[pred], w)
-    return divergence(student_flat, teacher_flat.to(dev), w)
-
-
-def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None, *, divergence,
-                         micro_batch_size: int, loss_norm: str, vocab_size: int, autocast_dtype=None,
-                         dist: distributed.Dist | None = None) -> float:
-    """Backward over the batch in micro-batches; the loss is divided ONCE by the GLOBAL batch's count.
-
-    The one place the loss is normalised. With `dist` (several processes) the count is summed over
-    the processes before dividing, and each process's loss is scaled by the world size because
-    DDP / FSDP average gradients: the result is the gradient of (sum over all W*b rows) / (count of
-    all W*b rows), exactly what one process with the whole batch computes. Returns the normalised
-    global loss. Gradients accumulate into .grad (the caller zeroes them).
-    """
-    B = s.tokens.shape[0]
-    world = dist.world_size if dist is not None else 1
-    w_rows = _sequence_weights(s, loss_norm)
-    _, ridx = _positions(s)
-    # The count the weights stand for, as an exact integer (a float32 sum of 1/n over n positions is
-    # not exactly 1, and would make the count depend on how rows are split across processes).
-    n = s.response_lengths
-    local_count = float(int(n.sum()) if loss_norm == "token" else int((n > 0).sum()))
-    total_count = dist.sum_floats([local_count])[0] if dist is not None else local_count
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), ridx.sum(1).cumsum(0)])
-    starts = list(range(0, B, micro_batch_size))
-    loss_sum = 0.0
-    for i, lo in enumerate(starts):
-        rows = torch.arange(lo, min(B, lo + micro_batch_size))
-        tf = teacher_flat[offsets[lo]: offsets[rows[-1] + 1]] if teacher_flat is not None else None
-        # DDP all-reduces the gradients once, after the last micro-batch.
-        with distributed.no_sync(student, skip=i < len(starts) - 1):
-            lsum, _ = distill_loss(student, s, tf, rows, divergence=divergence, vocab_size=vocab_size,
-                                   weights_per_row=w_rows, autocast_dtype=autocast_dtype)
-            if total_count > 0:
-                loss = lsum / total_count
-                (loss * world if world > 1 else loss).backward()
-        loss_sum += float(lsum.detach())
-    if dist is not None:
-        loss_sum = dist.sum_floats([loss_sum])[0]
-    return loss_sum / total_count if total_count > 0 else 0.0
-
-
-def _teacher_flat(teacher, s: Samples, vocab_size: int) -> torch.Tensor:
-    """Teacher logits [N, V] at the response-predicting positions, row-major (one no-grad pass or reuse)."""
-    _, ridx = _positions(s)
-    if s.teacher_logits is not None:
-        return s.teacher_logits[:, : ridx.shape[1]][ridx.to(s.teacher_logits.device)]
-    dev = next(teacher.parameters()).device
-    pred, _ = _positions(s)
-    with torch.no_grad():
-        logits = teacher(input_ids=s.tokens.to(dev), attention_mask=s.attention_mask.to(dev)).logits
-    return logits[..., :vocab_size][pred.to(dev)]
-
-
-def _sequence_weights(s: Samples, norm: str) -> torch.Tensor:
-    n = s.response_lengths.float()
-    if norm == "token":
-        return torch.ones_like(n)
-    # Per-sequence token mean, then mean over sequences (the released code's reduction).
-    return torch.where(n > 0, 1.0 / n.clamp(min=1), torch.zeros_like(n))
-
-
-# --------------------------------------------------------------------------- data, output folder, signals
-
-class _Data:
-    """Deterministic endless stream over the examples: a fresh seeded permutation per epoch.
-
-    With `lengths` and `batch` (group by length), each epoch's permutation is cut into pools of
-    GROUP_POOL batches, each pool is sorted by length and cut into batches, and the batches of the
-    epoch are put in a seeded random order: every batch holds similar lengths (padding in a random
-    batch of 32 `arith` examples is ~30% of the tokens), while which examples meet and the batch
-    order stay random. The order depends only on (seed, epoch), so resume is exact.
-
-    `cursor` counts the examples handed out (the data position saved in checkpoints)."""
-
-    GROUP_POOL = 50
-
-    def __init__(self, n: int, seed: int, lengths: list[int] | None = None, batch: int = 0):
-        self.n, self.seed = n, seed
-        self.lengths, self.batch = lengths, batch
-        self.cursor = 0
-        self._perm: tuple[int, list[int]] | None = None   # (epoch, permutation): one epoch cached
-
-    def _order(self, epoch: int) -> list[int]:
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n, generator=g).tolist()
-            if self.lengths is not None and self.batch > 1:
-                pool = self.batch * self.GROUP_POOL
-                batches = []
-                for i in range(0, self.n, pool):
-                    part = sorted(perm[i: i + pool], key=lambda j: self.lengths[j])   # stable
-                    batches += [part[j: j + self.batch] for j in range(0, len(part), self.batch)]
-                order = torch.randperm(len(batches), generator=g).tolist()
-                # a short batch (a pool's remainder) goes last, so the stream's batches stay aligned
-                order.sort(key=lambda b: len(batches[b]) < self.batch)
-                perm = [j for b in order for j in batches[b]]
-            self._perm = (epoch, perm)
-        return self._perm[1]
-
-    def next(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            epoch, i = divmod(self.cursor, self.n)
-            out.append(self._order(epoch)[i])
-            self.cursor += 1
-        return out
-
-
-def _check_output_dir(out: Path, *, overwrite: bool, resume: bool) -> Path | None:
-    """Read-only checks of --output-dir before anything is loaded; returns the checkpoint to resume."""
-    if out.exists() and not out.is_dir():
-        raise SkdError(f"output directory {out} is a file", "pass another --output-dir")
-    if resume:
-        return ckpt.find_latest_checkpoint(out) if out.is_dir() else None
-    if out.is_dir() and any((out / n).exists() for n in ("final", "checkpoints", "metrics.jsonl")) and not overwrite:
-        raise SkdError(f"{out} already holds another run's checkpoints",
-                       "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir")
-    return None
-
-
-# Options that may change between a run and its resumption: they do not change the trained weights.
-_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every",
-                          "log_every"},
-                "data": {"val_data", "val_limit"}, "model": {"teacher_device", "student_device"}}
-
-
-def _check_resume_config(cfg: RunConfig, folder: Path) -> None:
-    try:
-        saved = json.loads((folder / ckpt.RUN_CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise SkdError(f"checkpoint {folder} has no readable {ckpt.RUN_CONFIG}",
-                       "delete that folder to resume from an earlier checkpoint, or start over with --overwrite") from e
-    now = json.loads(json.dumps(run_config_to_dict(cfg)))  # tuples -> lists, as saved
-    diffs = [f"{key} {saved.get(sec, {}).get(key)!r} -> {value!r}"
-             for sec, fields in now.items() for key, value in fields.items()
-             if key not in _RESUME_FREE.get(sec, ()) and saved.get(sec, {}).get(key) != value]
-    if diffs:
-        raise SkdError(f"--resume: the options differ from the run in {folder.parent if folder.name != 'final' else folder}"
-                       f" ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''})",
-                       f"pass the original options (saved in {folder / ckpt.RUN_CONFIG}), or --overwrite to start over")
-    state = ckpt.read_trainer_state(folder) or {}
-    if state.get("rng_scheme", RNG_SCHEME) != RNG_SCHEME:
-        raise SkdError(f"checkpoint {folder} was written by an skd that samples differently "
-                       f"({state.get('rng_scheme')} vs {RNG_SCHEME})", "start over with --overwrite")
-
-
-def _prepare_output_dir(out: Path, *, overwrite: bool, resume_step: int | None) -> None:
-    """Main process only, after every check passed: clear (--overwrite) or trim (--resume) the run."""
-    if overwrite:
-        for n in RUN_FILES:
-            p = out / n
-            if p.is_dir():
-                ckpt.discard(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale(out)
-    metrics = out / "metrics.jsonl"
-    if resume_step is not None and metrics.exists():
-        # Lines past the resumed step (and a line torn by a kill) are redone by this run.
-        keep = []
-        for line in metrics.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= resume_step:
-                keep.append(line + "\n")
-        atomic_write_text(metrics, "".join(keep))
-
+# --------------------------------------------------------------------------- signals
 
 class _StopRequests:
     """SIGINT / SIGTERM become a request honoured at the end of the current step (a second Ctrl-C
@@ -552,11 +174,11 @@ class _Run:
         self.out = out = Path(tc.output_dir)
 
         # ---- checks that need nothing loaded: fail fast, before minutes of model loading
-        resume_from = _check_output_dir(out, overwrite=tc.overwrite, resume=tc.resume)
-        if resume_from is not None:
-            _check_resume_config(cfg, resume_from)
+        resume_from = check_output_dir(out, cfg)
         found = dist.broadcast_object(str(resume_from) if resume_from is not None else None)
         resume_from = Path(found) if found is not None else None  # rank 0's view decides for all
+        if resume_from is None and tc.resume:   # e.g. a preempted job's command, stopped before its first save
+            self.emit("notice", {"message": f"no checkpoint in {out}: starting a fresh run"})
 
         random.seed(tc.seed)
         torch.manual_seed(tc.seed)
@@ -590,7 +212,7 @@ class _Run:
             teacher, student, tokenizer = models
         self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
         self.vocab_size = len(tokenizer)
-        # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (SKD_SPEC 5).
+        # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (CONTRACT.md §5).
         # The half dtype comes from the loaded weights, or from cfg.model.dtype when models are passed in.
         self.autocast_dtype = None
         s_param_dtype = next(student.parameters()).dtype
@@ -641,7 +263,7 @@ class _Run:
 
         # ---- every input is valid: from here on the run folder changes
         if dist.is_main:
-            _prepare_output_dir(out, overwrite=tc.overwrite,
+            prepare_output_dir(out, overwrite=tc.overwrite,
                                 resume_step=resume_state["step"] if resume_state else (0 if tc.resume else None))
         dist.barrier()
 
@@ -657,8 +279,8 @@ class _Run:
             return max(0.0, (total - step) / max(1, total - tc.warmup_steps))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
-        self.data = (_Data(len(train_ex), tc.seed, [len(e.prompt_ids) + len(e.response_ids) for e in train_ex],
-                           tc.batch_size) if tc.group_by_length else _Data(len(train_ex), tc.seed))
+        lengths = [len(e.prompt_ids) + len(e.response_ids) for e in train_ex] if tc.group_by_length else None
+        self.data = ExampleStream(len(train_ex), tc.seed, lengths, tc.batch_size)   # lengths: group by length
         self.state = {"step": 0, "total_steps": total, "data_cursor": 0, "seed": tc.seed,
                       "world_size": dist.world_size, "sample_chunk": self.chunk, "rng_scheme": RNG_SCHEME}
         self.resume_from = resume_from
@@ -683,7 +305,7 @@ class _Run:
         sd = distributed.full_state_dict(self.train_model)
         osd = distributed.optimizer_state(self.train_model, self.optimizer)
         if self.dist.is_main:
-            save_checkpoint(path, self.student, self.tokenizer, self.cfg, dict(state), scheduler=self.scheduler,
+            ckpt.save_checkpoint(path, self.student, self.tokenizer, self.cfg, dict(state), scheduler=self.scheduler,
                             state_dict=sd, optimizer_state=osd, rng=rng)
             self.emit("checkpoint", {"path": str(path), "step": state["step"]})
         self.dist.barrier()
@@ -692,7 +314,7 @@ class _Run:
         path = self.out / "checkpoints" / f"step-{state['step']:06d}"
         self.save(path, state, rng)
         if self.dist.is_main:
-            _prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+            prune_checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
         return path
 
     def weights_finite(self) -> bool:
@@ -724,7 +346,7 @@ class _Run:
         metrics_path = out / "metrics.jsonl"
         first_rec = None
         if dist.is_main:
-            atomic_write_text(out / "run_config.json", json.dumps(run_config_to_dict(self.cfg), indent=2))
+            ckpt.atomic_write_text(out / "run_config.json", json.dumps(run_config_to_dict(self.cfg), indent=2))
             if start_step > 0 and metrics_path.exists():
                 head = metrics_path.read_text().split("\n", 1)[0]
                 first_rec = json.loads(head) if head.strip() else None
@@ -751,7 +373,7 @@ class _Run:
                    "fsdp_units": distributed.fsdp_units(self.train_model),
                    "first": first_rec, "last": last_rec}
         if dist.is_main:
-            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+            ckpt.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
         self.emit("end", summary)
         return summary
 
@@ -768,7 +390,7 @@ class _Run:
                                    gkd_lambda=tc.gkd_lambda)[first_row: first_row + b]
         # ---- 2./3. sample (FSDP: through the sharded student, in lockstep) and teacher logits
         with distributed.full_student(self.train_model, self.dist) as plain:
-            s, teacher_flat, t_teacher = _sample_rank_batch(
+            s, teacher_flat, t_teacher = sample_rank_batch(
                 self.method, batch, sources, first_row=first_row, chunk=self.chunk, seed=tc.seed, step=step,
                 total_steps=self.total_steps, teacher=self.teacher, student=plain, scfg=self.scfg,
                 tokenizer=self.tokenizer, pad_id=self.pad_id, vocab_size=self.vocab_size,
@@ -828,28 +450,3 @@ class _Run:
                 saved = self.step_checkpoint(self.state)
             raise TrainingInterrupted(signum, step + 1, str(saved))
         return rec
-
-
-def _prune_checkpoints(folder: Path, keep: int) -> None:
-    steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
-    for p in steps[: max(0, len(steps) - keep)]:
-        ckpt.discard(p)
-
-
-@torch.no_grad()
-def evaluate_loss(student, teacher, examples: list[TokenizedExample], *, divergence, vocab_size: int,
-                  pad_id: int, batch_size: int, max_new_tokens: int, autocast_dtype=None) -> float:
-    """Token-mean divergence (or cross-entropy) on ground-truth responses: the validation loss."""
-    was = student.training
-    student.eval()
-    tot = cnt = 0.0
-    for lo in range(0, len(examples), batch_size):
-        s = _ground_truth_samples(examples[lo: lo + batch_size], pad_id, max_new_tokens)
-        tf = _teacher_flat(teacher, s, vocab_size) if divergence is not None else None
-        w = torch.ones(s.tokens.shape[0])
-        lsum, c = distill_loss(student, s, tf, torch.arange(s.tokens.shape[0]), divergence=divergence,
-                               vocab_size=vocab_size, weights_per_row=w, autocast_dtype=autocast_dtype)
-        tot += float(lsum)
-        cnt += float(c)
-    student.train(was)
-    return tot / cnt if cnt else float("nan")

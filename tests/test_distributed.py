@@ -35,7 +35,7 @@ def _setup():
     """Identical models and data in every process (seeded)."""
     from skd.core.models import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
-    from skd.core.train import TokenizedExample
+    from skd.core.data import TokenizedExample
 
     tok = build_char_tokenizer()
     teacher = tiny_model("llama", V, seed=1, dtype=torch.float64, hidden=32, layers=2)

@@ -140,7 +140,7 @@ def test_sigterm_saves_the_last_step_and_exits_143_then_resumes_exactly(model_di
 
 
 def _examples(tok, n):
-    from skd.core.train import TokenizedExample
+    from skd.core.data import TokenizedExample
 
     out = []
     for i in range(n):
@@ -203,6 +203,52 @@ def test_resume_without_any_checkpoint_starts_from_scratch(char_tokenizer, tmp_p
     summary = train(_cfg(tmp_path / "new", max_steps=1, resume=True), models=_models(char_tokenizer),
                     examples=(_examples(char_tokenizer, 2), []))
     assert summary["steps"] == 1 and summary["resumed_from"] is None
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_it_starts_fresh(char_tokenizer, tmp_path):
+    """A preempted job's command rerun with --resume: its own files but no complete checkpoint yet."""
+    from skd.core.train import train
+
+    ex = (_examples(char_tokenizer, 4), [])
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_cfg(full, max_steps=2, save_every=0), models=_models(char_tokenizer), examples=ex)
+    train(_cfg(cut, max_steps=2, save_every=0), models=_models(char_tokenizer), examples=ex)
+    ckpt.discard(cut / "final")                       # as if killed while saving `final`
+    (cut / "summary.json").unlink()
+    assert ckpt.find_latest_checkpoint(cut) is None and (cut / "metrics.jsonl").exists()
+    events = []
+    summary = train(_cfg(cut, max_steps=2, save_every=0, resume=True), on_event=lambda k, p: events.append((k, p)),
+                    models=_models(char_tokenizer), examples=ex)
+    notices = [p["message"] for k, p in events if k == "notice"]
+    assert notices == [f"no checkpoint in {cut}: starting a fresh run"]
+    assert [k for k, _ in events].index("notice") < [k for k, _ in events].index("start")
+    assert summary["resumed_from"] is None and summary["steps"] == 2
+    assert _metrics(cut) == _metrics(full)            # the old lines are redone, not doubled
+    _assert_same_weights(cut / "final", full / "final")
+    # a run that resumes from a checkpoint says nothing of the kind
+    events.clear()
+    summary = train(_cfg(cut, max_steps=2, save_every=0, resume=True), on_event=lambda k, p: events.append((k, p)),
+                    models=_models(char_tokenizer), examples=ex)
+    assert summary["resumed_from"] == str(cut / "final") and "notice" not in [k for k, _ in events]
+
+
+def test_resume_without_a_checkpoint_refuses_another_runs_files_and_changes_nothing(char_tokenizer, tmp_path):
+    from skd.core.train import train
+
+    ex = (_examples(char_tokenizer, 4), [])
+    out = tmp_path / "run"
+    train(_cfg(out, max_steps=2, save_every=0), models=_models(char_tokenizer), examples=ex)
+    ckpt.discard(out / "final")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(SkdError, match=r"another run's files.*lr"):       # other options
+        train(_cfg(out, max_steps=2, save_every=0, lr=5e-4, resume=True), models=_models(char_tokenizer),
+              examples=ex)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    (out / "run_config.json").unlink()                                    # files of a run of unknown options
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(SkdError, match=r"another run's files \(metrics.jsonl, summary.json\)"):
+        train(_cfg(out, max_steps=2, save_every=0, resume=True), models=_models(char_tokenizer), examples=ex)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
 def test_sigint_in_process_saves_and_exits_130(model_dirs, tmp_path, monkeypatch):

@@ -22,7 +22,8 @@ def test_one_skd_step_with_smollm2_teacher_and_pruned_student(tmp_path, smol):
     from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
     from skd.core.models import freeze, prune_layers
     from skd.core.tasks import Example, get_task
-    from skd.core.train import tokenize_examples, train
+    from skd.core.data import tokenize_examples
+    from skd.core.train import train
 
     teacher, tok = smol
     student = prune_layers(teacher, keep=[0, 10, 20, 29])

@@ -8,8 +8,10 @@ from skd.core import losses
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from skd.core.errors import SkdError
 from skd.core.models import tiny_model
-from skd.core.train import (TokenizedExample, _teacher_flat, accumulate_gradients, build_training_batch,
-                            train)
+from skd.core.batches import build_training_batch, teacher_logits_flat
+from skd.core.data import TokenizedExample
+from skd.core.objective import accumulate_gradients
+from skd.core.train import train
 
 V = 103  # the char tokenizer's vocabulary
 
@@ -80,7 +82,7 @@ def test_batch_8_equals_4_accumulation_steps_of_2(char_tokenizer, method, norm):
                              scfg=SampleConfig(max_new_tokens=8, gamma=3, k=5), gens=gens, tokenizer=char_tokenizer,
                              pad_id=0, vocab_size=V, gkd_lambda=0.5)
     div = None if method == "sft" else losses.get_divergence("fkl")
-    tf = _teacher_flat(teacher, s, V) if div is not None else None
+    tf = teacher_logits_flat(teacher, s, V) if div is not None else None
     results = []
     for mb in (8, 2):
         student.zero_grad(set_to_none=True)
@@ -119,12 +121,12 @@ def test_output_dir_with_another_run_is_refused(tmp_path, char_tokenizer):
 def test_group_by_length_stream_is_a_seeded_permutation_of_aligned_similar_length_batches(monkeypatch):
     import random
 
-    from skd.core.train import _Data
+    from skd.core.data import ExampleStream
 
-    monkeypatch.setattr(_Data, "GROUP_POOL", 3)            # pools of 24: several pools and a remainder
+    monkeypatch.setattr(ExampleStream, "GROUP_POOL", 3)            # pools of 24: several pools and a remainder
     rnd = random.Random(0)
     lengths = [rnd.randint(5, 200) for _ in range(203)]
-    grouped, plain = _Data(203, 7, lengths, 8), _Data(203, 7)
+    grouped, plain = ExampleStream(203, 7, lengths, 8), ExampleStream(203, 7)
     spread = lambda d, e: [max(lengths[j] for j in b) - min(lengths[j] for j in b)  # noqa: E731
                            for b in (d._order(e)[i: i + 8] for i in range(0, 200, 8))]
     for epoch in (0, 1):
@@ -132,11 +134,11 @@ def test_group_by_length_stream_is_a_seeded_permutation_of_aligned_similar_lengt
         assert sorted(order) == list(range(203))
         # every aligned batch of 8 comes from one sorted pool of 24: far tighter than random batches
         assert sum(spread(grouped, epoch)) < 0.5 * sum(spread(plain, epoch))
-    assert grouped._order(0) != _Data(203, 7, lengths, 8)._order(1)           # a fresh order per epoch
-    assert _Data(203, 7, lengths, 8)._order(1) == grouped._order(1)           # depends on (seed, epoch) only
-    assert _Data(203, 8, lengths, 8)._order(0) != _Data(203, 7, lengths, 8)._order(0)
+    assert grouped._order(0) != ExampleStream(203, 7, lengths, 8)._order(1)           # a fresh order per epoch
+    assert ExampleStream(203, 7, lengths, 8)._order(1) == grouped._order(1)           # depends on (seed, epoch) only
+    assert ExampleStream(203, 8, lengths, 8)._order(0) != ExampleStream(203, 7, lengths, 8)._order(0)
     # the stream hands out the epoch's order, batch after batch, across the epoch boundary
-    d = _Data(203, 7, lengths, 8)
+    d = ExampleStream(203, 7, lengths, 8)
     got = [d.next(8) for _ in range(30)]
     flat = [j for b in got for j in b]
     assert flat == (d._order(0) + d._order(1))[:240]
