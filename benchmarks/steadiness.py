@@ -50,7 +50,7 @@ def run(steps: int = 1000, *, method: str = "skd", batch_size: int = 8, max_new_
         seed: int = 20, output_dir: str | None = None) -> dict:
     """Train `steps` steps and report RSS at step `warmup` and at the end (growth must be < 5 %)."""
     from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
     from skd.core.train import train
 
