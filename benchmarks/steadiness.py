@@ -3,7 +3,7 @@
 Public: run(steps=1000, *, method, batch_size, max_new_tokens, warmup, save_every, eval_every,
 threads, seed, output_dir) -> dict; rss_bytes() -> int.
 
-A tiny-model distillation (skd.core.models.tiny_model teacher 2x64 / student 1x32 on the char
+A tiny-model distillation (skd.core.presets.tiny_model teacher 2x64 / student 1x32 on the char
 tokenizer, arithmetic prompts) runs `steps` optimizer steps through skd.core.train.train, with
 periodic checkpoints and validation, so every code path of a real run is exercised. The resident
 set size (RSS, /proc/self/statm) is read after every step; the headline is its growth between
@@ -50,7 +50,7 @@ def run(steps: int = 1000, *, method: str = "skd", batch_size: int = 8, max_new_
         seed: int = 20, output_dir: str | None = None) -> dict:
     """Train `steps` steps and report RSS at step `warmup` and at the end (growth must be < 5 %)."""
     from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
     from skd.core.train import train
 

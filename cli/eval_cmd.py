@@ -44,7 +44,7 @@ def eval_cmd(models, task, data, field, split, limit, batch_size, max_new_tokens
     from skd.core.evaluation import evaluate_model
     from skd.core.tasks import get_task
     from skd.core.checkpoint import atomic_write_text
-    from skd.core.train import resolve_device
+    from skd.core.torch_names import parse_device
 
     if batch_size < 1:
         raise SkdError(f"--batch-size must be >= 1 (got {batch_size})", "pass --batch-size 32")
@@ -57,7 +57,7 @@ def eval_cmd(models, task, data, field, split, limit, batch_size, max_new_tokens
         raise SkdError(f"output directory {out_root} is a file", "pass another --output-dir")
     t = get_task(task)
     examples = t.load(split, data_path=data, fields=field, limit=limit, seed=seed)
-    dev = resolve_device(device)
+    dev = parse_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
     console = Console(stderr=True)

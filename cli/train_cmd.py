@@ -43,7 +43,7 @@ class _AliasHelp(click.Command):
     def format_epilog(self, ctx, formatter):
         super().format_epilog(ctx, formatter)
         try:
-            from skd.core.models import describe_aliases
+            from skd.core.hub import describe_aliases
             text = describe_aliases()
         except Exception as e:  # help must never crash
             text = f"(aliases unavailable: {e})"
@@ -255,7 +255,7 @@ def sft(ctx, **params):
       skd sft --model tiny-teacher --task arith --limit 20000 --epochs 2 --output-dir runs/teacher
       skd sft --model gemma-7b-it --task gsm8k --data gsm8k_train.jsonl --lr 1e-5
     """
-    from skd.core.models import PRESET_SFT_RECIPES
+    from skd.core.presets import PRESET_SFT_RECIPES
 
     method = "sft"
     recipe = PRESET_SFT_RECIPES.get(params["model"]) if params["task"].startswith("arith") else None

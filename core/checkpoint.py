@@ -242,10 +242,10 @@ def load_weights(folder: Path, model) -> None:
 
 
 def _load_via_transformers(folder: Path, model, own: dict) -> dict:
-    from skd.core.models import _dtype_kwarg
+    from skd.core.torch_names import dtype_kwarg
 
     try:
-        other = type(model).from_pretrained(str(folder), **_dtype_kwarg(next(model.parameters()).dtype))
+        other = type(model).from_pretrained(str(folder), **dtype_kwarg(next(model.parameters()).dtype))
     except Exception as e:
         raise SkdError(f"cannot load the weights of checkpoint {folder}: {str(e).splitlines()[0]}",
                        "resume with the same --student model as the original run, or start over with --overwrite") from e

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-from skd.core.models import PRESET_SFT_RECIPES
+from skd.core.presets import PRESET_SFT_RECIPES
 
 _TEACHER_RECIPE = PRESET_SFT_RECIPES["tiny-teacher"]  # what `skd sft --model tiny-teacher` runs
 

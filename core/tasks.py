@@ -150,9 +150,9 @@ class Task:
         # An unreachable hub makes `datasets` retry with back-off for ~25 s, printing each retry;
         # the models module's 3-second probe answers first. With HF_HUB_OFFLINE=1 set, the
         # library itself fails fast (or reads its local cache), so it is left to it.
-        from skd.core.models import _hub_unavailable_reason
+        from skd.core.hub import hub_unavailable_reason
 
-        reason = _hub_unavailable_reason()
+        reason = hub_unavailable_reason()
         if reason is not None and reason.startswith("offline or unreachable"):
             raise SkdError(f"cannot download dataset '{hub.path}' ({reason})",
                            f"pass a local file with --data path.jsonl ({self._fields_hint()}), or set "

@@ -1,7 +1,7 @@
 """The one training loop: SFT and every distillation method of CONTRACT.md §4, on 1..W processes.
 
 Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; TrainingInterrupted;
-deterministic_kernels(on); resolve_device(name) -> torch.device. The loop's parts live in their own
+deterministic_kernels(on). The loop's parts live in their own
 rooms: skd.core.data (examples, their order), skd.core.batches (the method's sequences),
 skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder).
 
@@ -51,6 +51,7 @@ from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
+from skd.core.torch_names import parse_device
 
 
 class TrainingInterrupted(Exception):
@@ -64,19 +65,6 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-def resolve_device(name: str) -> torch.device:
-    """--*-device value (auto, cpu, cuda, cuda:N) -> torch.device; SkdError when unknown or unavailable."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise SkdError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SkdError(f"device {name!r} requested but CUDA is not available", "use --*-device cpu")
-    return dev
 
 
 def _model_context(model) -> int | None:
@@ -193,8 +181,8 @@ class _Run:
                 val_raw = task.load(val_split, data_path=dc.val_data, fields=dc.fields, limit=dc.val_limit,
                                     seed=dc.seed)
         if models is None:
-            s_dev = resolve_device(distributed.resolve_rank_device(mc.student_device, dist))
-            t_dev = resolve_device(distributed.resolve_rank_device(mc.teacher_device, dist))
+            s_dev = parse_device(distributed.resolve_rank_device(mc.student_device, dist))
+            t_dev = parse_device(distributed.resolve_rank_device(mc.teacher_device, dist))
             dtype = mc.dtype
             if dtype == "auto":
                 dtype = "bfloat16" if s_dev.type == "cuda" else "float32"

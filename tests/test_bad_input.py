@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread):
     """Models, data files and run folders shared (read-only) by every case."""
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
 
     root = tmp_path_factory.mktemp("world")

@@ -9,7 +9,7 @@ import torch
 from skd.core.batches import build_training_batch
 from skd.core.config import SampleConfig
 from skd.core.data import TokenizedExample
-from skd.core.models import tiny_model
+from skd.core.presets import tiny_model
 from skd.core.sampling import PROV_PROMPT, PROV_STUDENT, PROV_TEACHER, sample
 
 V = 103  # the char tokenizer's vocabulary

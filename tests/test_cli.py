@@ -97,7 +97,7 @@ def test_bench_speculative_on_tiny_models(tmp_path):
 
 def test_tiny_teacher_sft_uses_its_recipe_unless_options_say_otherwise(monkeypatch, tmp_path):
     from skd.cli import train_cmd
-    from skd.core.models import PRESET_SFT_RECIPES
+    from skd.core.presets import PRESET_SFT_RECIPES
 
     seen = []
     monkeypatch.setattr(train_cmd, "_run", seen.append)  # resolve the configuration, train nothing

@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 def _setup():
     """Identical models and data in every process (seeded)."""
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
     from skd.core.data import TokenizedExample
 
@@ -212,7 +212,7 @@ def test_batch_not_divisible_by_processes_is_refused_before_joining(tmp_path, mo
 
 
 def test_torchrun_runs_the_command_line_on_two_processes(tmp_path):
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()

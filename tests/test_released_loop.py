@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from skd.benchmarks.released_loop import released_loop_sample
 from skd.cli.main import main
-from skd.core.models import tiny_model
+from skd.core.presets import tiny_model
 from skd.core.sampling import SampleConfig, sample
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     """A one-layer teacher on the char tokenizer, saved like a checkpoint folder (no demo teacher stage)."""
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
@@ -121,7 +121,7 @@ def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
 
     from skd.benchmarks import reproduce as rep
     from skd.core.demo import DemoConfig
-    from skd.core.models import PRESET_SFT_RECIPES
+    from skd.core.presets import PRESET_SFT_RECIPES
 
     seen = []
 

@@ -28,7 +28,7 @@ TIMING = {"tokens_per_s", "time_sampling", "time_teacher", "time_loss_backward",
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
 
     root = tmp_path_factory.mktemp("models")
@@ -151,7 +151,7 @@ def _examples(tok, n):
 
 
 def _models(tok):
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
 
     return (tiny_model("llama", V, seed=1, hidden=32, layers=2), tiny_model("llama", V, seed=2, hidden=16, layers=1),
             tok)
@@ -275,7 +275,7 @@ def test_sigint_in_process_saves_and_exits_130(model_dirs, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])   # gpt2 ties lm_head to the embeddings
 def test_in_process_resume_from_an_older_checkpoint_is_bit_identical(char_tokenizer, tmp_path, arch):
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.train import train
 
     def models():
@@ -296,7 +296,7 @@ def test_in_process_resume_from_an_older_checkpoint_is_bit_identical(char_tokeni
 
 
 def test_resume_with_group_by_length_is_bit_identical(char_tokenizer, tmp_path):
-    from skd.core.models import tiny_model
+    from skd.core.presets import tiny_model
     from skd.core.train import train
 
     def models():

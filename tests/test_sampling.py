@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from skd.core.models import tiny_model
+from skd.core.presets import tiny_model
 from skd.core.sampling import PROV_PROMPT, PROV_STUDENT, PROV_TEACHER, SampleConfig, sample
 
 V = 40

@@ -20,7 +20,8 @@ def smol(smollm2_dir):
 
 def test_one_skd_step_with_smollm2_teacher_and_pruned_student(tmp_path, smol):
     from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-    from skd.core.models import freeze, prune_layers
+    from skd.core.convert import prune_layers
+    from skd.core.models import freeze
     from skd.core.tasks import Example, get_task
     from skd.core.data import tokenize_examples
     from skd.core.train import train

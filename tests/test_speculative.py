@@ -3,7 +3,7 @@ teacher's distribution (chi-square against the exact distribution, with a power 
 import pytest
 import torch
 
-from skd.core.models import tiny_model
+from skd.core.presets import tiny_model
 from skd.core.sampling import SampleConfig, sample
 from skd.core.speculative import speculative_generate
 

@@ -7,7 +7,7 @@ import torch
 from skd.core import losses
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from skd.core.errors import SkdError
-from skd.core.models import tiny_model
+from skd.core.presets import tiny_model
 from skd.core.batches import build_training_batch, teacher_logits_flat
 from skd.core.data import TokenizedExample
 from skd.core.objective import accumulate_gradients
