@@ -3,7 +3,7 @@ solutions a problem has, the entropy of the answer distribution, the character l
 many answer characters more than one next character is valid (where a teacher's soft target
 carries more than the reference; 0% on arith).
 
-Public: probe(preset, n) -> dict, main(). Run: python manyway_probe.py [n]   (default n = 2000:
+Public: probe(preset, n) -> dict, main(). Run: python -m skd.benchmarks.manyway_probe [n]   (default n = 2000:
 the first n problems of each preset's train split; seconds per preset).
 The valid next lines are enumerated here by a second, independent reading of the rules, and its
 solution counts are checked against manyway.count_solutions.
