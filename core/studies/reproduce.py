@@ -300,6 +300,7 @@ class Study:
         return info
 
     def run_folder(self, regime: str, init: str, seed: int, method: str, k: str | None) -> Path:
+        """Where one run's training output and result.json live."""
         return self.root / regime / init / f"seed{seed}" / variant_name(method, k)
 
     def cached_runs(self) -> int:
