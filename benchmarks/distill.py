@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from skd.benchmarks.common import env_info, load_model_and_tokenizer
+from skd.benchmarks.common import load_model_and_tokenizer
+from skd.core.environment import env_info
 
 METHODS = ("supervised", "on-policy", "skd", "imitkd", "gkd", "sft")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from skd.benchmarks.common import env_info, load_model_and_tokenizer, task_prompts, timed
+from skd.benchmarks.common import load_model_and_tokenizer, task_prompts, timed
+from skd.core.environment import env_info
 from skd.core.evaluation import generate
 
 

@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from skd.benchmarks.common import device_name
 from skd.core import ops
+from skd.core.environment import device_name
 
 TOKENS_NOTE = (
     "tokens = row argmax: always accepted, so the scan never exits early (worst case for the "

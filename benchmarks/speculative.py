@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from skd.benchmarks.common import env_info, load_model_and_tokenizer, save_plot, task_prompts, timed
+from skd.benchmarks.common import load_model_and_tokenizer, task_prompts, timed
+from skd.core.environment import env_info
 from skd.core.sampling import SampleConfig, sample
 from skd.core.speculative import speculative_generate
+from skd.core.studies.report import save_plot
 
 
 def _batches(prompts, batch_size):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from skd.benchmarks.common import env_info
+from skd.core.environment import env_info
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -1,4 +1,7 @@
-"""`skd demo`: SFT a tiny teacher, distil a weak tiny student three ways, compare (skd.core.demo)."""
+"""`skd demo`: SFT a tiny teacher, distil a weak tiny student three ways, compare (skd.core.studies.demo).
+
+Public: demo (the click command). Options -> DemoConfig -> run_demo -> one table.
+"""
 from __future__ import annotations
 
 import click
@@ -24,18 +27,15 @@ def demo(run_dir, methods, distill_steps, quick):
       skd demo
       skd demo --run-dir runs/demo2 --method skd --method imitkd
     """
-    import dataclasses
-
     from rich.console import Console
     from rich.table import Table
 
-    from skd.core.demo import QUICK_OVERRIDES, DemoConfig, run_demo
+    from skd.core.overrides import with_overrides
+    from skd.core.studies.demo import QUICK_OVERRIDES, DemoConfig, run_demo
+    from skd.core.studies.report import start_end_text
 
-    cfg = DemoConfig(run_dir=run_dir, methods=tuple(methods))
-    if quick:
-        cfg = dataclasses.replace(cfg, **QUICK_OVERRIDES)
-    if distill_steps:
-        cfg = dataclasses.replace(cfg, distill_steps=distill_steps)
+    cfg = with_overrides(DemoConfig(run_dir=run_dir, methods=tuple(methods)), QUICK_OVERRIDES if quick else None,
+                         {"distill_steps": distill_steps})
     console = Console(stderr=True)
 
     def on_event(kind: str, p: dict):
@@ -59,7 +59,7 @@ def demo(run_dir, methods, distill_steps, quick):
     table.add_row("student init", f"{res['init_accuracy']:.3f}", "-", "-", "-",
                   f"{res['timings_s'].get('student_init', 0):.0f}s" if "student_init" in res["timings_s"] else "cached")
     for m, r in res["methods"].items():
-        corr = (f"{r['correction_rate_start']:.2f} → {r['correction_rate_end']:.2f}"
+        corr = (start_end_text(r["correction_rate_start"], r["correction_rate_end"], digits=2, missing="-")
                 if m in ("skd", "mixed-skd") else "-")
         table.add_row(m, f"{r['test_accuracy']:.3f}", corr, f"{r['draft']['acceptance_rate']:.3f}",
                       f"{r['draft']['speedup']:.2f}x", f"{r['train_wall_s']:.0f}s")

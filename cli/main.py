@@ -15,6 +15,7 @@ import click
 from skd.cli.bench import bench
 from skd.cli.demo_cmd import demo
 from skd.cli.eval_cmd import eval_cmd
+from skd.cli.study_cmd import real_model, reproduce
 from skd.cli.train_cmd import distill, sft
 
 
@@ -104,6 +105,8 @@ def main(ctx, debug: bool):
 main.add_command(sft)
 main.add_command(distill)
 main.add_command(eval_cmd)
+bench.add_command(reproduce)
+bench.add_command(real_model)
 main.add_command(bench)
 main.add_command(demo)
 

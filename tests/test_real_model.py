@@ -119,7 +119,7 @@ def test_quick_run_reports_every_model_then_reuses_the_cache(tmp_path, data_dir)
 
 
 def test_init_steps_0_distils_the_pruned_model_itself(tmp_path, data_dir):
-    from skd.benchmarks.real_model import QUICK, RealModelConfig, run
+    from skd.core.studies.real_model import QUICK, RealModelConfig, run
 
     cfg = RealModelConfig(**{**QUICK, "init_steps": 0, "teacher_steps": 0, "methods": ("skd",), "spec": False},
                           run_dir=str(tmp_path / "run"), output_dir=str(tmp_path / "out"), data_dir=str(data_dir),
@@ -153,7 +153,7 @@ def test_missing_smollm2_packages_name_the_install(tmp_path, data_dir, monkeypat
 
 
 def test_evenly_spread_keeps_first_and_last():
-    from skd.benchmarks.real_model import evenly_spread
+    from skd.core.studies.real_model_inputs import evenly_spread
     from skd.core.errors import SkdError
 
     assert evenly_spread(30, 8) == [0, 4, 8, 12, 17, 21, 25, 29]

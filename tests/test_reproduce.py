@@ -42,16 +42,16 @@ def test_help_is_listed_and_documents_every_knob():
 
 
 def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, monkeypatch):
-    from skd.benchmarks import reproduce as rep
+    from skd.core.studies import reproduce as rep
 
-    real = rep._Study.distil
+    real = rep.Study.distil
 
     def flaky(self, regime, init, seed, method, k, init_dir):
         if (method, seed) == ("supervised", 1):
             raise RuntimeError("injected failure")
         return real(self, regime, init, seed, method, k, init_dir)
 
-    monkeypatch.setattr(rep._Study, "distil", flaky)
+    monkeypatch.setattr(rep.Study, "distil", flaky)
     run_dir, out_dir = tmp_path / "runs", tmp_path / "out"
     args = ["--run-dir", str(run_dir), "--output-dir", str(out_dir), "--teacher", str(teacher_dir), *ARGS]
     r = _invoke(args)
@@ -103,7 +103,7 @@ def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, mo
         assert (out_dir / "accuracy.png").stat().st_size > 0 and (out_dir / "correction_rate.png").exists()
 
     # resume: every finished run is skipped, the failed ones are retried (the failure is gone now)
-    monkeypatch.setattr(rep._Study, "distil", real)
+    monkeypatch.setattr(rep.Study, "distil", real)
     r = _invoke(args)
     assert r.exit_code == 0, r.output
     assert "14 of 16 runs already have a result" in r.output
@@ -119,8 +119,8 @@ def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
     recipe (the demo's own teacher is shortened to its time budget) in a folder of its own."""
     import dataclasses
 
-    from skd.benchmarks import reproduce as rep
-    from skd.core.demo import DemoConfig
+    from skd.core.studies import reproduce as rep
+    from skd.core.studies.demo import DemoConfig
     from skd.core.presets import PRESET_SFT_RECIPES
 
     seen = []

@@ -1,6 +1,6 @@
-"""Summarise a benchmarks/gpu_check.sh run: print the table and write summary.txt / summary.json.
+"""Summarise a benchmarks/gpu/gpu_check.sh run: print the table and write summary.txt / summary.json.
 
-Usage: python benchmarks/gpu_check_report.py OUTDIR. Reads what gpu_check.sh left in OUTDIR:
+Usage: python benchmarks/gpu/gpu_check_report.py OUTDIR. Reads what gpu_check.sh left in OUTDIR:
 logs/stages.tsv, logs/env.log, logs/pytest.xml, kernels_40.json, kernels_320.json,
 logs/distill_metrics.jsonl, speculative.json. Any of them may be missing (a failed stage): its
 rows then say so. Exit code 1 when a result contradicts correctness (kernel and reference
@@ -15,7 +15,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-TARGET_FRACTION_OF_COPY = 0.60  # issue #8: the top-K kernel at >= 60% of measured copy bandwidth
+TARGET_FRACTION_OF_COPY = 0.60  # target: the top-K kernel at >= 60% of measured copy bandwidth
 TARGET_TOPK_RATIO = 5.0  # `skd bench kernels`: torch.topk + membership >= 5x slower than the kernel
 
 
@@ -208,5 +208,5 @@ def main(outdir: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} OUTDIR (the output folder of benchmarks/gpu_check.sh)")
+        sys.exit(f"usage: {sys.argv[0]} OUTDIR (the output folder of benchmarks/gpu/gpu_check.sh)")
     sys.exit(main(sys.argv[1]))

@@ -1,26 +1,27 @@
-"""`skd bench reproduce`: the paper's comparison (Xu et al., ICLR 2025, SKD_SPEC section 7) at tiny scale.
+"""`skd bench reproduce`: the paper's comparison (Xu et al., ICLR 2025, CONTRACT.md §7) at tiny scale.
 
-Public: ReproConfig, QUICK, parse_regime(name) -> int, parse_ks(text) -> tuple[str, ...],
-plan(cfg) -> dict, run(cfg, *, on_event=None, teacher_stage=None) -> dict, aggregate(runs, cfg) -> list[dict],
-render_markdown(result) -> str.
+Public: ReproConfig, QUICK, SCHEMA, STUDY_METHODS, INITS, parse_regime(name) -> int, parse_ks(text),
+variants(cfg), variant_name(method, k), plan(cfg) -> dict, check_config(cfg), study_teacher_config(run_dir,
+task), Study, run(cfg, *, on_event=None, teacher_stage=None) -> dict. The summary, the markdown and
+the plots are skd.core.studies.reproduce_report.
 
 Grid: regime (the paper's "1k" / "100" training prompt sets: the first 1,000 / 100 `arith` train
 problems after the seed-20 shuffle) x student init (weak: briefly SFT'd; strong: SFT'd for many more
 steps on the regime's data, the paper's "task-SFT init") x seed x method, where `skd` is swept over K
-(K = V, the whole vocabulary, is on-policy KD exactly, SKD_SPEC section 1). `sft` continues the init's
+(K = V, the whole vocabulary, is on-policy KD exactly, CONTRACT.md §1). `sft` continues the init's
 SFT on the regime's ground truth for the same steps (the no-teacher baseline). Every run starts from its
-(regime, init, seed) checkpoint and uses the same prompts, steps, optimizer and schedule (section 4).
+(regime, init, seed) checkpoint and uses the same prompts, steps, optimizer and schedule (CONTRACT.md §4).
 
 A seed sets the student's initial weights (the `tiny-student` preset re-initialised with preset seed +
 seed, so seed 0 is the demo's student), the init SFT's and the distillation's data order and sampling
 generators. The prompt sets and the test problems are fixed (data seed 20, as the paper's sets are).
 
 Measured per run: held-out test accuracy (greedy, exact match), the per-step correction rate from
-metrics.jsonl (section 7, last claim), and the student as a greedy speculative-decoding draft of the
-teacher (acceptance rate, teacher passes per generated token; section 7, fourth claim).
+metrics.jsonl (CONTRACT.md §7, last claim), and the student as a greedy speculative-decoding draft of
+the teacher (acceptance rate, teacher passes per generated token; CONTRACT.md §7, fourth claim).
 
-Caching (a rerun or an interrupted study resumes where it stopped):
-  teacher       <run_dir>/teacher-full                  the demo's teacher stage (skd.core.demo.ensure_teacher)
+Caching (skd.core.studies.engine; a rerun or an interrupted study resumes where it stopped):
+  teacher       <run_dir>/teacher-full                  the demo's teacher stage (demo.ensure_teacher)
                                                         with the preset's full recipe (700 steps, 96.6%),
                                                         not the demo's shortened one
   inits         <run_dir>/reproduce/<regime>/<init>/seed<s>/init   recipe.txt stamp, like the demo
@@ -32,23 +33,23 @@ reproduce.md (mean ± std table), accuracy.png, correction_rate.png.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import statistics
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from skd.benchmarks.common import cached_result as _cached, write_json_atomic as _write_json
 from skd.core.errors import SkdError
+from skd.core.overrides import with_overrides
+from skd.core.studies.engine import (Emit, cached_result, cached_sft, config_stamp, read_metrics, sft_done,
+                                     write_json_atomic)
+from skd.core.studies.measure import accuracy, draft_stats, prompt_ids
+from skd.core.studies.report import correction_summary
 
 SCHEMA = "skd-reproduce-v1"
 STUDY_METHODS = ("sft", "supervised", "on-policy", "imitkd", "two-stage", "skd")
 INITS = ("weak", "strong")
-Emit = Callable[[str, dict], None]
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,8 @@ class ReproConfig:
     quick: bool = False                           # smoke scale: the demo's --quick teacher recipe
 
     def stamp(self, *fields: str, **extra: Any) -> str:
-        d = dataclasses.asdict(self)
-        payload = {**{f: d[f] for f in fields}, **extra, "schema": SCHEMA}
-        if "task" in fields:  # a change of the built-in generator's format invalidates cached runs
-            from skd.core.tasks import get_task
-
-            payload["task_data"] = get_task(self.task).fingerprint()
-        return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        """The study's stamp of `fields` and `extra` (engine.config_stamp under this study's SCHEMA)."""
+        return config_stamp(self, *fields, schema=SCHEMA, **extra)
 
 
 # Smoke scale for --quick (numbers mean nothing); explicit CLI options still override these.
@@ -117,7 +113,7 @@ def parse_ks(text: str) -> tuple[str, ...]:
     return ks
 
 
-def _variants(cfg: ReproConfig) -> list[tuple[str, str | None]]:
+def variants(cfg: ReproConfig) -> list[tuple[str, str | None]]:
     """(method, K label) for each run of one (regime, init, seed) cell: `skd` once per K."""
     out: list[tuple[str, str | None]] = []
     for m in cfg.methods:
@@ -126,33 +122,40 @@ def _variants(cfg: ReproConfig) -> list[tuple[str, str | None]]:
 
 
 def variant_name(method: str, k: str | None) -> str:
+    """A run's name within its cell: the method, with its K for `skd` ('skd-k3', 'skd-kV')."""
     return method if k is None else f"{method}-k{k}"
 
 
 def plan(cfg: ReproConfig) -> dict:
     """Counts shown before the study starts."""
     cells = len(cfg.regimes) * len(cfg.inits) * len(cfg.seeds)
-    variants = _variants(cfg)
+    runs = variants(cfg)
     init_steps = {"weak": cfg.weak_steps, "strong": cfg.strong_steps}
-    return {"cells": cells, "variants": [variant_name(m, k) for m, k in variants], "runs": cells * len(variants),
-            "inits": cells, "distill_steps_total": cells * len(variants) * cfg.distill_steps,
+    return {"cells": cells, "variants": [variant_name(m, k) for m, k in runs], "runs": cells * len(runs),
+            "inits": cells, "distill_steps_total": cells * len(runs) * cfg.distill_steps,
             "init_steps_total": len(cfg.regimes) * len(cfg.seeds) * sum(init_steps[i] for i in cfg.inits)}
 
 
-# --------------------------------------------------------------------------- small helpers
-
-def mean_std(values: list[float]) -> dict:
-    """Mean and sample standard deviation (n - 1); std is None below two values."""
-    vals = [float(v) for v in values if v is not None]
-    return {"mean": statistics.fmean(vals) if vals else None,
-            "std": statistics.stdev(vals) if len(vals) >= 2 else None, "n": len(vals), "values": vals}
+def check_config(cfg: ReproConfig) -> None:
+    """Raise SkdError for an empty grid axis, an unknown method or init, or a bad regime."""
+    for name in ("methods", "regimes", "inits", "seeds"):
+        if not getattr(cfg, name):
+            raise SkdError(f"--{name} is empty", "pass at least one value, see 'skd bench reproduce --help'")
+    for m in cfg.methods:
+        if m not in STUDY_METHODS:
+            raise SkdError(f"unknown study method {m!r}", f"use some of: {', '.join(STUDY_METHODS)}")
+    for i in cfg.inits:
+        if i not in INITS:
+            raise SkdError(f"unknown student init {i!r}", "use weak, strong or both")
+    for r in cfg.regimes:
+        parse_regime(r)
 
 
 def study_teacher_config(run_dir: str, task: str):
     """The demo's teacher stage with tiny-teacher's full SFT recipe (`skd sft --model tiny-teacher`):
     the demo shortens it to fit its 10 minutes; the study wants the strong teacher."""
-    from skd.core.demo import DemoConfig
     from skd.core.presets import PRESET_SFT_RECIPES
+    from skd.core.studies.demo import DemoConfig
 
     return DemoConfig(run_dir=run_dir, task=task, teacher_steps=PRESET_SFT_RECIPES["tiny-teacher"]["max_steps"],
                       teacher_folder="teacher-full")
@@ -171,20 +174,20 @@ def _teacher_id(path: Path) -> str:
 
 # --------------------------------------------------------------------------- the study
 
-class _Study:
+class Study:
+    """The study's shared inputs (teacher, tokenizer, test set) and its stages: inits and runs."""
+
     def __init__(self, cfg: ReproConfig, emit: Emit, teacher_stage):
         self.cfg, self.emit, self.teacher_stage = cfg, emit, teacher_stage
         self.root = Path(cfg.run_dir) / "reproduce"
-        self.out = Path(cfg.output_dir)
         self.timings: dict[str, float] = {}
         self._train_ex: dict[str, list] = {}
 
     # ---- shared inputs
     def setup(self) -> None:
         from skd.core import models as model_lib
-        from skd.core.demo import TEACHER_RECIPE_FIELDS, QUICK_OVERRIDES, ensure_teacher
+        from skd.core.studies.demo import QUICK_OVERRIDES, TEACHER_RECIPE_FIELDS, ensure_teacher
         from skd.core.tasks import get_task
-        from skd.core.data import tokenize_examples
 
         cfg = self.cfg
         self.task = get_task(cfg.task)
@@ -192,9 +195,7 @@ class _Study:
             teacher_dir, wall = Path(cfg.teacher), None
             self.teacher_info = {"source": "checkpoint", "path": str(teacher_dir), "id": _teacher_id(teacher_dir)}
         else:
-            demo = study_teacher_config(cfg.run_dir, cfg.task)
-            if cfg.quick:
-                demo = dataclasses.replace(demo, **QUICK_OVERRIDES)
+            demo = with_overrides(study_teacher_config(cfg.run_dir, cfg.task), QUICK_OVERRIDES if cfg.quick else None)
             stage = self.teacher_stage or ensure_teacher
             teacher_dir, wall = stage(demo, self.emit)
             stamp = (Path(teacher_dir).parent / "recipe.txt")
@@ -208,11 +209,11 @@ class _Study:
         self.teacher = model_lib.freeze(model_lib.load_model(str(teacher_dir), dtype="float32", device=cfg.device))
         self.vocab = len(self.tok)
         self.test_ex = self.task.load("test", limit=cfg.eval_examples, seed=cfg.data_seed)
-        self.spec_prompts = [t.prompt_ids for t in tokenize_examples(self.test_ex[: cfg.spec_prompts], self.tok,
-                                                                     self.task.render_prompt)]
+        self.spec_prompts = prompt_ids(self.task, self.tok, self.test_ex[: cfg.spec_prompts])
         self.teacher_info["eval"] = self._teacher_eval()
 
     def train_examples(self, regime: str) -> list:
+        """The regime's training prompts, tokenized (once per regime)."""
         from skd.core.data import tokenize_examples
 
         if regime not in self._train_ex:
@@ -221,41 +222,34 @@ class _Study:
         return self._train_ex[regime]
 
     def k_value(self, k: str | None) -> int | None:
+        """A K label as a number: 'V' is the vocabulary size."""
         return None if k is None else (self.vocab if k == "V" else int(k))
 
     # ---- measurements
     def measure(self, model) -> dict:
         """Held-out accuracy and the model as a greedy speculative draft of the teacher."""
-        from skd.core.evaluation import evaluate_model
-        from skd.core.speculative import speculative_generate
-
         cfg = self.cfg
         t0 = time.perf_counter()
-        metrics, _ = evaluate_model(model, self.tok, self.task, self.test_ex, batch_size=64,
-                                    max_new_tokens=cfg.max_new_tokens)
+        acc = accuracy(model, self.tok, self.task, self.test_ex, max_new_tokens=cfg.max_new_tokens)
         t1 = time.perf_counter()
-        _, st = speculative_generate(self.teacher, model, self.spec_prompts, gamma=cfg.spec_gamma,
-                                     max_new_tokens=cfg.max_new_tokens, tokenizer=self.tok,
-                                     stop_strings=tuple(self.task.eval_stop_strings), vocab_size=self.vocab)
+        st = draft_stats(self.teacher, model, self.tok, self.task, self.spec_prompts, gamma=cfg.spec_gamma,
+                         max_new_tokens=cfg.max_new_tokens)
         t2 = time.perf_counter()
-        return {"test_accuracy": float(metrics["accuracy"]), "test_examples": len(self.test_ex),
+        return {"test_accuracy": acc, "test_examples": len(self.test_ex),
                 "draft": st.to_dict(), "eval_wall_s": t1 - t0, "spec_wall_s": t2 - t1}
 
     def _teacher_eval(self) -> dict:
-        from skd.core.evaluation import evaluate_model
-
         cfg = self.cfg
         path = self.root / "teacher_eval.json"
         stamp = cfg.stamp("eval_examples", "max_new_tokens", "data_seed", "task", "device", teacher=self.teacher_info["id"])
-        hit = _cached(path, stamp)
+        hit = cached_result(path, stamp)
         if hit is not None:
             return hit
         t0 = time.perf_counter()
-        metrics, _ = evaluate_model(self.teacher, self.tok, self.task, self.test_ex, batch_size=64,
-                                    max_new_tokens=cfg.max_new_tokens)
-        res = {"stamp": stamp, "status": "ok", "test_accuracy": float(metrics["accuracy"]),
-               "test_examples": len(self.test_ex), "wall_s": time.perf_counter() - t0}
-        _write_json(path, res)
+        acc = accuracy(self.teacher, self.tok, self.task, self.test_ex, max_new_tokens=cfg.max_new_tokens)
+        res = {"stamp": stamp, "status": "ok", "test_accuracy": acc, "test_examples": len(self.test_ex),
+               "wall_s": time.perf_counter() - t0}
+        write_json_atomic(path, res)
         return res
 
     # ---- student initialisations (cached per regime, init, seed)
@@ -268,7 +262,6 @@ class _Study:
         """SFT a freshly initialised student on the regime's ground truth; then measure it once."""
         from skd.core import models as model_lib
         from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-        from skd.core.demo import _stage_done, cached_sft
         from skd.core.presets import PRESETS, build_preset
 
         cfg = self.cfg
@@ -285,7 +278,7 @@ class _Study:
         info: dict = {"regime": regime, "init": init, "seed": seed, "steps": steps, "student_seed": student_seed,
                       "stamp": stamp, "path": str(folder / "final")}
         models = None
-        if not _stage_done(folder, stamp):   # build the fresh student only when it will be trained
+        if not sft_done(folder, stamp):   # build the fresh student only when it will be trained
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
@@ -298,14 +291,18 @@ class _Study:
         mpath = folder / "measure.json"
         mstamp = stamp + "/" + cfg.stamp("eval_examples", "spec_prompts", "spec_gamma", "max_new_tokens", "device",
                                          teacher=self.teacher_info["id"])
-        hit = _cached(mpath, mstamp)
+        hit = cached_result(mpath, mstamp)
         if hit is None:
             model = model_lib.load_model(str(final), dtype="float32", device=cfg.device)
             hit = {"stamp": mstamp, "status": "ok", **self.measure(model)}
-            _write_json(mpath, hit)
+            write_json_atomic(mpath, hit)
             del model
         info["measure"] = {k: v for k, v in hit.items() if k not in ("stamp", "status")}
         return info
+
+    def run_folder(self, regime: str, init: str, seed: int, method: str, k: str | None) -> Path:
+        """Where one run's training output and result.json live."""
+        return self.root / regime / init / f"seed{seed}" / variant_name(method, k)
 
     def cached_runs(self) -> int:
         """Runs whose result.json already holds this configuration's stamp (skipped on this run)."""
@@ -313,9 +310,9 @@ class _Study:
         for regime in self.cfg.regimes:
             for init in self.cfg.inits:
                 for seed in self.cfg.seeds:
-                    for method, k in _variants(self.cfg):
-                        path = self.root / regime / init / f"seed{seed}" / variant_name(method, k) / "result.json"
-                        n += _cached(path, self.run_stamp(regime, init, seed, method, k)) is not None
+                    for method, k in variants(self.cfg):
+                        path = self.run_folder(regime, init, seed, method, k) / "result.json"
+                        n += cached_result(path, self.run_stamp(regime, init, seed, method, k)) is not None
         return n
 
     # ---- one distillation run
@@ -326,13 +323,14 @@ class _Study:
                               method=method, k=self.k_value(k), seed=seed)
 
     def distil(self, regime: str, init: str, seed: int, method: str, k: str | None, init_dir: str) -> dict:
+        """One method (with its K) from the cell's init; its curves, wall time and measurements."""
         from skd.core import models as model_lib
         from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig, \
             run_config_to_dict
         from skd.core.train import train
 
         cfg = self.cfg
-        folder = self.root / regime / init / f"seed{seed}" / variant_name(method, k)
+        folder = self.run_folder(regime, init, seed, method, k)
         kv = self.k_value(k)
         run = RunConfig(model=ModelConfig(dtype=cfg.dtype),
                         data=DataConfig(task=cfg.task, limit=parse_regime(regime), val_limit=0, seed=cfg.data_seed),
@@ -344,18 +342,13 @@ class _Study:
         label = f"{regime}/{init}/seed{seed}/{variant_name(method, k)}"
         student = model_lib.load_model(init_dir, dtype="float32", device=cfg.device)
         t0 = time.perf_counter()
-        # `sft` has no teacher: cross-entropy on the regime's ground truth (SKD_SPEC section 4, last row).
+        # `sft` has no teacher: cross-entropy on the regime's ground truth (CONTRACT.md §4, last row).
         train(run, on_event=lambda kind, p: self.emit(f"train:{kind}", {**p, "run": label}),
               models=(None if method == "sft" else self.teacher, student, self.tok),
               examples=(self.train_examples(regime), []))
         train_wall = time.perf_counter() - t0
-        steps = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        curve = [[m["step"], m["correction_rate"]] for m in steps]
-        n = max(1, len(curve) // 10)
-        return {"config": run_config_to_dict(run), "k": kv, "train_wall_s": train_wall,
-                "correction_curve": curve,
-                "correction_rate_start": statistics.fmean(c for _, c in curve[:n]) if curve else None,
-                "correction_rate_end": statistics.fmean(c for _, c in curve[-n:]) if curve else None,
+        steps = read_metrics(folder)
+        return {"config": run_config_to_dict(run), "k": kv, "train_wall_s": train_wall, **correction_summary(steps),
                 "final_loss": steps[-1]["loss"] if steps else None,
                 "checkpoint": str(folder / "final"), **self.measure(student)}
 
@@ -364,23 +357,18 @@ def run(cfg: ReproConfig, *, on_event: Emit | None = None, teacher_stage=None) -
     """Run (or resume) the study; returns the result dict also written to <output_dir>/reproduce.json.
 
     teacher_stage(demo_cfg, emit) -> (checkpoint folder, wall seconds or None) replaces the demo's
-    teacher stage (tests); by default skd.core.demo.ensure_teacher.
+    teacher stage (tests); by default skd.core.studies.demo.ensure_teacher.
     """
     import torch
-    from skd.benchmarks.common import env_info
+
+    from skd.core.environment import env_info
+    from skd.core.studies.reproduce_report import write_outputs
     from skd.core.train import TrainingInterrupted
 
     emit = on_event or (lambda kind, payload: None)
-    for m in cfg.methods:
-        if m not in STUDY_METHODS:
-            raise SkdError(f"unknown study method {m!r}", f"use some of: {', '.join(STUDY_METHODS)}")
-    for i in cfg.inits:
-        if i not in INITS:
-            raise SkdError(f"unknown student init {i!r}", "use weak, strong or both")
-    for r in cfg.regimes:
-        parse_regime(r)
+    check_config(cfg)
     t_start = time.perf_counter()
-    study = _Study(cfg, emit, teacher_stage)
+    study = Study(cfg, emit, teacher_stage)
     the_plan = plan(cfg)
     emit("plan", the_plan)
     study.setup()
@@ -401,30 +389,30 @@ def run(cfg: ReproConfig, *, on_event: Emit | None = None, teacher_stage=None) -
                     init_info = {"regime": regime, "init": init, "seed": seed, "status": "error",
                                  "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
                 result["inits"].append(init_info)
-                for method, k in _variants(cfg):
+                for method, k in variants(cfg):
                     index += 1
                     rec = _one_run(study, regime, init, seed, method, k, init_info, index, the_plan["runs"])
                     result["runs"].append(rec)
-                    _write_outputs(result, cfg, final=False)
+                    write_outputs(result, cfg, final=False)
     result["timings_s"] = {**study.timings, "total": time.perf_counter() - t_start}
-    result["plots"] = _write_outputs(result, cfg, final=True)
+    result["plots"] = write_outputs(result, cfg, final=True)
     return result
 
 
-def _one_run(study: _Study, regime: str, init: str, seed: int, method: str, k: str | None, init_info: dict,
+def _one_run(study: Study, regime: str, init: str, seed: int, method: str, k: str | None, init_info: dict,
              index: int, total: int) -> dict:
     from skd.core.train import TrainingInterrupted
 
     base = {"regime": regime, "init": init, "seed": seed, "method": method, "k_label": k,
             "k": study.k_value(k), "variant": variant_name(method, k)}
     study.emit("run_start", {**base, "index": index, "total": total})
-    folder = study.root / regime / init / f"seed{seed}" / variant_name(method, k)
+    folder = study.run_folder(regime, init, seed, method, k)
     if init_info["status"] != "ok":
         rec = {**base, "status": "error", "error": f"student init failed: {init_info['error']}", "cached": False}
         study.emit("run_done", {**rec, "index": index, "total": total})
         return rec
     stamp = study.run_stamp(regime, init, seed, method, k)
-    hit = _cached(folder / "result.json", stamp)
+    hit = cached_result(folder / "result.json", stamp)
     if hit is not None:
         rec = {**hit, "cached": True}
     else:
@@ -436,208 +424,7 @@ def _one_run(study: _Study, regime: str, init: str, seed: int, method: str, k: s
         except Exception as e:  # honest: the failure is recorded and the study goes on
             rec = {**base, "stamp": stamp, "status": "error", "error": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc()}
-        _write_json(folder / "result.json", rec)   # status "error" is retried on the next run
+        write_json_atomic(folder / "result.json", rec)   # status "error" is retried on the next run
         rec = {**rec, "cached": False}
     study.emit("run_done", {**rec, "index": index, "total": total})
     return rec
-
-
-# --------------------------------------------------------------------------- aggregation and outputs
-
-def aggregate(runs: list[dict], cfg: ReproConfig, inits: list[dict] | None = None) -> list[dict]:
-    """One row per (regime, init, variant) in plan order: mean ± std over the seeds whose run succeeded."""
-    rows = []
-    for regime in cfg.regimes:
-        for init in cfg.inits:
-            cell_inits = [i for i in (inits or []) if i["regime"] == regime and i["init"] == init]
-            if cell_inits:
-                ok = [i for i in cell_inits if i.get("status") == "ok"]
-                rows.append(_row(regime, init, "init", None, None, [i["measure"] for i in ok],
-                                 len(cell_inits) - len(ok)))
-            for method, k in _variants(cfg):
-                mine = [r for r in runs if (r["regime"], r["init"], r["variant"]) == (regime, init,
-                                                                                      variant_name(method, k))]
-                ok = [r for r in mine if r.get("status") == "ok"]
-                rows.append(_row(regime, init, method, k, ok[0]["k"] if ok else None, ok, len(mine) - len(ok)))
-    return rows
-
-
-def _row(regime, init, method, k_label, k, ok: list[dict], failed: int) -> dict:
-    curves = [r["correction_curve"] for r in ok if r.get("correction_curve")]
-    mean_curve = []
-    if curves:
-        for i in range(min(len(c) for c in curves)):
-            mean_curve.append([curves[0][i][0], statistics.fmean(c[i][1] for c in curves)])
-    return {"regime": regime, "init": init, "method": method, "k_label": k_label, "k": k,
-            "variant": method if k_label is None else variant_name(method, k_label), "n_ok": len(ok),
-            "n_failed": failed,
-            "test_accuracy": mean_std([r["test_accuracy"] for r in ok]),
-            "draft_acceptance": mean_std([r["draft"]["acceptance_rate"] for r in ok]),
-            "teacher_passes_per_token": mean_std([r["draft"]["teacher_forwards_per_token"] for r in ok]),
-            "correction_rate_start": mean_std([r["correction_rate_start"] for r in ok if "correction_rate_start" in r]),
-            "correction_rate_end": mean_std([r["correction_rate_end"] for r in ok if "correction_rate_end" in r]),
-            "correction_curve_mean": mean_curve}
-
-
-def _pm(s: dict, digits: int = 3) -> str:
-    if s["mean"] is None:
-        return "—"
-    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
-
-
-def _claim_ks(cfg: ReproConfig) -> list[str]:
-    """The Ks the claims section compares: every swept K but V (which is on-policy KD itself)."""
-    if "skd" not in cfg.methods:
-        return []
-    return [k for k in cfg.ks if k != "V"] or list(cfg.ks)
-
-
-def render_markdown(result: dict) -> str:
-    cfg = ReproConfig(**{**result["config"], **{f: tuple(result["config"][f]) for f in
-                                                 ("methods", "regimes", "inits", "ks", "seeds")}})
-    env, teacher = result["env"], result["teacher"]
-    lines = ["# SKD reproduction study (tiny scale)", "",
-             f"Task `{cfg.task}`, teacher `{teacher['path']}` ({teacher['source']}), student `tiny-student`, "
-             f"V = {result['vocab_size']}. Device {env['device_name']} ({env['device']}), torch {env['torch']}, "
-             f"transformers {env['transformers']}, skd {env['skd']}, ops {env['ops_backend']}, {env['time']}.", "",
-             f"Teacher test accuracy: **{teacher['eval']['test_accuracy']:.3f}** on "
-             f"{teacher['eval']['test_examples']} held-out problems (greedy, exact match).", "",
-             f"Settings: regimes {', '.join(f'{r} ({parse_regime(r)} prompts)' for r in cfg.regimes)}; "
-             f"inits weak = {cfg.weak_steps} SFT steps, strong = {cfg.strong_steps} SFT steps (lr {cfg.init_lr}); "
-             f"{cfg.distill_steps} distillation steps, batch {cfg.batch_size}, lr {cfg.lr}, linear decay; "
-             f"SKD gamma {cfg.gamma}, K in {{{', '.join(cfg.ks)}}} (V = whole vocabulary = on-policy KD); "
-             f"seeds {', '.join(map(str, cfg.seeds))}; {cfg.eval_examples} test problems; draft = greedy "
-             f"speculative decoding, gamma {cfg.spec_gamma}, {cfg.spec_prompts} prompts. "
-             f"Tiny models from scratch: lrs are not the paper's 1e-5 (deviation).", "",
-             "Mean ± sample std over seeds (n = successful seeds; `init` = the starting checkpoint, untrained further). "
-             "`corr.` = correction rate (teacher replacements / generated tokens), mean of the first and last 10% "
-             "of steps (SKD only: the other methods never replace tokens; their per-step zeros are in the JSON).", "",
-             "| regime | init | method | K | n | test accuracy | draft acceptance | teacher passes / token | corr. start → end |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["summary"]:
-        k = "—" if r["k_label"] is None else (f"V={r['k']}" if r["k_label"] == "V" else r["k_label"])
-        corr = "—" if r["method"] != "skd" or r["correction_rate_start"]["mean"] is None else \
-            f"{r['correction_rate_start']['mean']:.3f} → {r['correction_rate_end']['mean']:.3f}"
-        n = f"{r['n_ok']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
-        lines.append(f"| {r['regime']} | {r['init']} | {r['method']} | {k} | {n} | {_pm(r['test_accuracy'])} | "
-                     f"{_pm(r['draft_acceptance'])} | {_pm(r['teacher_passes_per_token'])} | {corr} |")
-    lines += ["", *_claims(result["summary"], cfg)]
-    failed = [r for r in result["runs"] if r.get("status") != "ok"]
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- {r['regime']}/{r['init']}/seed{r['seed']}/{r['variant']}: {r.get('error', '?')}" for r in failed]
-    t = result.get("timings_s")
-    if t:
-        lines += ["", f"Total wall time {t['total']:.0f} s (per-run wall times in reproduce.json)."]
-    return "\n".join(lines) + "\n"
-
-
-def _claims(summary: list[dict], cfg: ReproConfig) -> list[str]:
-    """SKD_SPEC section 7, read off the table: differences of means, and whether they exceed the
-    sum of the two standard deviations ("separated"); nothing is claimed beyond that."""
-    cks = _claim_ks(cfg)
-    if not cks:
-        return []
-    out = ["## The paper's claims (SKD_SPEC section 7), as measured here", "",
-           "SKD at each K minus each baseline, test accuracy (separated = |difference| > std_a + std_b; "
-           "needs n >= 2 on both sides):", ""]
-    by = {(r["regime"], r["init"], r["variant"]): r for r in summary}
-    for regime in cfg.regimes:
-        for init in cfg.inits:
-            for ck in cks:
-                skd = by.get((regime, init, variant_name("skd", ck)))
-                if skd is None or skd["test_accuracy"]["mean"] is None:
-                    continue
-                parts = []
-                for m in cfg.methods:
-                    other = by.get((regime, init, m))
-                    if m == "skd" or other is None or other["test_accuracy"]["mean"] is None:
-                        continue
-                    a, b = skd["test_accuracy"], other["test_accuracy"]
-                    d = a["mean"] - b["mean"]
-                    sep = "n/a" if a["std"] is None or b["std"] is None else \
-                        ("separated" if abs(d) > a["std"] + b["std"] else "within noise")
-                    parts.append(f"{m} {d:+.3f} ({sep})")
-                corr = skd["correction_rate_start"]["mean"], skd["correction_rate_end"]["mean"]
-                trend = "" if None in corr else f"; correction rate {corr[0]:.3f} → {corr[1]:.3f}"
-                out.append(f"- {regime} / {init} / K = {ck}: " + ", ".join(parts) + trend)
-            ks = [by[(regime, init, variant_name("skd", k))]["test_accuracy"]["mean"] for k in cfg.ks
-                  if by.get((regime, init, variant_name("skd", k)))]
-            ks = [x for x in ks if x is not None]
-            if len(ks) > 1:
-                out.append(f"- {regime} / {init}: accuracy over the K sweep {min(ks):.3f} – {max(ks):.3f}")
-    return out
-
-
-def _write_outputs(result: dict, cfg: ReproConfig, *, final: bool) -> dict:
-    """reproduce.json and reproduce.md after every run (a long study shows partial results); plots at the end."""
-    from skd.core.checkpoint import atomic_write_text
-
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result["summary"] = aggregate(result["runs"], cfg, result["inits"])
-    plots = {}
-    if final:
-        plots = {"accuracy": _plot_accuracy(result, cfg, out / "accuracy.png"),
-                 "correction_rate": _plot_correction(result, cfg, out / "correction_rate.png")}
-        result["plots"] = plots
-    _write_json(out / "reproduce.json", result)
-    atomic_write_text(out / "reproduce.md", render_markdown(result))
-    return plots
-
-
-def _grid(plt, cfg: ReproConfig, title: str):
-    nr, nc = len(cfg.regimes), len(cfg.inits)
-    fig, axes = plt.subplots(nr, nc, figsize=(5.5 * nc, 3.8 * nr), squeeze=False)
-    fig.suptitle(title)
-    return fig, axes
-
-
-def _plot_accuracy(result: dict, cfg: ReproConfig, path: Path) -> str | None:
-    from skd.benchmarks.common import save_plot
-
-    def draw(plt):
-        fig, axes = _grid(plt, cfg, "Held-out test accuracy (mean ± std over seeds)")
-        for i, regime in enumerate(cfg.regimes):
-            for j, init in enumerate(cfg.inits):
-                ax = axes[i][j]
-                rows = [r for r in result["summary"] if r["regime"] == regime and r["init"] == init]
-                names = [r["variant"] for r in rows]
-                means = [r["test_accuracy"]["mean"] or 0.0 for r in rows]
-                errs = [r["test_accuracy"]["std"] or 0.0 for r in rows]
-                colors = ["tab:red" if r["method"] == "skd" else "tab:gray" if r["method"] == "init" else "tab:blue"
-                          for r in rows]
-                ax.bar(range(len(rows)), means, yerr=errs, capsize=3, color=colors)
-                ax.axhline(result["teacher"]["eval"]["test_accuracy"], color="black", ls="--", lw=0.8,
-                           label="teacher")
-                ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
-                top = max([result["teacher"]["eval"]["test_accuracy"]] + [m + e for m, e in zip(means, errs)])
-                ax.set_ylim(0, max(0.05, min(1.0, 1.15 * top)))
-                ax.set(title=f"regime {regime} · {init} init", ylabel="test accuracy")
-                ax.legend(fontsize=8)
-        fig.tight_layout()
-        return fig
-    return save_plot(path, draw)
-
-
-def _plot_correction(result: dict, cfg: ReproConfig, path: Path) -> str | None:
-    from skd.benchmarks.common import save_plot
-
-    def draw(plt):
-        fig, axes = _grid(plt, cfg, "Correction rate per step (mean over seeds): teacher replacements / generated tokens "
-                                      "(0 for methods without replacements)")
-        for i, regime in enumerate(cfg.regimes):
-            for j, init in enumerate(cfg.inits):
-                ax = axes[i][j]
-                for r in result["summary"]:
-                    if r["regime"] != regime or r["init"] != init or not r["correction_curve_mean"]:
-                        continue
-                    steps, rates = zip(*r["correction_curve_mean"])
-                    ax.plot(steps, rates, label=r["variant"], lw=1.5 if r["method"] == "skd" else 1.0,
-                            ls="-" if r["method"] == "skd" else ":")
-                ax.set(title=f"regime {regime} · {init} init", xlabel="step", ylabel="correction rate",
-                       ylim=(-0.02, 1.02))
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        return fig
-    return save_plot(path, draw)

@@ -1,9 +1,9 @@
 """`skd demo`: the paper's comparison in miniature, offline on a CPU, in minutes.
 
-Public: DemoConfig, run_demo(cfg, *, on_event=None) -> dict; ensure_teacher(cfg, emit) and
-cached_sft(folder, stamp, run, ...) (the cached stages, shared with `skd bench reproduce`).
+Public: DemoConfig, QUICK_OVERRIDES, TEACHER_RECIPE_FIELDS, run_demo(cfg, *, on_event=None) -> dict,
+ensure_teacher(cfg, emit) (the teacher stage, shared with `skd bench reproduce`).
 
-Steps (each cached in the run directory, so a second run skips what is done):
+Steps (each cached in the run directory by skd.core.studies.engine, so a second run skips what is done):
   1. teacher      — SFT of the `tiny-teacher` preset on plenty of built-in `arith` data;
   2. student init — `tiny-student` SFT'd briefly on the small distillation set (a weak start,
                     the paper's "1k" regime);
@@ -17,15 +17,15 @@ Writes results.json and curves.png into the run directory.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from skd.core.presets import PRESET_SFT_RECIPES
+from skd.core.studies.engine import Emit, cached_sft, config_stamp, read_metrics, write_json_atomic
+from skd.core.studies.measure import accuracy, draft_stats, prompt_ids
+from skd.core.studies.report import correction_summary, save_plot
 
 _TEACHER_RECIPE = PRESET_SFT_RECIPES["tiny-teacher"]  # what `skd sft --model tiny-teacher` runs
 
@@ -39,7 +39,7 @@ class DemoConfig:
     teacher_limit: int = _TEACHER_RECIPE["limit"]
     teacher_steps: int = 440           # the preset's recipe runs 700 (96.6%, ~11 min); 350 steps gave 21.7%,
     #                                    440 gave 56% (300 test problems): what fits the demo's 10 minutes
-    #                                    (benchmarks/results/arith_calibration.md, session 3)
+    #                                    (benchmarks/results/arith_calibration.md)
     teacher_folder: str = "teacher"    # <run_dir>/<teacher_folder>; the study trains the full recipe elsewhere
     teacher_batch: int = _TEACHER_RECIPE["batch_size"]
     teacher_lr: float = _TEACHER_RECIPE["lr"]
@@ -49,7 +49,7 @@ class DemoConfig:
     init_steps: int = 400              # SFT on the 1k set alone (~6 epochs): a weak student, 0% exact
     #                                    answers (60, 300 and 600 steps: 0% too); 1,000 gives 25% (study)
     init_lr: float = 1e-3
-    distill_steps: int = 50            # the study's length (100 in session 2: over the time budget)
+    distill_steps: int = 50            # the study's length (100 steps does not fit the time budget)
     distill_lr: float = 5e-4           # tiny models from scratch need far more than the paper's 1e-5
     batch_size: int = 16
     k: int = 3                         # the paper's K = 25 is 0.01% of Gemma's 256k vocabulary; on this
@@ -66,45 +66,16 @@ class DemoConfig:
     dtype: str = "bfloat16"            # CPU: fp32 master weights, bf16 autocast (faster on this CPU)
     seed: int = 20
 
-    def recipe_hash(self, *fields: str) -> str:
-        from skd.core.tasks import get_task
-
-        d = dataclasses.asdict(self)
-        payload = {f: d[f] for f in fields}
-        if "task" in fields:  # the generator's format is part of the recipe (a change retrains)
-            payload["task_data"] = get_task(self.task).fingerprint()
-        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
 
 # `skd demo --quick` (and `skd bench reproduce --quick`): a seconds-long smoke run; numbers mean nothing.
 QUICK_OVERRIDES = dict(teacher_limit=2000, teacher_steps=8, teacher_batch=8, init_steps=4, limit=64, distill_steps=4,
                        batch_size=4, max_new_tokens=24, curve_every=2, curve_examples=8, eval_examples=16,
                        spec_prompts=8, dtype="float32")
 
-
-def _stage_done(folder: Path, stamp: str) -> bool:
-    return (folder / "final" / "trainer_state.json").exists() and (folder / "recipe.txt").exists() \
-        and (folder / "recipe.txt").read_text().strip() == stamp
-
-
-def cached_sft(folder: Path, stamp: str, run: RunConfig, *, name: str,
-               emit: Callable[[str, dict], None] | None = None, models=None,
-               examples=None) -> tuple[Path, float | None]:
-    """Train `run` into `folder` unless `folder/recipe.txt` already holds `stamp` next to a complete
-    `final` checkpoint. Returns (folder / "final", wall seconds, or None when cached). Events are
-    emitted as "cached" / "stage" and f"{name}:{kind}" for the training loop's own events."""
-    from skd.core.train import train
-
-    emit = emit or (lambda kind, payload: None)
-    folder = Path(folder)
-    if _stage_done(folder, stamp):
-        emit("cached", {"stage": name, "path": str(folder / "final")})
-        return folder / "final", None
-    emit("stage", {"stage": name, "steps": run.train.max_steps})
-    t0 = time.perf_counter()
-    train(run, on_event=lambda k, p: emit(f"{name}:{k}", p), models=models, examples=examples)
-    (folder / "recipe.txt").write_text(stamp + "\n")
-    return folder / "final", time.perf_counter() - t0
+# The fields that make each cached stage (its stamp): a change of any of them retrains the stage.
+TEACHER_RECIPE_FIELDS = ("task", "teacher_limit", "teacher_steps", "teacher_batch", "teacher_lr", "teacher_warmup",
+                         "dtype", "seed")
+_INIT_RECIPE_FIELDS = ("task", "limit", "init_steps", "batch_size", "init_lr", "dtype", "seed")
 
 
 def _sft_run(cfg: DemoConfig, folder: Path, model: str, limit: int, steps: int, batch: int, lr: float,
@@ -117,35 +88,48 @@ def _sft_run(cfg: DemoConfig, folder: Path, model: str, limit: int, steps: int, 
                      sample=SampleConfig(max_new_tokens=cfg.max_new_tokens))
 
 
-TEACHER_RECIPE_FIELDS = ("task", "teacher_limit", "teacher_steps", "teacher_batch", "teacher_lr", "teacher_warmup",
-                         "dtype", "seed")
-
-
-def ensure_teacher(cfg: DemoConfig, emit: Callable[[str, dict], None] | None = None) -> tuple[Path, float | None]:
+def ensure_teacher(cfg: DemoConfig, emit: Emit | None = None) -> tuple[Path, float | None]:
     """The demo's teacher stage, shared with `skd bench reproduce`: SFT of `tiny-teacher` on plenty
     of task data into `<run_dir>/<teacher_folder>`, cached by a stamp of the teacher recipe fields.
     Returns (checkpoint folder, training wall seconds or None when cached)."""
     folder = Path(cfg.run_dir) / cfg.teacher_folder
     run = _sft_run(cfg, folder, "tiny-teacher", cfg.teacher_limit, cfg.teacher_steps, cfg.teacher_batch,
                    cfg.teacher_lr, cfg.teacher_warmup)
-    return cached_sft(folder, cfg.recipe_hash(*TEACHER_RECIPE_FIELDS), run, name="teacher", emit=emit)
+    return cached_sft(folder, config_stamp(cfg, *TEACHER_RECIPE_FIELDS), run, name="teacher", emit=emit)
 
 
-def _accuracy(model, tok, task, examples, *, max_new_tokens: int, batch_size: int = 64) -> float:
-    from skd.core.evaluation import evaluate_model
+def _distil(cfg: DemoConfig, method: str, init_dir: Path, teacher, tok, task, train_ex, curve_ex,
+            init_curve: float, emit: Emit) -> tuple[object, list, float]:
+    """One method from the init; returns (student, accuracy curve, training wall seconds)."""
+    from skd.core import models as model_lib
+    from skd.core.train import train
 
-    metrics, _ = evaluate_model(model, tok, task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    return float(metrics["accuracy"])
+    root = Path(cfg.run_dir)
+    emit("stage", {"stage": f"distill {method}", "steps": cfg.distill_steps})
+    t0 = time.perf_counter()
+    student = model_lib.load_model(str(init_dir), dtype="float32")
+    curve = [(0, init_curve)]
+
+    def on_step(kind, p):
+        emit(f"{method}:{kind}", p)
+        if kind == "step" and p["step"] % cfg.curve_every == 0:
+            curve.append((p["step"], accuracy(student, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)))
+
+    run = RunConfig(model=ModelConfig(dtype=cfg.dtype), data=DataConfig(task=cfg.task, limit=cfg.limit, val_limit=0),
+                    train=TrainConfig(method=method, lr=cfg.distill_lr, max_steps=cfg.distill_steps,
+                                      batch_size=cfg.batch_size, eval_every=0, save_every=0, seed=cfg.seed,
+                                      output_dir=str(root / method), overwrite=True),
+                    sample=SampleConfig(k=cfg.k, gamma=cfg.gamma, max_new_tokens=cfg.max_new_tokens))
+    train(run, on_event=on_step, models=(teacher, student, tok), examples=(train_ex, []))
+    return student, curve, time.perf_counter() - t0
 
 
-def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
+def run_demo(cfg: DemoConfig, *, on_event: Emit | None = None) -> dict:
+    """Run (or continue) the demo; returns the result also written to <run_dir>/results.json."""
     from skd.core import models as model_lib
     from skd.core.sampling import sample
-    from skd.core.speculative import speculative_generate
     from skd.core.tasks import get_task
-    from skd.core.checkpoint import atomic_write_text
     from skd.core.data import tokenize_examples
-    from skd.core.train import train
 
     emit = on_event or (lambda kind, payload: None)
     root = Path(cfg.run_dir)
@@ -157,8 +141,7 @@ def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = 
     teacher_dir, wall = ensure_teacher(cfg, emit)
     if wall is not None:
         timings["teacher"] = wall
-    init_dir, wall = cached_sft(root / "student_init",
-                                cfg.recipe_hash("task", "limit", "init_steps", "batch_size", "init_lr", "dtype", "seed"),
+    init_dir, wall = cached_sft(root / "student_init", config_stamp(cfg, *_INIT_RECIPE_FIELDS),
                                 _sft_run(cfg, root / "student_init", "tiny-student", cfg.limit, cfg.init_steps,
                                          cfg.batch_size, cfg.init_lr, 0),
                                 name="student_init", emit=emit)
@@ -174,15 +157,13 @@ def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = 
 
     results = {"config": dataclasses.asdict(cfg), "methods": {}}
     emit("stage", {"stage": "evaluate teacher and init"})
-    results["teacher_accuracy"] = _accuracy(teacher, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
+    results["teacher_accuracy"] = accuracy(teacher, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
     init_model = model_lib.load_model(str(init_dir), dtype="float32")
-    results["init_accuracy"] = _accuracy(init_model, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
-    init_curve = _accuracy(init_model, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)
+    results["init_accuracy"] = accuracy(init_model, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
+    init_curve = accuracy(init_model, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)
     del init_model
 
-    spec_prompts = [t.prompt_ids for t in tokenize_examples(test_ex[: cfg.spec_prompts], tok, task.render_prompt)]
-    spec_kw = dict(max_new_tokens=cfg.max_new_tokens, tokenizer=tok, stop_strings=tuple(task.eval_stop_strings),
-                   vocab_size=len(tok))
+    spec_prompts = prompt_ids(task, tok, test_ex[: cfg.spec_prompts])
     greedy = SampleConfig(mode="teacher", teacher_temperature=0, max_new_tokens=cfg.max_new_tokens,
                           stop_strings=tuple(task.eval_stop_strings), keep_teacher_logits=False)
     sample(teacher, None, spec_prompts[:4], greedy, tokenizer=tok, vocab_size=len(tok))  # warm-up, untimed
@@ -191,47 +172,27 @@ def run_demo(cfg: DemoConfig, *, on_event: Callable[[str, dict], None] | None = 
     teacher_tps = teacher_out.generated / (time.perf_counter() - t0)
     results["teacher_tokens_per_s"] = teacher_tps
     for method in cfg.methods:
-        emit("stage", {"stage": f"distill {method}", "steps": cfg.distill_steps})
-        t0 = time.perf_counter()
-        student = model_lib.load_model(str(init_dir), dtype="float32")
-        curve = [(0, init_curve)]
-
-        def on_step(kind, p, student=student, curve=curve):
-            emit(f"{method}:{kind}", p)
-            if kind == "step" and p["step"] % cfg.curve_every == 0:
-                curve.append((p["step"], _accuracy(student, tok, task, curve_ex, max_new_tokens=cfg.max_new_tokens)))
-
-        run = RunConfig(model=ModelConfig(dtype=cfg.dtype), data=DataConfig(task=cfg.task, limit=cfg.limit,
-                                                                        val_limit=0),
-                        train=TrainConfig(method=method, lr=cfg.distill_lr, max_steps=cfg.distill_steps,
-                                          batch_size=cfg.batch_size, eval_every=0, save_every=0, seed=cfg.seed,
-                                          output_dir=str(root / method), overwrite=True),
-                        sample=SampleConfig(k=cfg.k, gamma=cfg.gamma, max_new_tokens=cfg.max_new_tokens))
-        train(run, on_event=on_step, models=(teacher, student, tok), examples=(train_ex, []))
-        train_s = time.perf_counter() - t0
-        metrics = [json.loads(x) for x in (root / method / "metrics.jsonl").read_text().splitlines()]
-        n = max(1, len(metrics) // 10)
-        acc = _accuracy(student, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
+        student, curve, train_s = _distil(cfg, method, init_dir, teacher, tok, task, train_ex, curve_ex, init_curve,
+                                          emit)
+        corr = correction_summary(read_metrics(root / method))
+        acc = accuracy(student, tok, task, test_ex, max_new_tokens=cfg.max_new_tokens)
         t1 = time.perf_counter()
-        _, st = speculative_generate(teacher, student, spec_prompts, gamma=cfg.spec_gamma, **spec_kw)
+        st = draft_stats(teacher, student, tok, task, spec_prompts, gamma=cfg.spec_gamma,
+                         max_new_tokens=cfg.max_new_tokens)
         draft = {**st.to_dict(), "speedup": st.generated / (time.perf_counter() - t1) / teacher_tps}
         results["methods"][method] = {
             "test_accuracy": acc, "curve": curve, "train_wall_s": train_s,
-            "correction_rate_start": sum(m["correction_rate"] for m in metrics[:n]) / n,
-            "correction_rate_end": sum(m["correction_rate"] for m in metrics[-n:]) / n,
-            "correction_curve": [(m["step"], m["correction_rate"]) for m in metrics],
-            "draft": draft, "checkpoint": str(root / method / "final")}
+            "correction_rate_start": corr["correction_rate_start"], "correction_rate_end": corr["correction_rate_end"],
+            "correction_curve": corr["correction_curve"], "draft": draft, "checkpoint": str(root / method / "final")}
         emit("method_done", {"method": method, **results["methods"][method]})
         del student
     results["timings_s"] = {**timings, "total": time.perf_counter() - t_start}
-    atomic_write_text(root / "results.json", json.dumps(results, indent=2))
+    write_json_atomic(root / "results.json", results)
     results["plot"] = _plot(results, root / "curves.png")
     return results
 
 
 def _plot(results: dict, path: Path) -> str | None:
-    from skd.benchmarks.common import save_plot
-
     def draw(plt):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         for method, r in results["methods"].items():

@@ -1,11 +1,11 @@
 """Exact resume on a device: an uninterrupted `skd distill --deterministic` against the same run
 stopped after its step-2 checkpoint (its `final` removed) and continued with --resume.
 
-Used by benchmarks/gpu_check.sh (stage `resume`) to check on a GPU what tests/test_resume.py checks
+Used by benchmarks/gpu/gpu_check.sh (stage `resume`) to check on a GPU what tests/test_resume.py checks
 on the CPU. Prints one line; exit code 0 when every tensor of the two final checkpoints is equal
 bit for bit, 1 otherwise.
 
-Usage: python benchmarks/resume_check.py --device cuda --work DIR [--steps 4] [--batch 8] [--new-tokens 32]
+Usage: python benchmarks/gpu/resume_check.py --device cuda --work DIR [--steps 4] [--batch 8] [--new-tokens 32]
 """
 from __future__ import annotations
 

