@@ -211,7 +211,7 @@ def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, at
     """KVStream's preallocated cache layers and its own 4D mask against transformers' DynamicCache
     and 2D-mask path: same tokens, same kept teacher logits, through holes (K = 1 rejects often),
     dropped rows (ragged lengths, EOS) and compaction (long enough for holes to dominate)."""
-    import skd.core.sampling as S
+    import skd.core.kvcache as KV
 
     # float32 for eager: transformers' own eager path turns left padding into NaN in float64 (a
     # fully masked pad row adds finfo.min twice); the prepared mask lets a pad row see itself.
@@ -226,11 +226,11 @@ def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, at
     run = lambda: sample(teacher, student, prompts, cfg, eos_token_id=[2], vocab_size=V, **_gens())  # noqa: E731
     fast = run()
     if arch == "gemma2":   # sliding-window layers: both fast paths must stand aside
-        assert S._mask4d_kind(teacher) is None
+        assert KV.mask4d_kind(teacher) is None
     else:
-        assert S._mask4d_kind(teacher) == {"sdpa": "bool", "eager": "float"}[attn]
-    monkeypatch.setattr(S, "_mask4d_kind", lambda model: None)
-    monkeypatch.setattr(S, "_use_growing_layers", lambda cache, extra: None)
+        assert KV.mask4d_kind(teacher) == {"sdpa": "bool", "eager": "float"}[attn]
+    monkeypatch.setattr(KV, "mask4d_kind", lambda model: None)
+    monkeypatch.setattr(KV, "use_growing_layers", lambda cache, extra: None)
     ref = run()
     assert fast.responses() == ref.responses()
     assert len({len(r) for r in ref.responses()}) > 1            # ragged: rows were dropped
@@ -242,9 +242,9 @@ def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, at
 def test_growing_layer_readopts_tensors_replaced_from_outside():
     """Beam-style code that swaps .keys/.values for new tensors must not be overwritten later."""
     from transformers.cache_utils import DynamicLayer
-    import skd.core.sampling as S
+    import skd.core.kvcache as KV
 
-    ref, grow = DynamicLayer(), S._growing_layer_class()()
+    ref, grow = DynamicLayer(), KV.growing_layer_class()()
     k0 = torch.randn(2, 1, 3, 4, dtype=torch.float64)
     ref.update(k0, k0 + 1)
     grow.adopt(k0, k0 + 1, capacity=4)              # as KVStream makes them, from a filled layer
