@@ -34,7 +34,7 @@ _INPLACE = "in-place KV cache"
 _MASK4D = "prepared 4D attention mask"
 _COMPACT = "KV cache hole compaction"
 _CONSEQUENCE = {
-    _INPLACE: "every forward copies the whole cache (transformers' DynamicLayer)",
+    _INPLACE: "every forward copies the whole cache, as transformers' DynamicLayer does",
     _MASK4D: "transformers rebuilds the 4D mask from the 2D one on every forward",
     _COMPACT: "the slots of rejected draft tokens stay in the cache as masked holes",
 }
