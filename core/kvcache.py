@@ -1,14 +1,9 @@
-"""The transformers-facing KV-cache machinery of the sampler: everything that leans on its internals.
+"""The transformers-facing KV-cache machinery of the sampler: all that leans on transformers internals.
 
-Public: KVStream (one model's incremental view of a ragged batch); cache_kwarg(model) and
-returned_cache(out) (the cache's keyword in and out of a forward); use_growing_layers(cache, extra),
-growing_layer_class() (the in-place cache layer); mask4d_kind(model) (the prepared 4D mask);
-SUPPORTED_TRANSFORMERS; FastPathOff (the warning category of a fast path that stood aside).
-
-Two fast paths, the in-place KV cache and the prepared 4D attention mask, are written against the
-transformers releases in SUPPORTED_TRANSFORMERS. When a guard refuses one (another release, another
-cache layout, another attention implementation), sampling falls back to transformers' own path
-(same tokens, slower) and says so once per process and reason with a FastPathOff warning.
+Public: KVStream; cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and
+growing_layer_class() (the in-place cache); mask4d_kind(model) (the prepared 4D mask);
+SUPPORTED_TRANSFORMERS; FastPathOff, the warning a fast path gives (once per process and reason)
+when a guard turns it off: sampling falls back to transformers' own path, same tokens, slower.
 """
 from __future__ import annotations
 

@@ -1,27 +1,9 @@
-"""Batched sampling of training sequences: SKD interleaved, student-only and teacher-only.
+"""Batched sampling of training sequences: SKD interleaved (CONTRACT.md §2), student-only, teacher-only.
 
 Public: sample(teacher, student, prompt_ids, cfg, *, student_generator, teacher_generator, ...)
--> Samples; SampleConfig (re-exported from skd.core.config); Samples; PROV_* provenance codes.
-The token choice and verification rules live in skd.core.rules, the KV caches in skd.core.kvcache
-(KVStream), EOS ids and stop strings in skd.core.stops.
-
-Shapes: B prompts, A rows still active, P prompt length, L sequence capacity, R max_new_tokens,
-D draft length (gamma), V vocabulary (the tokenizer's; padded logit columns are cut).
-
-SKD (Xu et al., ICLR 2025, Algorithm 1 in the block form of the released code; CONTRACT.md §2):
-per round the student drafts up to D tokens, the teacher scores prefix + draft in one pass, the
-longest prefix of drafted tokens inside the teacher's top-K is kept, the first rejected token is
-replaced by a teacher sample, and drafting resumes from the corrected prefix.
-
-A round is run by one of two decoders: _OneModel (modes student and teacher: one token per row) or
-_DraftVerify (mode skd: draft, verify, correct, commit, under SkdRule or the rule passed in, e.g.
-SpeculativeRule). Around it, sample() ends rows at EOS, a stop string or the budget and drops
-finished rows from the KV caches (skd.core.kvcache), so they stop costing compute.
-
-Randomness: student draws use only `student_generator`, teacher draws only `teacher_generator`.
-Each draw takes B uniforms (one per original row, whether active or not), so that the number of
-draws depends only on the number of steps; this makes skd with K >= V reproduce mode "student"
-and skd with K = 0 reproduce mode "teacher" token for token.
+-> Samples; Samples; SampleConfig (re-exported from skd.core.config); PROV_* provenance codes.
+A round is one decoder's named steps (_OneModel: one token per row; _DraftVerify: draft, verify,
+commit); token choice and rules: skd.core.rules; KV caches: skd.core.kvcache; stops: skd.core.stops.
 """
 from __future__ import annotations
 
@@ -39,6 +21,9 @@ from skd.core.stops import StopChecker, eos_ids
 __all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV_STUDENT", "PROV_TEACHER"]
 
 PROV_PAD, PROV_PROMPT, PROV_STUDENT, PROV_TEACHER = 0, 1, 2, 3
+
+# Shapes: B prompts, A rows still active, P prompt length, L sequence capacity, R max_new_tokens,
+# D draft length (gamma), V vocabulary (the tokenizer's; padded logit columns are cut).
 
 
 @dataclass
@@ -180,7 +165,12 @@ class _Batch:
 
 
 def _draw(generator: torch.Generator | None, B: int, active: torch.Tensor, device) -> torch.Tensor:
-    """B uniforms (one per original row), of which the active rows' are returned."""
+    """B uniforms (one per original row), of which the active rows' are returned.
+
+    Student draws use only the student's generator, teacher draws only the teacher's; as every draw
+    takes B uniforms, whether a row is active or not, the number of draws depends only on the number
+    of steps, so skd with K >= V reproduces mode "student" and skd with K = 0 mode "teacher" token
+    for token."""
     gdev = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(B, generator=generator, device=gdev, dtype=torch.float64)
     return u[active.to(gdev)].to(device)
@@ -236,7 +226,12 @@ class _Verdict:
 
 
 class _DraftVerify:
-    """Mode skd: the student drafts, the teacher verifies, the rule accepts and corrects (CONTRACT.md §2)."""
+    """Mode skd: the student drafts, the teacher verifies, the rule accepts and corrects (CONTRACT.md §2).
+
+    SKD (Xu et al., ICLR 2025, Algorithm 1 in the block form of the released code): per round the
+    student drafts up to D tokens, the teacher scores prefix + draft in one pass, the longest prefix
+    of drafted tokens inside the teacher's top-K is kept, the first rejected token is replaced by a
+    teacher sample, and drafting resumes from the corrected prefix. Finished rows leave both caches."""
 
     all_teacher = False
 
