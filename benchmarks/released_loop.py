@@ -14,13 +14,16 @@ on today's transformers (DynamicCache, generate, crop), so that `skd bench sampl
 procedure users of the released code run, beside our batched sampler. The acceptance test and the
 teacher's token use skd's SKD rule, so the sequences follow the same distribution as
 skd.core.sampling.sample (greedy settings give the same tokens: tests/test_released_loop.py).
-Not reproduced: the released code's text round trip and its sampling bugs (SKD_SPEC 2).
+Not reproduced: the released code's text round trip and its sampling bugs (CONTRACT.md §2).
 """
 from __future__ import annotations
 
 import torch
 
-from skd.core.sampling import SampleConfig, SkdRule, _cache_kwarg, _eos_ids, _StopChecker, sample_tokens
+from skd.core.kvcache import cache_kwarg, returned_cache
+from skd.core.rules import SkdRule, sample_tokens
+from skd.core.sampling import SampleConfig
+from skd.core.stops import StopChecker, eos_ids
 
 
 def _new_cache(model):
@@ -58,10 +61,10 @@ def released_loop_sample(teacher, student, prompt_ids: list[list[int]], cfg: Sam
     dev = next(teacher.parameters()).device
     s_dev = next(student.parameters()).device
     rule = SkdRule(cfg)
-    eos = _eos_ids([teacher, student], eos_token_id)
-    stopper = _StopChecker(tokenizer, cfg.stop_strings) if cfg.stop_strings else None
+    eos = eos_ids([teacher, student], eos_token_id)
+    stopper = StopChecker(tokenizer, cfg.stop_strings) if cfg.stop_strings else None
     pad = next((int(c) for c in (getattr(tokenizer, "pad_token_id", None), *eos) if isinstance(c, int)), 0)
-    s_kw, t_kw = _cache_kwarg(student), _cache_kwarg(teacher)
+    s_kw, t_kw = cache_kwarg(student), cache_kwarg(teacher)
     s_args = _student_settings(cfg)
     gen = torch.Generator(device=dev).manual_seed(seed + 1)   # the teacher's uniforms
     torch.manual_seed(seed)                                    # generate() samples from the global RNG
@@ -84,7 +87,7 @@ def released_loop_sample(teacher, student, prompt_ids: list[list[int]], cfg: Sam
                                    stop_strings=list(cfg.stop_strings) or None, tokenizer=tokenizer,
                                    return_dict_in_generate=True, output_scores=True,
                                    **{s_kw: s_cache}, **s_args)
-            s_cache = out[s_kw] if s_kw in out else out.past_key_values
+            s_cache = returned_cache(out)
             cand = out.sequences.to(dev)
             d = cand.shape[1] - n
             stats["student_generate_calls"] += 1
@@ -97,7 +100,7 @@ def released_loop_sample(teacher, student, prompt_ids: list[list[int]], cfg: Sam
             c = t_cache.get_seq_length()
             t_out = teacher(input_ids=cand[:, c:], attention_mask=torch.ones_like(cand), use_cache=True,
                             **{t_kw: t_cache})
-            t_cache = t_out[t_kw] if t_kw in t_out else t_out.past_key_values
+            t_cache = returned_cache(t_out)
             t_logits = t_out.logits[:, -(d + 1):, :V]
             stats["teacher_forwards"] += 1
             # 3. acceptance: the longest prefix inside the teacher's top-K

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from skd.core.sampling import SampleConfig, SpeculativeRule, sample
+from skd.core.rules import SpeculativeRule
+from skd.core.sampling import SampleConfig, sample
 
 
 @dataclass

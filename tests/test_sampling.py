@@ -1,4 +1,4 @@
-"""Batched SKD sampling: the identities of SKD_SPEC section 2 on tiny float64 models.
+"""Batched SKD sampling: the identities of CONTRACT.md §2 on tiny float64 models.
 
 - skd with K >= V reproduces mode "student" token for token (same student seed);
 - skd with K = 0 reproduces mode "teacher" token for token (same teacher seed);
@@ -107,7 +107,7 @@ def _fresh_teacher_logits(teacher, out):
     dict(mode="teacher"),
 ])
 def test_reused_teacher_logits_equal_a_fresh_teacher_forward(cfg, pair64):
-    teacher, student = (copy.deepcopy(m).float() for m in pair64)  # fp32: the tolerance the issue names
+    teacher, student = (copy.deepcopy(m).float() for m in pair64)  # fp32, held to atol 1e-5 below
     full = dict(max_new_tokens=24, student_temperature=1.0, student_top_p=1.0, teacher_temperature=1.0,
                 teacher_top_p=1.0)
     full.update(cfg)
@@ -211,7 +211,7 @@ def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, at
     """KVStream's preallocated cache layers and its own 4D mask against transformers' DynamicCache
     and 2D-mask path: same tokens, same kept teacher logits, through holes (K = 1 rejects often),
     dropped rows (ragged lengths, EOS) and compaction (long enough for holes to dominate)."""
-    import skd.core.sampling as S
+    import skd.core.kvcache as KV
 
     # float32 for eager: transformers' own eager path turns left padding into NaN in float64 (a
     # fully masked pad row adds finfo.min twice); the prepared mask lets a pad row see itself.
@@ -226,11 +226,11 @@ def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, at
     run = lambda: sample(teacher, student, prompts, cfg, eos_token_id=[2], vocab_size=V, **_gens())  # noqa: E731
     fast = run()
     if arch == "gemma2":   # sliding-window layers: both fast paths must stand aside
-        assert S._mask4d_kind(teacher) is None
+        assert KV.mask4d_kind(teacher) is None
     else:
-        assert S._mask4d_kind(teacher) == {"sdpa": "bool", "eager": "float"}[attn]
-    monkeypatch.setattr(S, "_mask4d_kind", lambda model: None)
-    monkeypatch.setattr(S, "_use_growing_layers", lambda cache, extra: None)
+        assert KV.mask4d_kind(teacher) == {"sdpa": "bool", "eager": "float"}[attn]
+    monkeypatch.setattr(KV, "mask4d_kind", lambda model: None)
+    monkeypatch.setattr(KV, "use_growing_layers", lambda cache, extra: None)
     ref = run()
     assert fast.responses() == ref.responses()
     assert len({len(r) for r in ref.responses()}) > 1            # ragged: rows were dropped
@@ -239,12 +239,51 @@ def test_inplace_cache_and_prepared_4d_mask_match_transformers_own_path(arch, at
     torch.testing.assert_close(fast.teacher_logits, ref.teacher_logits, rtol=tol, atol=tol)
 
 
+def test_a_fast_path_that_stands_aside_says_so_once_and_keeps_the_tokens(monkeypatch):
+    """A failing guard (here: transformers outside SUPPORTED_TRANSFORMERS) turns the in-place cache
+    and the prepared 4D mask off with one FastPathOff notice each, once per process, naming the
+    fast path, the reason and the cost; the tokens, provenance and kept logits stay the same."""
+    import warnings
+
+    import skd.core.kvcache as KV
+
+    teacher = tiny_model("llama", V, seed=5, dtype=torch.float64, hidden=32, layers=2)
+    student = tiny_model("llama", V, seed=6, dtype=torch.float64, hidden=16, layers=1)
+    prompts = [[5, 9, 12, 7], [8, 3], [4]]
+    cfg = SampleConfig(mode="skd", k=1, gamma=3, max_new_tokens=40, keep_teacher_logits=True,
+                       student_temperature=1.0, student_top_p=1.0, teacher_temperature=1.0, teacher_top_p=1.0)
+    run = lambda: sample(teacher, student, prompts, cfg, eos_token_id=[2], vocab_size=V, **_gens())  # noqa: E731
+
+    def notices(calls):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outs = [run() for _ in range(calls)]
+        return outs, [str(w.message) for w in caught if issubclass(w.category, KV.FastPathOff)]
+
+    (fast,), quiet = notices(1)
+    assert quiet == []                                   # llama under sdpa: both fast paths on
+    monkeypatch.setattr(KV, "SUPPORTED_TRANSFORMERS", ((99, 0), (100, 0)))
+    slow, said = notices(2)                              # two calls, four streams
+    assert len(said) == 2, said
+    assert sum(m.startswith("skd: in-place KV cache off: transformers ") for m in said) == 1
+    assert sum(m.startswith("skd: prepared 4D attention mask off: transformers ") for m in said) == 1
+    assert all("outside the tested range >= 99.0, < 100.0" in m and "stays correct but slower" in m
+               for m in said)
+    assert KV.mask4d_kind(teacher) is None
+    for out in slow:
+        assert out.responses() == fast.responses()
+        assert torch.equal(out.provenance, fast.provenance)
+        assert (out.proposed, out.accepted, out.replaced, out.rounds) == (
+            fast.proposed, fast.accepted, fast.replaced, fast.rounds)
+        torch.testing.assert_close(out.teacher_logits, fast.teacher_logits, rtol=1e-9, atol=1e-9)
+
+
 def test_growing_layer_readopts_tensors_replaced_from_outside():
     """Beam-style code that swaps .keys/.values for new tensors must not be overwritten later."""
     from transformers.cache_utils import DynamicLayer
-    import skd.core.sampling as S
+    import skd.core.kvcache as KV
 
-    ref, grow = DynamicLayer(), S._growing_layer_class()()
+    ref, grow = DynamicLayer(), KV.growing_layer_class()()
     k0 = torch.randn(2, 1, 3, 4, dtype=torch.float64)
     ref.update(k0, k0 + 1)
     grow.adopt(k0, k0 + 1, capacity=4)              # as KVStream makes them, from a filled layer

@@ -1,0 +1,134 @@
+"""The sampling rule at one position (CONTRACT.md §2): token choice and draft verification rules.
+
+Public: process_logits(logits, temperature, top_k, top_p); sample_tokens(logits, u, ...);
+teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling arguments);
+SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's).
+A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
+"""
+from __future__ import annotations
+
+import torch
+
+from skd.core import ops
+from skd.core.config import SampleConfig
+
+__all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
+           "SpeculativeRule"]
+
+
+def teacher_settings(cfg: SampleConfig) -> dict:
+    """How the teacher samples its tokens (top-k only in code semantics, CONTRACT.md §2)."""
+    return dict(temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p,
+                top_k=cfg.teacher_top_k if cfg.semantics == "code" else 0)
+
+
+def student_settings(cfg: SampleConfig, drafting: bool) -> dict:
+    """How the student samples: its own settings, or the teacher's when drafting in code semantics."""
+    if drafting and cfg.semantics == "code":  # the released code drafts with the teacher's generation settings
+        return dict(temperature=cfg.teacher_temperature, top_p=cfg.teacher_top_p, top_k=cfg.teacher_top_k)
+    return dict(temperature=cfg.student_temperature, top_p=cfg.student_top_p, top_k=0)
+
+
+# --------------------------------------------------------------------------- token choice
+
+def process_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (the Hugging Face warper order). Filtered -> -inf. fp32."""
+    x = logits.float()
+    if temperature > 0 and temperature != 1.0:
+        x = x / temperature
+    V = x.shape[-1]
+    if 0 < top_k < V:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        before = probs.cumsum(-1) - probs          # mass strictly before each token
+        drop = before >= top_p                     # the most likely token is always kept
+        x = x.scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
+    return x
+
+
+def sample_tokens(logits: torch.Tensor, u: torch.Tensor, *, temperature: float, top_p: float = 1.0,
+                  top_k: int = 0) -> torch.Tensor:
+    """One token per row from logits[A, V] by inverse CDF on the uniforms u[A]; temperature 0 = argmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(process_logits(logits, temperature, top_k, top_p), dim=-1)
+    cdf = probs.cumsum(-1)
+    target = (u.to(cdf.device, cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
+    # right=True: the first index whose cumulative mass exceeds the target, never a zero-mass token.
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return idx.clamp_(max=logits.shape[-1] - 1)
+
+
+# --------------------------------------------------------------------------- verification rules
+
+class SkdRule:
+    """SKD (CONTRACT.md §2, steps 3-5): keep the longest prefix inside the teacher's top-K; the teacher
+    samples the token at the first rejection (and the bonus row when keep_bonus)."""
+
+    needs_q = False
+    draws_per_round = 1
+
+    def __init__(self, cfg: SampleConfig):
+        self.cfg = cfg
+        self.keep_bonus = cfg.keep_bonus
+        self.teacher = teacher_settings(cfg)   # how the teacher samples its tokens
+
+    def accept(self, t_logits, draft, draft_len, q, u):
+        """Kept prefix length per row: the drafted tokens, from the first, inside the teacher's top-K."""
+        A, D, V = t_logits.shape[0], draft.shape[1], t_logits.shape[-1]
+        test = t_logits[:, :D]
+        if self.cfg.semantics == "code":  # released code: test on the processed teacher distribution
+            test = process_logits(test, self.cfg.teacher_temperature, self.cfg.teacher_top_k, self.cfg.teacher_top_p)
+        if test.dtype == torch.float64:  # the op takes fp32 / bf16 / fp16 (float64 = test models only)
+            test = test.float()
+        acc = ops.topk_rank_accept(test.reshape(A * D, V), draft.reshape(-1), self.cfg.k)
+        return ops.accept_prefix(acc.view(A, D), draft_len)
+
+    def token(self, t_rows, q_rows, rejected, u):
+        """The teacher's token per row, sampled from its logits t_rows[A, V] with the uniforms u[A]."""
+        return sample_tokens(t_rows, u, **self.teacher)
+
+
+class SpeculativeRule:
+    """Speculative decoding (Leviathan et al. 2023): the output follows the teacher's distribution.
+
+    Greedy (temperature 0): accept while the draft equals the teacher's argmax; the teacher's argmax
+    follows. Sampling: accept draft token i while u_i < p_i / q_i (op speculative_accept); at the
+    first rejection sample from norm(max(0, p - q)); after a full acceptance, from p (bonus)."""
+
+    draws_per_round = None  # set in __init__: D acceptance uniforms + 1 for the correction
+    keep_bonus = True
+
+    def __init__(self, temperature: float, top_p: float, gamma: int):
+        self.temperature, self.top_p = temperature, top_p
+        self.needs_q = temperature > 0
+        self.draws_per_round = gamma + 1
+
+    def _probs(self, logits):
+        return torch.softmax(process_logits(logits, self.temperature, 0, self.top_p), dim=-1)
+
+    def accept(self, t_logits, draft, draft_len, q, u):
+        """Kept prefix length per row: greedy matches, or the u < p / q test, capped at draft_len."""
+        D = draft.shape[1]
+        if self.temperature == 0:
+            acc = draft == t_logits[:, :D].argmax(-1)
+            return ops.accept_prefix(acc, draft_len)
+        p = self._probs(t_logits)                                   # [A, D + 1, V]
+        n = ops.speculative_accept(p, q, draft, u[:, :D].to(p.dtype))
+        return torch.minimum(n, draft_len)
+
+    def token(self, t_rows, q_rows, rejected, u):
+        """The teacher's token per row: from the residual max(0, p - q) where rejected, else from p."""
+        if self.temperature == 0:
+            return t_rows.argmax(-1)
+        p = self._probs(t_rows)
+        resid = (p - q_rows).clamp_(min=0)
+        # p == q makes the residual vanish; rejection is then impossible, but keep p as a safe fallback.
+        resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p)
+        dist = torch.where(rejected[:, None], resid, p)
+        cdf = dist.cumsum(-1)
+        target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=t_rows.shape[-1] - 1)
