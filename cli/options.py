@@ -99,6 +99,6 @@ def config_file_values(ctx: click.Context, path: str | None):
         try:
             return param.type_cast_value(ctx, text)
         except click.BadParameter as e:
-            raise ValueError(e.message) from e
+            raise ValueError(e.message.rstrip(".")) from e
 
     return read_config_file(path, allowed=set(params) - {"help"}, cast=cast)
