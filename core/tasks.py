@@ -258,11 +258,37 @@ class Task:
             return metrics.extract_boxed(output)
         return output.strip()
 
+    def final_answer(self, reference: str) -> str:
+        """The final answer a reference stands for (accuracy tasks; text tasks: the reference).
+
+        A full solution gives the answer load() derives from it -- the number after the last "####",
+        the last \\boxed{} -- and a final answer stays as it is. A solution without a final answer
+        (several lines, or a marker with nothing readable after it) raises SkdError: it would
+        otherwise score 0 without a word.
+        """
+        if self.answer_format == "text":
+            return reference
+        text = str(reference).strip()
+        if "####" in text:
+            answer = metrics.extract_gsm8k_answer(text)
+        elif "\\boxed" in text or "\\fbox" in text or "\n" in text:
+            answer = metrics.extract_boxed(text)
+        else:
+            return text
+        if answer is None:
+            raise SkdError(f"reference {text[:60]!r}{'...' if len(text) > 60 else ''} holds no final answer "
+                           f"({_FORMAT_WORDS[self.reference_format]})",
+                           "pass the final answers (as load() gives them), or solutions ending in "
+                           "'#### <number>' or holding \\boxed{...}")
+        return answer
+
     def correct(self, output: str, reference: str) -> bool | None:
-        """Whether one output is right (accuracy tasks), None for text tasks. The synthetic
-        arith tasks need the exact number; the others use the paper's lenient math_equal."""
+        """Whether one output is right (accuracy tasks), None for text tasks. `reference` is a final
+        answer or a full solution (see final_answer). The synthetic arith tasks need the exact
+        number; the others use the paper's lenient math_equal."""
         if self.answer_format == "text":
             return None
+        reference = self.final_answer(reference)
         predicted = self.extract(output)
         if predicted is None or not reference:
             return False
@@ -273,7 +299,7 @@ class Task:
     def score(self, outputs: Sequence[str], references: Sequence[str | Sequence[str]], *,
               sources: Sequence[str] | None = None) -> dict[str, Any]:
         """Corpus scores of `outputs` against `references` (Python floats): accuracy tasks
-        {"accuracy", "answered", "n"}; dialogsum {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"};
+        {"accuracy", "answered", "n"}, references being final answers or full solutions; dialogsum {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"};
         translation {"bleu", "chrf", "n"} plus "comet" when `sources` are given and COMET is
         available. Anything skipped is explained in a "notes" list."""
         if len(outputs) != len(references):
