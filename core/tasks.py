@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from skd.core import arith
-from skd.core import metrics
+from skd.core import metrics, text_metrics
 from skd.core.errors import SkdError
 
 DEFAULT_SEED = 20  # SKD_SPEC section 5: the paper's seed; also picks the `limit` subset
@@ -314,13 +314,13 @@ class Task:
             return {"accuracy": sum(map(bool, verdicts)) / n, "answered": answered / n, "n": n}
         texts = [self.extract(o) for o in outputs]
         if self.metric.startswith("rouge"):
-            return {**metrics.rouge(texts, references), "n": n}
-        result: dict[str, Any] = {"bleu": metrics.bleu(texts, references),
-                                  "chrf": metrics.chrf(texts, references), "n": n}
+            return {**text_metrics.rouge(texts, references), "n": n}
+        result: dict[str, Any] = {"bleu": text_metrics.bleu(texts, references),
+                                  "chrf": text_metrics.chrf(texts, references), "n": n}
         if sources is None:
             result["notes"] = ["COMET skipped: pass the source sentences to score it"]
         else:
-            comet = metrics.comet(sources, texts, [r if isinstance(r, str) else r[0]
+            comet = text_metrics.comet(sources, texts, [r if isinstance(r, str) else r[0]
                                                    for r in references])
             if comet.score is None:
                 result["notes"] = [comet.note]
