@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from skd.core import metrics
-from skd.core.errors import SkdError
 from skd.core.metrics import (extract_boxed, extract_gsm8k_answer, math_equal, normalize_number,
                               numbers_equal)
 
