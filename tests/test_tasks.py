@@ -13,7 +13,8 @@ import pytest
 
 from skd.core import tasks
 from skd.core.errors import SkdError
-from skd.core.tasks import Example, get_task, list_tasks, parse_fields, render_chat
+from skd.core.task_data import parse_fields
+from skd.core.tasks import Example, get_task, list_tasks, render_chat
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
