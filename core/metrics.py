@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 
 # ---------------------------------------------------------------------------------------------
-# Numbers and answer extraction (SKD_SPEC section 6: "the number after ####", boxed answers)
+# Numbers and answer extraction (CONTRACT.md §6: "the number after ####", boxed answers)
 # ---------------------------------------------------------------------------------------------
 
 # A number as written in answers: optional sign and "$", digits with optional thousands commas,

@@ -56,7 +56,7 @@ def _as_references(references: Sequence[Any]) -> list[Any]:
 
 def rouge(predictions: Sequence[str], references: Sequence[str | Sequence[str]], *,
           use_stemmer: bool = False) -> dict[str, float]:
-    """ROUGE-1/2/L/Lsum mean F-measure in [0, 1] (SKD_SPEC section 6: DialogSum is scored by
+    """ROUGE-1/2/L/Lsum mean F-measure in [0, 1] (CONTRACT.md §6: DialogSum is scored by
     ROUGE-L). A reference may be a list of strings: the best one counts."""
     _check_pairs(predictions, references, "rouge")
     result = load_metric("skd_rouge").compute(
