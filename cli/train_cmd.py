@@ -14,6 +14,7 @@ import click
 
 from skd.cli.options import config_file_values, given_values, setting_option
 from skd.core.config import DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS
+from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
 
 
 class _AliasHelp(click.Command):
@@ -148,7 +149,7 @@ def _run(cfg) -> dict:
 
 
 @click.command(cls=_AliasHelp)
-@setting_option("model", default_text="tiny-teacher", help="Model to fine-tune: alias, hub id or local folder.")
+@setting_option("model", default_text=SFT_MODEL, help="Model to fine-tune: alias, hub id or local folder.")
 @_common_options
 @click.pass_context
 def sft(ctx, **params):
@@ -164,8 +165,6 @@ def sft(ctx, **params):
       skd sft --model tiny-teacher --task arith --limit 20000 --epochs 2 --output-dir runs/teacher
       skd sft --model gemma-7b-it --task gsm8k --data gsm8k_train.jsonl --lr 1e-5
     """
-    from skd.core.run_options import sft_run_config
-
     _run(sft_run_config(given_values(params), config_file_values(ctx, params["config_file"])))
 
 
@@ -211,6 +210,4 @@ def distill(ctx, **params):
     Several processes (torchrun / accelerate launch): the global --batch-size is split evenly
     across them; the loss is normalised over the global batch; only the first process writes.
     """
-    from skd.core.run_options import distill_run_config
-
     _run(distill_run_config(given_values(params), config_file_values(ctx, params["config_file"])))
