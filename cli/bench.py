@@ -22,6 +22,13 @@ def _write_atomically(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+# Options several timing commands share.
+_DEVICE = click.option("--device", default="cpu", show_default=True)
+_DTYPE = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+                      show_default=True)
+_OUTPUT = click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -176,8 +183,8 @@ def _device_line(result: dict) -> str:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0: greedy (outputs must equal the teacher's); > 0: Leviathan sampling.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@_DEVICE
+@_DTYPE
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON result file.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of speedup and acceptance against gamma (default: next to --output).")
@@ -240,11 +247,11 @@ def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, ma
 @click.option("--k", type=click.IntRange(min=0), default=25, show_default=True)
 @click.option("--gamma", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@_DEVICE
+@_DTYPE
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs of every variant, interleaved; the median counts.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_OUTPUT
 def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, gamma, max_new_tokens, device, dtype,
              repeats, output):
     """Compare the batched SKD sampler with the released code's per-prompt loop (generate()-drafted,
@@ -281,9 +288,9 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
 @click.option("--memory-vocab", type=click.IntRange(min=2), default=256_000, show_default=True,
               help="Vocabulary of the chunked-vs-unchunked divergence memory test.")
 @click.option("--memory-positions", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_DEVICE
+@_DTYPE
+@_OUTPUT
 def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, memory_vocab, memory_positions,
             device, dtype, output):
     """Time one distillation step per method (sampling / teacher / loss+backward) and the loss's memory.
@@ -333,9 +340,9 @@ def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, 
 @click.option("--batch1-prompts", type=click.IntRange(min=1), default=None,
               help="Prompts for the slow batch-1 pass (default: all).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_DEVICE
+@_DTYPE
+@_OUTPUT
 def generation(model, task, n_prompts, batch_size, batch1_prompts, max_new_tokens, device, dtype, output):
     """Compare batched greedy generation (what `skd eval` runs) with batch-size-1 generation.
 

@@ -1,6 +1,6 @@
 """`skd` command line: a thin click group. Options -> one config -> one core call -> rich output.
 
-Public: main (the click group, entry point `skd`), run_cli_errors (shared error handling).
+Public: main (the click group, entry point `skd`).
 User errors (skd.core.errors.SkdError, click usage errors) print one line and exit non-zero;
 a traceback only with `skd --debug ...`. Heavy imports (torch, transformers) happen inside the
 subcommands so `skd --help` is instant.

@@ -1,8 +1,9 @@
 """`skd sft` and `skd distill`: options -> RunConfig -> skd.core.train.train, with a live progress bar.
 
-Every option maps to one config field (OPTION_FIELDS). `--config run.yaml` supplies values too
-(nested sections model/data/train/sample, or flat option names); options given on the command
-line override the file.
+Public: sft, distill (click commands). Every option is one run setting (skd.core.config.FLAT_KEYS),
+its default and range those of the config dataclass; `--config run.yaml` supplies values too (flat
+option names, or sections model/data/train/sample), checked like the options of the same name;
+options given on the command line override the file. The layering is skd.core.run_options'.
 """
 from __future__ import annotations
 
@@ -11,30 +12,9 @@ import sys
 
 import click
 
-# option name -> (config section, field)
-OPTION_FIELDS = {
-    "teacher": ("model", "teacher"), "student": ("model", "student"), "model": ("model", "student"),
-    "dtype": ("model", "dtype"), "teacher_device": ("model", "teacher_device"),
-    "student_device": ("model", "student_device"), "trust_remote_code": ("model", "trust_remote_code"),
-    "task": ("data", "task"), "data": ("data", "data"), "field": ("data", "fields"), "limit": ("data", "limit"),
-    "val_data": ("data", "val_data"), "val_limit": ("data", "val_limit"),
-    "method": ("train", "method"), "divergence": ("train", "divergence"), "beta": ("train", "beta"),
-    "alpha": ("train", "alpha"), "gkd_lambda": ("train", "gkd_lambda"), "loss_norm": ("train", "loss_norm"),
-    "lr": ("train", "lr"), "adam_eps": ("train", "adam_eps"), "weight_decay": ("train", "weight_decay"),
-    "warmup_steps": ("train", "warmup_steps"), "grad_clip": ("train", "grad_clip"), "epochs": ("train", "epochs"),
-    "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
-    "micro_batch_size": ("train", "micro_batch_size"), "group_by_length": ("train", "group_by_length"),
-    "deterministic": ("train", "deterministic"),
-    "eval_every": ("train", "eval_every"),
-    "save_every": ("train", "save_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
-    "seed": ("train", "seed"), "output_dir": ("train", "output_dir"), "overwrite": ("train", "overwrite"),
-    "resume": ("train", "resume"), "fsdp": ("train", "fsdp"), "sample_chunk": ("train", "sample_chunk"),
-    "k": ("sample", "k"), "gamma": ("sample", "gamma"), "semantics": ("sample", "semantics"),
-    "keep_bonus": ("sample", "keep_bonus"), "student_temperature": ("sample", "student_temperature"),
-    "student_top_p": ("sample", "student_top_p"), "teacher_temperature": ("sample", "teacher_temperature"),
-    "teacher_top_p": ("sample", "teacher_top_p"), "teacher_top_k": ("sample", "teacher_top_k"),
-    "max_new_tokens": ("sample", "max_new_tokens"), "stop": ("sample", "stop_strings"),
-}
+from skd.cli.options import config_file_values, given_values, setting_option
+from skd.core.config import DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS
+from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
 
 
 class _AliasHelp(click.Command):
@@ -54,128 +34,59 @@ class _AliasHelp(click.Command):
 
 def _common_options(f):
     opts = [
-        click.option("--task", default="arith", show_default=True,
-                     help="Task from the registry (arith, gsm8k, dialogsum, flores-as-en, ...)."),
-        click.option("--data", type=click.Path(dir_okay=False), default=None,
-                     help="Local JSON/JSONL/CSV training file instead of the hub dataset."),
-        click.option("--field", default=None, help="Field overrides, e.g. 'prompt=question,answer=answer'."),
-        click.option("--limit", type=int, default=1000, show_default=True,
-                     help="Training examples (the paper's regimes: 1000 and 100)."),
-        click.option("--val-data", type=click.Path(dir_okay=False), default=None, help="Local validation file."),
-        click.option("--val-limit", type=int, default=64, show_default=True,
-                     help="Validation examples scored every --eval-every steps (0: none)."),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "float64"]),
-                     default="auto", show_default=True, help="Weights dtype (auto: bf16 on CUDA, fp32 on CPU)."),
-        click.option("--student-device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
-        click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off: never run it)."),
-        click.option("--lr", type=float, default=1e-5, show_default=True, help="AdamW learning rate (paper 1e-5)."),
-        click.option("--adam-eps", type=float, default=1e-6, show_default=True, help="AdamW eps (paper 1e-6)."),
-        click.option("--weight-decay", type=float, default=0.0, show_default=True),
-        click.option("--warmup-steps", type=int, default=0, show_default=True, help="Linear warm-up (paper: none)."),
-        click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient-norm clip (0: off)."),
-        click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the training set."),
-        click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs)."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per optimizer step (the global batch, split across processes)."),
-        click.option("--micro-batch-size", type=int, default=None,
-                     help="Sequences per forward/backward (gradient accumulation)."),
-        click.option("--group-by-length/--no-group-by-length", default=False, show_default=True,
-                     help="Batch examples of similar length together (less padding; batches still in random order)."),
-        click.option("--deterministic/--no-deterministic", default=False, show_default=True,
-                     help="Deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, "
-                          "no cuDNN autotuning): on a GPU a resumed run then matches an uninterrupted one "
-                          "bit for bit (CPU runs are deterministic anyway); slower on a GPU."),
-        click.option("--loss-norm", type=click.Choice(["sequence", "token"]), default="sequence", show_default=True,
-                     help="sequence: per-sequence token mean, then mean (paper); token: global token mean."),
-        click.option("--max-new-tokens", type=int, default=256, show_default=True,
-                     help="Response budget (sampling) and truncation of ground-truth responses."),
-        click.option("--eval-every", type=int, default=25, show_default=True,
-                     help="Validation loss every N steps (0: off)."),
-        click.option("--save-every", type=int, default=25, show_default=True, help="Checkpoint every N steps (0: off)."),
-        click.option("--keep-checkpoints", type=int, default=2, show_default=True,
-                     help="Rolling step checkpoints kept (final is always kept)."),
-        click.option("--seed", type=int, default=20, show_default=True, help="Seed (paper: 20)."),
-        click.option("--output-dir", type=click.Path(), default=None,
-                     help="Run directory (default runs/<method>-<task>)."),
-        click.option("--overwrite", is_flag=True, help="Replace another run's checkpoints in --output-dir."),
-        click.option("--resume", is_flag=True,
-                     help="Continue the run in --output-dir from its latest complete checkpoint (same options)."),
-        click.option("--fsdp", is_flag=True,
-                     help="Multi-process runs: shard the student's weights, gradients and AdamW state with FSDP, "
-                          "one unit per decoder layer, instead of replicating them (DDP); sampling runs through "
-                          "the sharded student in lockstep. The teacher is replicated."),
-        click.option("--sample-chunk", type=int, default=None,
-                     help="Sequences sampled with one seeded generator pair (default: the per-process batch). "
-                          "Equal values draw the same sequences at any process count."),
+        setting_option("task", help="Task from the registry (arith, gsm8k, dialogsum, flores-as-en, ...)."),
+        setting_option("data", type=click.Path(dir_okay=False),
+                       help="Local JSON/JSONL/CSV training file instead of the hub dataset."),
+        setting_option("field", help="Field overrides, e.g. 'prompt=question,answer=answer'."),
+        setting_option("limit", help="Training examples (the paper's regimes: 1000 and 100)."),
+        setting_option("data_seed", help="Seed of the data order and of the --limit subset (paper: 20)."),
+        setting_option("val_data", type=click.Path(dir_okay=False), help="Local validation file."),
+        setting_option("val_limit", help="Validation examples scored every --eval-every steps (0: none)."),
+        setting_option("dtype", choices=DTYPES, help="Weights dtype (auto: bf16 on CUDA, fp32 on CPU)."),
+        setting_option("student_device", help="auto, cpu, cuda, cuda:N."),
+        setting_option("trust_remote_code", help="Allow model code from the hub (off: never run it)."),
+        setting_option("lr", help="AdamW learning rate (paper 1e-5)."),
+        setting_option("adam_beta1", help="AdamW beta1."),
+        setting_option("adam_beta2", help="AdamW beta2."),
+        setting_option("adam_eps", help="AdamW eps (paper 1e-6)."),
+        setting_option("weight_decay"),
+        setting_option("warmup_steps", help="Linear warm-up (paper: none)."),
+        setting_option("grad_clip", help="Gradient-norm clip (0: off)."),
+        setting_option("epochs", help="Passes over the training set."),
+        setting_option("max_steps", help="Optimizer steps (overrides --epochs)."),
+        setting_option("batch_size", help="Sequences per optimizer step (the global batch, split across processes)."),
+        setting_option("micro_batch_size", help="Sequences per forward/backward (gradient accumulation)."),
+        setting_option("group_by_length", "--group-by-length/--no-group-by-length",
+                       help="Batch examples of similar length together (less padding; batches still in random order)."),
+        setting_option("deterministic", "--deterministic/--no-deterministic",
+                       help="Deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, "
+                            "no cuDNN autotuning): on a GPU a resumed run then matches an uninterrupted one "
+                            "bit for bit (CPU runs are deterministic anyway); slower on a GPU."),
+        setting_option("loss_norm", choices=LOSS_NORMS,
+                       help="sequence: per-sequence token mean, then mean (paper); token: global token mean."),
+        setting_option("max_new_tokens", help="Response budget (sampling) and truncation of ground-truth responses."),
+        setting_option("eval_every", help="Validation loss every N steps (0: off)."),
+        setting_option("save_every", help="Checkpoint every N steps (0: off)."),
+        setting_option("keep_checkpoints", help="Rolling step checkpoints kept (final is always kept)."),
+        setting_option("seed", help="Seed (paper: 20)."),
+        setting_option("output_dir", type=click.Path(), show_default=False,
+                       help="Run directory (default runs/<method>-<task>)."),
+        setting_option("overwrite", help="Replace another run's checkpoints in --output-dir."),
+        setting_option("resume", help="Continue the run in --output-dir from its latest complete checkpoint "
+                                      "(same options); with no checkpoint there yet, start a fresh run and say so."),
+        setting_option("fsdp", help="Multi-process runs: shard the student's weights, gradients and AdamW state with "
+                                    "FSDP, one unit per decoder layer, instead of replicating them (DDP); sampling "
+                                    "runs through the sharded student in lockstep. The teacher is replicated."),
+        setting_option("sample_chunk",
+                       help="Sequences sampled with one seeded generator pair (default: the per-process batch). "
+                            "Equal values draw the same sequences at any process count."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="YAML/JSON file of option values; command-line options override it."),
+                     help="YAML/JSON file of option values (flat option names, or sections model/data/train/"
+                          "sample), checked like the options; command-line options override it."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
-
-
-def _build_config(ctx: click.Context, params: dict, fixed: dict, recipe: dict | None = None):
-    """Defaults < `recipe` (a preset's own defaults) < config file < explicit command-line options;
-    `fixed` always wins."""
-    from click.core import ParameterSource
-
-    from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
-    from skd.core.errors import SkdError
-
-    sections = {"model": {}, "data": {}, "train": {}, "sample": {}}
-    for name, value in (recipe or {}).items():
-        sec, field = OPTION_FIELDS[name]
-        sections[sec][field] = value
-    file_values: dict = {}
-    if params.get("config_file"):
-        file_values = _read_config_file(params["config_file"])
-    for key, value in file_values.items():
-        if key in sections and isinstance(value, dict):
-            sections[key].update(value)
-            continue
-        name = key.replace("-", "_")
-        if name not in OPTION_FIELDS:
-            raise SkdError(f"unknown key {key!r} in {params['config_file']}",
-                           "use option names (e.g. max-steps) or sections model/data/train/sample")
-        sec, field = OPTION_FIELDS[name]
-        sections[sec][field] = value
-    for name, value in params.items():
-        if name not in OPTION_FIELDS:
-            continue
-        src = ctx.get_parameter_source(name)
-        sec, field = OPTION_FIELDS[name]
-        if src == ParameterSource.COMMANDLINE or field not in sections[sec]:
-            sections[sec][field] = value
-    for (sec, field), value in fixed.items():
-        sections[sec][field] = value
-    if "stop_strings" in sections["sample"]:
-        sections["sample"]["stop_strings"] = tuple(sections["sample"]["stop_strings"] or ())
-    if sections["data"].get("limit") == 0:
-        raise SkdError("--limit must be > 0 (got 0)", "pass a positive number of examples, e.g. --limit 1000")
-    tr = sections["train"]
-    if not tr.get("output_dir"):
-        tr["output_dir"] = f"runs/{tr.get('method', 'skd')}-{sections['data'].get('task', 'arith')}"
-    return RunConfig(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
-                     train=TrainConfig(**tr), sample=SampleConfig(**sections["sample"]))
-
-
-def _read_config_file(path: str) -> dict:
-    import json
-
-    from skd.core.errors import SkdError
-
-    text = open(path).read()
-    try:
-        if path.endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as e:
-        raise SkdError(f"cannot parse {path}: {str(e).splitlines()[0]}", "fix the YAML/JSON syntax") from e
-    if not isinstance(data, dict):
-        raise SkdError(f"{path} must hold a mapping of option names to values", "see skd distill --help")
-    return data
 
 
 def _run(cfg) -> dict:
@@ -238,8 +149,7 @@ def _run(cfg) -> dict:
 
 
 @click.command(cls=_AliasHelp)
-@click.option("--model", default="tiny-teacher", show_default=True,
-              help="Model to fine-tune: alias, hub id or local folder.")
+@setting_option("model", default_text=SFT_MODEL, help="Model to fine-tune: alias, hub id or local folder.")
 @_common_options
 @click.pass_context
 def sft(ctx, **params):
@@ -255,42 +165,34 @@ def sft(ctx, **params):
       skd sft --model tiny-teacher --task arith --limit 20000 --epochs 2 --output-dir runs/teacher
       skd sft --model gemma-7b-it --task gsm8k --data gsm8k_train.jsonl --lr 1e-5
     """
-    from skd.core.presets import PRESET_SFT_RECIPES
-
-    method = "sft"
-    recipe = PRESET_SFT_RECIPES.get(params["model"]) if params["task"].startswith("arith") else None
-    if recipe and ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
-        recipe = {k: v for k, v in recipe.items() if k != "max_steps"}  # --epochs asked for a length
-    cfg = _build_config(ctx, params, {("train", "method"): method, ("model", "teacher"): None}, recipe)
-    _run(cfg)
+    _run(sft_run_config(given_values(params), config_file_values(ctx, params["config_file"])))
 
 
 @click.command(cls=_AliasHelp)
-@click.option("--method", type=click.Choice(["skd", "supervised", "on-policy", "imitkd", "two-stage", "mixed-skd",
-                                             "gkd", "seqkd"]), default="skd", show_default=True,
-              help="Where training sequences come from (SKD_SPEC section 4).")
-@click.option("--student", default="tiny-student", show_default=True, help="Student: alias, hub id or folder.")
-@click.option("--teacher", default="tiny-teacher", show_default=True, help="Teacher: alias, hub id or folder.")
-@click.option("--teacher-device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--k", type=int, default=25, show_default=True, help="SKD: teacher top-K a student token must be in.")
-@click.option("--gamma", type=int, default=5, show_default=True, help="SKD: student draft length per round.")
-@click.option("--semantics", type=click.Choice(["paper", "code"]), default="paper", show_default=True,
-              help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
-@click.option("--keep-bonus", is_flag=True, help="SKD: keep the teacher's bonus token on full acceptance.")
-@click.option("--student-temperature", type=float, default=0.5, show_default=True,
-              help="Student drafting temperature (0: greedy).")
-@click.option("--student-top-p", type=float, default=0.5, show_default=True)
-@click.option("--teacher-temperature", type=float, default=0.2, show_default=True,
-              help="Teacher replacement temperature (0: greedy).")
-@click.option("--teacher-top-p", type=float, default=0.5, show_default=True)
-@click.option("--teacher-top-k", type=int, default=50, show_default=True, help="Only for --semantics code.")
-@click.option("--stop", multiple=True, help="Extra stop string (repeatable; default: the task's).")
-@click.option("--divergence", type=click.Choice(["fkl", "rkl", "jsd", "tvd", "skew-fkl", "skew-rkl"]),
-              default="fkl", show_default=True, help="Token-level divergence, at temperature 1.")
-@click.option("--beta", type=float, default=0.5, show_default=True, help="Generalised JSD beta (0 FKL, 1 RKL).")
-@click.option("--alpha", type=float, default=0.1, show_default=True, help="Skew of skew-fkl / skew-rkl.")
-@click.option("--gkd-lambda", type=float, default=0.5, show_default=True,
-              help="gkd: probability of an on-policy batch.")
+@setting_option("method", choices=tuple(m for m in METHODS if m != "sft"),
+                help="Where training sequences come from (CONTRACT.md §4).")
+@setting_option("student", help="Student: alias, hub id or folder.")
+@setting_option("teacher", help="Teacher: alias, hub id or folder.")
+@setting_option("teacher_device", help="auto, cpu, cuda, cuda:N.")
+@setting_option("k", help="SKD: teacher top-K a student token must be in.")
+@setting_option("gamma", help="SKD: student draft length per round.")
+@setting_option("semantics", choices=SEMANTICS,
+                help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
+@setting_option("keep_bonus", help="SKD: keep the teacher's bonus token on full acceptance.")
+@setting_option("student_temperature", help="Student drafting temperature (0: greedy).")
+@setting_option("student_top_p")
+@setting_option("teacher_temperature", help="Teacher replacement temperature (0: greedy).")
+@setting_option("teacher_top_p")
+@setting_option("teacher_top_k", help="Only for --semantics code.")
+@setting_option("stop", help="Extra stop string (repeatable; default: the task's).")
+@setting_option("divergence", choices=DIVERGENCE_NAMES, default_text="fkl; jsd for --method gkd",
+                help="Token-level divergence, at temperature 1 (p teacher, q student). jsd: the generalised JSD "
+                     "of GKD as TRL computes it, beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q; "
+                     "jsd-normalized: that divided by beta (1-beta), which tends to FKL / RKL at the ends. "
+                     "--method gkd takes jsd (its default) or jsd-normalized only.")
+@setting_option("beta", help="Generalised JSD beta (0 FKL, 1 RKL).")
+@setting_option("alpha", help="Skew of skew-fkl / skew-rkl.")
+@setting_option("gkd_lambda", help="gkd: probability of an on-policy batch.")
 @_common_options
 @click.pass_context
 def distill(ctx, **params):
@@ -308,5 +210,4 @@ def distill(ctx, **params):
     Several processes (torchrun / accelerate launch): the global --batch-size is split evenly
     across them; the loss is normalised over the global batch; only the first process writes.
     """
-    cfg = _build_config(ctx, params, {})
-    _run(cfg)
+    _run(distill_run_config(given_values(params), config_file_values(ctx, params["config_file"])))

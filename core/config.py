@@ -1,10 +1,12 @@
 """Run configuration: small frozen dataclasses, validated on creation, saved as JSON per run.
 
-Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, METHODS,
-run_config_to_dict(cfg), run_config_from_dict(d).
+Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, ConfigValueError, METHODS,
+DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, FLAT_KEYS, run_config_to_dict(cfg),
+resolve_dtype(dtype, device_type).
 
-Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; SKD_SPEC.md
-sections 2-5); each default carries its reason on its line. Distinct knobs get distinct names
+Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; CONTRACT.md §2-§5);
+each default carries its reason on its line. __post_init__ is the one place values are range-checked
+(the command line and --config files reach it alike). Distinct knobs get distinct names
 (`student_temperature` for drafting vs the loss, which is always at temperature 1).
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 from skd.core.errors import SkdError
 
-# Training-sequence source per method (SKD_SPEC section 4).
+# Training-sequence source per method (CONTRACT.md §4).
 METHODS = (
     "skd",         # interleaved: student proposes, teacher replaces tokens outside its top-K
     "supervised",  # supervised KD: ground-truth responses
@@ -23,27 +25,41 @@ METHODS = (
     "imitkd",      # ground truth or student sample, 50/50 per prompt ("mixed" in the released code)
     "two-stage",   # ground truth for the first half of the steps, then student samples ("mixed_train")
     "mixed-skd",   # ground truth or SKD sequence, 50/50 per prompt
-    "gkd",         # student sample with probability lambda (per batch), else ground truth
+    "gkd",         # student sample with probability lambda (per batch), else ground truth; generalised JSD
     "seqkd",       # cross-entropy on teacher-generated responses (the data's response field)
     "sft",         # cross-entropy on ground-truth responses
 )
-DIVERGENCE_NAMES = ("fkl", "rkl", "jsd", "tvd", "skew-fkl", "skew-rkl")
+# skd.core.losses.DIVERGENCES has the same names. "jsd" is GKD's / TRL's generalised JSD,
+# "jsd-normalized" the same divided by beta (1 - beta).
+DIVERGENCE_NAMES = ("fkl", "rkl", "jsd", "jsd-normalized", "tvd", "skew-fkl", "skew-rkl")
+GKD_DIVERGENCES = ("jsd", "jsd-normalized")  # gkd IS the generalised-JSD method
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+LOSS_NORMS = ("sequence", "token")
+SEMANTICS = ("paper", "code")
+SAMPLE_MODES = ("skd", "student", "teacher")
 
 
-def _check(cond: bool, problem: str, fix: str) -> None:
+class ConfigValueError(SkdError):
+    """An impossible config value; `fields` names the dataclass fields the check involved."""
+
+    def __init__(self, problem: str, fix: str | None, fields: tuple[str, ...]):
+        super().__init__(problem, fix)
+        self.fields = fields
+
+
+def _check(cond: bool, problem: str, fix: str, *fields: str) -> None:
     if not cond:
-        raise SkdError(problem, fix)
+        raise ConfigValueError(problem, fix, fields)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     """How training (or evaluation) sequences are sampled. Temperature 0 means greedy."""
 
-    mode: str = "skd"                  # skd | student | teacher
+    mode: str = "skd"                  # skd | student | teacher (set per method by the training loop)
     k: int = 25                        # top-K of the teacher that a student token must fall in (paper default)
     gamma: int = 5                     # student draft length per verification round (released code)
-    semantics: str = "paper"           # paper | code (SKD_SPEC section 2)
+    semantics: str = "paper"           # paper | code (CONTRACT.md §2)
     keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
     student_temperature: float = 0.5   # paper config for student proposals
     student_top_p: float = 0.5         # paper config for student proposals
@@ -56,38 +72,46 @@ class SampleConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
-        _check(self.mode in ("skd", "student", "teacher"), f"unknown sampling mode {self.mode!r}",
-               "use one of: skd, student, teacher")
-        _check(self.semantics in ("paper", "code"), f"unknown SKD semantics {self.semantics!r}",
-               "use --semantics paper (default) or code")
+        _check(self.mode in SAMPLE_MODES, f"unknown sampling mode {self.mode!r}",
+               f"use one of: {', '.join(SAMPLE_MODES)}", "mode")
+        _check(self.semantics in SEMANTICS, f"unknown SKD semantics {self.semantics!r}",
+               "use --semantics paper (default) or code", "semantics")
         _check(isinstance(self.k, int) and self.k >= 0, f"k must be >= 0 (got {self.k})",
-               "pass --k 0 (always take the teacher) up to the vocabulary size (always take the student)")
+               "pass --k 0 (always take the teacher) up to the vocabulary size (always take the student)", "k")
         _check(isinstance(self.gamma, int) and self.gamma >= 1, f"gamma must be >= 1 (got {self.gamma})",
-               "pass --gamma 1 or more (the paper uses 5)")
+               "pass --gamma 1 or more (the paper uses 5)", "gamma")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1 (got {self.max_new_tokens})",
-               "pass --max-new-tokens 1 or more")
+               "pass --max-new-tokens 1 or more", "max_new_tokens")
         for name in ("student_temperature", "teacher_temperature"):
             t = getattr(self, name)
             _check(math.isfinite(t) and t >= 0, f"{name} must be >= 0 (got {t})",
-                   f"pass --{name.replace('_', '-')} 0 for greedy or a positive temperature")
+                   f"pass --{name.replace('_', '-')} 0 for greedy or a positive temperature", name)
         for name in ("student_top_p", "teacher_top_p"):
             p = getattr(self, name)
-            _check(0 < p <= 1, f"{name} must be in (0, 1] (got {p})", f"pass --{name.replace('_', '-')} in (0, 1]")
+            _check(0 < p <= 1, f"{name} must be in (0, 1] (got {p})", f"pass --{name.replace('_', '-')} in (0, 1]",
+                   name)
         _check(self.teacher_top_k >= 0, f"teacher_top_k must be >= 0 (got {self.teacher_top_k})",
-               "pass 0 to disable top-k filtering")
+               "pass 0 to disable top-k filtering", "teacher_top_k")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     teacher: str | None = "tiny-teacher"  # alias, hub id or local folder; unused by sft/seqkd
     student: str = "tiny-student"
-    dtype: str = "auto"                    # auto: bf16 on CUDA, fp32 on CPU
+    dtype: str = "auto"                    # auto: bf16 on CUDA, fp32 on CPU (resolve_dtype)
     teacher_device: str = "auto"           # auto: cuda if available, else cpu
     student_device: str = "auto"
     trust_remote_code: bool = False        # never run hub code unless asked
 
     def __post_init__(self):
-        _check(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}")
+        _check(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}", "dtype")
+
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """The weights dtype to load: "auto" is bfloat16 on a CUDA device and float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device_type == "cuda" else "float32"
 
 
 @dataclass(frozen=True)
@@ -98,20 +122,21 @@ class DataConfig:
     limit: int | None = 1000           # the paper's "1k" regime (100 is the other one)
     val_data: str | None = None
     val_limit: int | None = 64         # validation responses scored every eval_every steps
-    seed: int = 20                     # paper seed; also orders the data deterministically
+    seed: int = 20                     # paper seed; orders the data and picks the `limit` subset
 
     def __post_init__(self):
         _check(self.limit is None or self.limit > 0, f"--limit must be > 0 (got {self.limit})",
-               "pass a positive number of examples, e.g. --limit 1000 (the paper uses 1000 and 100)")
+               "pass a positive number of examples, e.g. --limit 1000 (the paper uses 1000 and 100)", "limit")
         _check(self.val_limit is None or self.val_limit >= 0, f"--val-limit must be >= 0 (got {self.val_limit})",
-               "pass 0 to skip validation")
+               "pass 0 to skip validation", "val_limit")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     method: str = "skd"
-    divergence: str = "fkl"            # "kl" in the released config: KL(p_T || q_S)
-    beta: float = 0.5                  # generalised JSD interpolation (jsd and gkd)
+    divergence: str | None = None      # None: the method's own -- jsd for gkd, else fkl ("kl" in the
+                                       # released config: KL(p_T || q_S)); resolved on creation
+    beta: float = 0.5                  # generalised JSD interpolation (jsd, jsd-normalized; gkd)
     alpha: float = 0.1                 # DistiLLM skew (skew-fkl / skew-rkl)
     gkd_lambda: float = 0.5            # gkd: probability of a student-sampled batch
     loss_norm: str = "sequence"        # sequence: per-sequence token mean, then mean (released code); token
@@ -138,39 +163,59 @@ class TrainConfig:
     fsdp: bool = False                 # multi-process: shard the student (FSDP) instead of replicating it (DDP)
     sample_chunk: int | None = None    # rows sampled with one seeded generator pair (None: the per-process
                                        # batch); equal values give equal runs at any process count
-    log_every: int = 1
 
     def __post_init__(self):
-        _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}")
+        _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}",
+               "method")
+        if self.divergence is None:
+            object.__setattr__(self, "divergence", "jsd" if self.method == "gkd" else "fkl")
         _check(self.divergence in DIVERGENCE_NAMES, f"unknown divergence {self.divergence!r}",
-               f"use one of: {', '.join(DIVERGENCE_NAMES)}")
+               f"use one of: {', '.join(DIVERGENCE_NAMES)}", "divergence")
+        _check(self.method != "gkd" or self.divergence in GKD_DIVERGENCES,
+               f"--method gkd trains with the generalised JSD, not {self.divergence}",
+               "leave --divergence out (jsd with --beta) or pass jsd-normalized; other divergences go with "
+               "the other methods", "method", "divergence")
         _check(0.0 <= self.beta <= 1.0, f"beta must be in [0, 1] (got {self.beta})",
-               "0 gives forward KL, 1 reverse KL")
-        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1] (got {self.alpha})", "DistiLLM uses 0.1")
+               "0 gives forward KL, 1 reverse KL", "beta")
+        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1] (got {self.alpha})", "DistiLLM uses 0.1", "alpha")
         _check(0.0 <= self.gkd_lambda <= 1.0, f"gkd lambda must be in [0, 1] (got {self.gkd_lambda})",
-               "pass --gkd-lambda between 0 (ground truth only) and 1 (student samples only)")
-        _check(self.loss_norm in ("sequence", "token"), f"unknown loss norm {self.loss_norm!r}",
-               "use --loss-norm sequence (paper) or token")
-        _check(self.lr > 0, f"learning rate must be > 0 (got {self.lr})", "pass e.g. --lr 1e-5")
-        _check(self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})", "pass --batch-size 8")
+               "pass --gkd-lambda between 0 (ground truth only) and 1 (student samples only)", "gkd_lambda")
+        _check(self.loss_norm in LOSS_NORMS, f"unknown loss norm {self.loss_norm!r}",
+               "use --loss-norm sequence (paper) or token", "loss_norm")
+        _check(self.lr > 0, f"learning rate must be > 0 (got {self.lr})", "pass e.g. --lr 1e-5", "lr")
+        for name in ("adam_beta1", "adam_beta2"):
+            b = getattr(self, name)
+            _check(0.0 <= b < 1.0, f"{name} must be in [0, 1) (got {b})",
+                   f"pass --{name.replace('_', '-')} in [0, 1) (torch's AdamW: 0.9 and 0.999)", name)
+        _check(self.adam_eps >= 0, f"adam_eps must be >= 0 (got {self.adam_eps})", "pass e.g. --adam-eps 1e-6",
+               "adam_eps")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})",
+               "pass 0 (paper) or a positive decay", "weight_decay")
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps})",
+               "pass 0 for no warm-up (paper)", "warmup_steps")
+        _check(self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})", "pass --batch-size 8",
+               "batch_size")
         mb = self.micro_batch_size
         _check(mb is None or (1 <= mb <= self.batch_size and self.batch_size % mb == 0),
                f"micro batch size {mb} must divide the batch size {self.batch_size}",
-               "pass a --micro-batch-size that divides --batch-size")
+               "pass a --micro-batch-size that divides --batch-size", "micro_batch_size", "batch_size")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 (got {self.max_steps})",
-               "pass --max-steps 1 or more, or use --epochs")
-        _check(self.epochs > 0, f"epochs must be > 0 (got {self.epochs})", "pass --epochs 3 (paper)")
-        _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})", "0 disables clipping")
+               "pass --max-steps 1 or more, or use --epochs", "max_steps")
+        _check(self.epochs > 0, f"epochs must be > 0 (got {self.epochs})", "pass --epochs 3 (paper)", "epochs")
+        _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (got {self.grad_clip})", "0 disables clipping",
+               "grad_clip")
         _check(self.eval_every >= 0 and self.save_every >= 0, "eval_every / save_every must be >= 0",
-               "0 disables them")
+               "0 disables them", "eval_every", "save_every")
         _check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other",
-               "pass --resume to continue the run in --output-dir, or --overwrite to start it over")
+               "pass --resume to continue the run in --output-dir, or --overwrite to start it over",
+               "resume", "overwrite")
         sc = self.sample_chunk
         _check(sc is None or (1 <= sc <= self.batch_size and self.batch_size % sc == 0),
                f"sample chunk {sc} must divide the batch size {self.batch_size}",
-               "pass a --sample-chunk that divides the per-process batch (--batch-size / processes)")
+               "pass a --sample-chunk that divides the per-process batch (--batch-size / processes)",
+               "sample_chunk", "batch_size")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (got {self.keep_checkpoints})",
-               "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)")
+               "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)", "keep_checkpoints")
 
 
 @dataclass(frozen=True)
@@ -181,21 +226,24 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
+
+# The flat names of run settings -- the command-line option names, also the flat keys of a --config
+# file -- and the (section, field) each one sets. A field missing here has no option (`mode` is set
+# per method, `keep_teacher_logits` is internal).
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    **{name: ("model", name) for name in ("teacher", "student", "dtype", "teacher_device", "student_device",
+                                          "trust_remote_code")},
+    "model": ("model", "student"),  # `skd sft --model`: the one model it trains
+    **{name: ("data", name) for name in ("task", "data", "limit", "val_data", "val_limit")},
+    "field": ("data", "fields"), "data_seed": ("data", "seed"),
+    **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
+    **{f.name: ("sample", f.name) for f in dataclasses.fields(SampleConfig)
+       if f.name not in ("mode", "stop_strings", "keep_teacher_logits")},
+    "stop": ("sample", "stop_strings"),
+}
+
+
 def run_config_to_dict(cfg: RunConfig) -> dict:
+    """The JSON-ready form of a RunConfig, as saved with every run (run_config.json)."""
     return dataclasses.asdict(cfg)
-
-
-def run_config_from_dict(d: dict) -> RunConfig:
-    def build(cls, sub):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(sub) - names
-        _check(not unknown, f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}",
-               f"valid keys: {', '.join(sorted(names))}")
-        return cls(**sub)
-
-    return RunConfig(
-        model=build(ModelConfig, d.get("model", {})),
-        data=build(DataConfig, d.get("data", {})),
-        train=build(TrainConfig, d.get("train", {})),
-        sample=build(SampleConfig, d.get("sample", {})),
-    )

@@ -5,7 +5,7 @@ temperature, top_p, seed, on_batch) -> list[list[int]]; evaluate_model(model, to
 examples, ...) -> (metrics, predictions).
 
 Generation reuses the sampler of skd.core.sampling in mode "student" (one model, temperature 0
-= greedy as in the paper's evaluation, SKD_SPEC section 6). Prompts are sorted by length before
+= greedy as in the paper's evaluation, CONTRACT.md §6). Prompts are sorted by length before
 batching so a batch carries little padding; results come back in the caller's order.
 """
 from __future__ import annotations

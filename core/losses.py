@@ -1,6 +1,6 @@
-"""Token-level distillation losses: divergences D(teacher || student), cross-entropy (SKD_SPEC 3).
+"""Token-level distillation losses: divergences D(teacher || student), cross-entropy (CONTRACT.md §3).
 
-Public: fkl, rkl, jsd, tvd, skew_fkl, skew_rkl, cross_entropy, DIVERGENCES, get_divergence,
+Public: fkl, rkl, jsd, jsd_normalized, tvd, skew_fkl, skew_rkl, cross_entropy, DIVERGENCES, get_divergence,
 divergence_per_token, default_chunk_size. Shapes: N positions, V vocabulary; [B, T, V] logits with
 [B, T] weights (B batch, T time) are flattened to N = B * T. Every loss has one signature and one
 contract: (student_logits[N, V], teacher_logits[N, V] or labels[N], weights[N]) -> (sum, count),
@@ -18,8 +18,6 @@ import torch
 
 from skd.core.errors import SkdError
 
-# A chunk's fp32 temporaries: each [C, V] fp32 tensor is C * V * 4 bytes and a kernel keeps about
-# six alive, so 8 Mi elements per tensor (32 MiB) puts one chunk at roughly 200 MiB.
 # ~5 fp32 temporaries of [C, V] live at once inside a chunk; 2M elements (8 MiB each) keeps them under
 # a third of the gradient buffer at Gemma's V = 256,000 (8 positions per chunk; V = 32,000 -> 65).
 _CHUNK_ELEMENTS = 1 << 21
@@ -68,7 +66,7 @@ def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
 
 
 def _fkl_kernel(lq, lp, need_grad):
-    # KL(p || q) = sum_v p (log p - log q); d/dz = q - p (SKD_SPEC 3, "kl" in the released code).
+    # KL(p || q) = sum_v p (log p - log q); d/dz = q - p (CONTRACT.md §3, "kl" in the released code).
     p = lp.exp()
     d = _x_log_ratio(p, lp, lq).sum(-1)
     return d, (lq.exp() - p if need_grad else None)
@@ -84,21 +82,25 @@ def _rkl_kernel(lq, lp, need_grad):
     return d, (_through_softmax(q, terms) if need_grad else None)
 
 
-def _jsd_kernel(lq, lp, need_grad, *, beta):
-    # Generalized JSD of GKD (Agarwal et al. 2024, "On-policy distillation of language models"):
-    #   J_beta = beta * KL(p || m) + (1 - beta) * KL(q || m),  m = beta * p + (1 - beta) * q.
-    # J_beta -> 0 at both ends (J ~ beta * KL(p||q) as beta -> 0, ~ (1 - beta) * KL(q||p) as
-    # beta -> 1), so we return J_beta / (beta * (1 - beta)), which tends to KL(p||q) and KL(q||p)
-    # and is therefore continuous on [0, 1] with the exact endpoints dispatched to fkl / rkl.
+def _jsd_kernel(lq, lp, need_grad, *, beta, normalized):
+    # Generalized JSD of GKD (Agarwal et al. 2024, "On-policy distillation of language models", Eq. 1):
+    #   J_beta = beta * KL(p || m) + (1 - beta) * KL(q || m),  m = beta * p + (1 - beta) * q,
+    # the value TRL's GKD computes. J_beta -> 0 at both ends (J ~ beta * KL(p||q) as beta -> 0,
+    # ~ (1 - beta) * KL(q||p) as beta -> 1); `normalized` returns J_beta / (beta * (1 - beta)),
+    # which tends to KL(p||q) and KL(q||p), continuous on [0, 1]. Either way the exact endpoints
+    # are dispatched to fkl / rkl (as TRL does).
     # Gradient: dJ/dq = (1 - beta) * (log q - log m) (the m-terms cancel), hence
-    #   d(J / (beta (1 - beta)))/dz = q * (u - <q, u>) / beta with u = log q - log m.
+    #   dJ/dz = (1 - beta) * q * (u - <q, u>) with u = log q - log m, and the normalized one / beta.
     lm = _log_mix(lp, lq, beta)
     p, q = lp.exp(), lq.exp()
     kl_pm = _x_log_ratio(p, lp, lm).sum(-1)
     qu = _x_log_ratio(q, lq, lm)
     kl_qm = qu.sum(-1)
-    d = (beta * kl_pm + (1.0 - beta) * kl_qm) / (beta * (1.0 - beta))
-    return d, (_through_softmax(q, qu) / beta if need_grad else None)
+    if normalized:
+        d = (beta * kl_pm + (1.0 - beta) * kl_qm) / (beta * (1.0 - beta))
+        return d, (_through_softmax(q, qu) / beta if need_grad else None)
+    d = beta * kl_pm + (1.0 - beta) * kl_qm
+    return d, (_through_softmax(q, qu) * (1.0 - beta) if need_grad else None)
 
 
 def _tvd_kernel(lq, lp, need_grad):
@@ -137,7 +139,7 @@ def _skew_rkl_kernel(lq, lp, need_grad, *, alpha):
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """fp32 inside the loss (SKD_SPEC 3); fp64 stays fp64 so gradcheck sees full precision."""
+    """fp32 inside the loss (CONTRACT.md §3); fp64 stays fp64 so gradcheck sees full precision."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
@@ -303,13 +305,13 @@ def _kernel_for(kind: str, *, beta: float = DEFAULT_BETA, alpha: float = DEFAULT
     if kind not in DIVERGENCES:
         raise SkdError(f"unknown divergence {kind!r}", f"use one of: {', '.join(DIVERGENCES)}")
     beta, alpha = _check_unit("beta", beta), _check_unit("alpha", alpha)
-    if kind == "jsd":
-        # Endpoints are FKL and RKL exactly (SKD_SPEC 3), not limits evaluated numerically.
+    if kind in ("jsd", "jsd-normalized"):
+        # Endpoints are FKL and RKL exactly (CONTRACT.md §3), not limits evaluated numerically.
         if beta == 0.0:
             return _fkl_kernel
         if beta == 1.0:
             return _rkl_kernel
-        return functools.partial(_jsd_kernel, beta=beta)
+        return functools.partial(_jsd_kernel, beta=beta, normalized=kind == "jsd-normalized")
     if kind == "skew-fkl":
         return functools.partial(_skew_fkl_kernel, alpha=alpha)
     if kind == "skew-rkl":
@@ -333,17 +335,25 @@ def rkl(student_logits, teacher_logits, weights, *, chunk_size=None):
 
 
 def jsd(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None):
-    """Generalized JSD scaled by 1 / (beta (1 - beta)); beta = 0 is fkl, beta = 1 is rkl exactly.
+    """Generalized JSD of GKD (Eq. 1), TRL's `generalized_jsd_loss` value; beta = 0 is fkl, 1 is rkl.
 
-    For 0 < beta < 1, with m = beta p + (1 - beta) q:
-        d = [beta KL(p || m) + (1 - beta) KL(q || m)] / (beta (1 - beta)).
-    The bracket is Eq. 1 of GKD (Agarwal et al. 2024), which vanishes at both ends; the scale
-    makes d continuous on [0, 1]. TRL's `generalized_jsd_loss` uses the same bracket without the
-    scale (and the same exact-endpoint dispatch), so our value is theirs times 1 / (beta (1 - beta))
-    (4x at beta = 0.5). In fp32 the scaled value loses about eps / min(beta, 1 - beta) in absolute
-    accuracy; for beta within 1e-3 of an end pass fp64 logits or use the end itself.
+    For 0 < beta < 1, with p the teacher, q the student and m = beta p + (1 - beta) q:
+        d = beta KL(p || m) + (1 - beta) KL(q || m).
+    It vanishes as beta approaches either end, where fkl / rkl are used exactly (as TRL does);
+    `jsd_normalized` is the same value divided by beta (1 - beta), continuous on [0, 1].
     """
     return _divergence("jsd", student_logits, teacher_logits, weights, chunk_size, beta=beta)
+
+
+def jsd_normalized(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None):
+    """Generalized JSD divided by beta (1 - beta): tends to fkl as beta -> 0 and rkl as beta -> 1.
+
+    d = [beta KL(p || m) + (1 - beta) KL(q || m)] / (beta (1 - beta)), m = beta p + (1 - beta) q:
+    `jsd` times 1 / (beta (1 - beta)) (4x at beta = 0.5). In fp32 the scaled value loses about
+    eps / min(beta, 1 - beta) in absolute accuracy; for beta within 1e-3 of an end pass fp64
+    logits or use the end itself.
+    """
+    return _divergence("jsd-normalized", student_logits, teacher_logits, weights, chunk_size, beta=beta)
 
 
 def tvd(student_logits, teacher_logits, weights, *, chunk_size=None):
@@ -371,11 +381,12 @@ def cross_entropy(student_logits, labels, weights, *, chunk_size=None):
                    target_is_labels=True)
 
 
-# Name -> loss; the names are those of SKD_SPEC 3 and of the CLI / config.
+# Name -> loss; the names are those of CONTRACT.md §3 and of the CLI / config.
 DIVERGENCES: "MappingProxyType[str, Loss]" = MappingProxyType({
     "fkl": fkl,
     "rkl": rkl,
     "jsd": jsd,
+    "jsd-normalized": jsd_normalized,
     "tvd": tvd,
     "skew-fkl": skew_fkl,
     "skew-rkl": skew_rkl,
@@ -386,11 +397,13 @@ def get_divergence(name: str, *, beta: float = DEFAULT_BETA, alpha: float = DEFA
                    chunk_size: int | None = None) -> Loss:
     """The loss `(student_logits, teacher_logits, weights) -> (sum, count)` for a divergence name.
 
-    beta is read by "jsd" only, alpha by "skew-fkl" / "skew-rkl" only; both are validated always.
+    beta is read by "jsd" / "jsd-normalized" only, alpha by "skew-fkl" / "skew-rkl" only; both are
+    validated always.
     """
     _kernel_for(name, beta=beta, alpha=alpha)  # validates name, beta and alpha
     _check_chunk_size(chunk_size)
-    params = {"jsd": {"beta": beta}, "skew-fkl": {"alpha": alpha}, "skew-rkl": {"alpha": alpha}}
+    params = {"jsd": {"beta": beta}, "jsd-normalized": {"beta": beta}, "skew-fkl": {"alpha": alpha},
+              "skew-rkl": {"alpha": alpha}}
     return functools.partial(DIVERGENCES[name], chunk_size=chunk_size, **params.get(name, {}))
 
 

@@ -18,8 +18,7 @@ from skd.core.errors import SkdError
 RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json")
 
 # Options that may change between a run and its resumption: they do not change the trained weights.
-_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every",
-                          "log_every"},
+_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every"},
                 "data": {"val_data", "val_limit"}, "model": {"teacher_device", "student_device"}}
 
 

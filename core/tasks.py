@@ -1,36 +1,34 @@
-"""Task registry: data loading, the paper's prompt formats, stop strings, answer extraction, scoring.
+"""Task registry: the paper's prompt formats, stop strings, answer extraction, scoring, and examples.
 
-Public: Example, HubSource, Task (load, user_prompt, render_prompt, truncate, extract, correct,
-score), TASKS, get_task(name), list_tasks(), parse_fields(text), read_records(path),
-render_chat(text, tokenizer), MATH_INSTRUCTION, DEFAULT_SEED.
+Public: Example, Task (load, user_prompt, render_prompt, truncate, extract, final_answer, correct,
+score), TASKS, get_task(name), list_tasks(), render_chat(text, tokenizer), MATH_INSTRUCTION,
+DEFAULT_SEED.
 
-Tasks follow SKD_SPEC section 6 (prompts, stop strings and metrics of the paper and its released
+Tasks follow CONTRACT.md §6 (prompts, stop strings and metrics of the paper and its released
 evaluation scripts): gsm8k, dialogsum, flores-as-en, ultrainteract-math, the held-out math sets
 gsm-plus / svamp / asdiv / math, and the built-in synthetic arith / arith-easy / arith-hard
-(core/arith.py). Data comes from the HF hub (`datasets`, imported lazily) or a local .json / .jsonl /
-.csv file. Field overrides map the roles "prompt", "answer" (training target / reference text) and
-"reference" (a field holding the final answer alone) to field names; "a+b" joins fields with a space.
+(core/arith.py). Examples come from the HF hub or a local .json / .jsonl / .csv file
+(skd.core.task_data); field overrides map the roles "prompt", "answer" (training target / reference
+text) and "reference" (a field holding the final answer alone) to field names.
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from skd.core import arith
-from skd.core import metrics
+from skd.core import metrics, text_metrics
 from skd.core.errors import SkdError
+from skd.core.task_data import HubSource, check_roles, field_text, hub_rows, parse_fields, read_records
 
-DEFAULT_SEED = 20  # SKD_SPEC section 5: the paper's seed; also picks the `limit` subset
-ROLES = ("prompt", "answer", "reference")
-FILE_TYPES = (".json", ".jsonl", ".csv")
+DEFAULT_SEED = 20  # CONTRACT.md §5: the paper's seed; also picks the `limit` subset
 
 # The instruction that opens every UltraInteract Math_CoT prompt. The held-out math sets are asked
-# the same way, since the student learned this format (SKD_SPEC section 6, math instruction).
+# the same way, since the student learned this format (CONTRACT.md §6, math instruction).
 MATH_INSTRUCTION = ("Solve the following math problem step-by-step.\nSimplify your answer as much "
                     "as possible. Present your final answer as \\boxed{Your Answer}.\n")
 # Stop strings of the released code: training-time sampling and greedy evaluation differ.
@@ -50,23 +48,6 @@ class Example:
     response: str
     reference: str
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-
-@dataclass(frozen=True)
-class HubSource:
-    """Where a task lives on the HF hub. configs: none, one, or several concatenated in order
-    (MATH's subjects); splits: skd split name -> hub split name; pair: (source config, target
-    config, text field, key field) when sentences of two per-language configs are joined by key
-    (FLORES+), giving fields "sentence_<config>"; keep: hub rows are kept only when it returns True
-    (described by keep_doc); gated: the hub requires accepting terms and logging in."""
-
-    path: str
-    configs: tuple[str, ...] = ()
-    splits: Mapping[str, str] = field(default_factory=dict)
-    pair: tuple[str, str, str, str] | None = None
-    keep: Callable[[Mapping[str, Any]], bool] | None = None
-    keep_doc: str = ""
-    gated: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,7 +90,7 @@ class Task:
             raise SkdError(f"limit must be a positive integer, got {limit!r}",
                            "pass --limit N with N >= 1, or no limit for the whole split")
         mapping = dict(self.fields)
-        mapping.update(parse_fields(fields) if isinstance(fields, str) else _checked_roles(fields))
+        mapping.update(parse_fields(fields) if isinstance(fields, str) else check_roles(fields))
         if data_path is not None:
             source = str(data_path)
             rows = read_records(data_path)
@@ -119,7 +100,8 @@ class Task:
             rows = arith.make_split(arith.get_preset(self.arith_preset), split)
         else:
             self._check_split(split)
-            source, rows = self._hub_rows(split)
+            assert self.hub is not None, f"task {self.name} has neither a hub source nor a generator"
+            source, rows = hub_rows(self.hub, split, task_name=self.name, fields_hint=self._fields_hint())
         if not rows:
             raise SkdError(f"{source} holds no examples",
                            "check the file (or the --field / split choice) and try again")
@@ -141,45 +123,6 @@ class Task:
             raise SkdError(f"task '{self.name}' has no split '{split}'",
                            f"use one of: {', '.join(self.splits)}")
 
-    def _hub_rows(self, split: str) -> tuple[str, list[dict]]:
-        hub = self.hub
-        assert hub is not None, f"task {self.name} has neither a hub source nor a generator"
-        load_dataset = _import_load_dataset(self)
-        hub_split = hub.splits[split]
-        source = f"hub:{hub.path}:{hub_split}"
-        # An unreachable hub makes `datasets` retry with back-off for ~25 s, printing each retry;
-        # the models module's 3-second probe answers first. With HF_HUB_OFFLINE=1 set, the
-        # library itself fails fast (or reads its local cache), so it is left to it.
-        from skd.core.hub import hub_unavailable_reason
-
-        reason = hub_unavailable_reason()
-        if reason is not None and reason.startswith("offline or unreachable"):
-            raise SkdError(f"cannot download dataset '{hub.path}' ({reason})",
-                           f"pass a local file with --data path.jsonl ({self._fields_hint()}), or set "
-                           "HF_HUB_OFFLINE=1 to use a copy in the local Hugging Face cache")
-        try:
-            if hub.pair is not None:
-                rows = _paired_rows(load_dataset, hub, hub_split)
-            else:
-                rows = []
-                for config in hub.configs or (None,):
-                    rows.extend(load_dataset(hub.path, config, split=hub_split).to_list())
-        except Exception as err:  # offline, gated, renamed: all leave the user with a local file
-            raise self._download_error(err) from err
-        if hub.keep is not None:
-            rows = [row for row in rows if hub.keep(row)]
-        return source, rows
-
-    def _download_error(self, err: Exception) -> SkdError:
-        hub = self.hub
-        detail = (str(err).strip().splitlines() or [""])[0][:160]
-        gated = (" (the dataset is gated: accept its terms on the hub and log in with "
-                 "`hf auth login`)") if hub.gated else ""
-        return SkdError(
-            f"cannot download dataset '{hub.path}' (offline or unreachable: "
-            f"{type(err).__name__}: {detail}){gated}",
-            f"pass a local file with --data path.jsonl ({self._fields_hint()})")
-
     def _fields_hint(self) -> str:
         return "fields: " + ", ".join(f"{role}={name}" for role, name in self.fields.items()) + \
             "; rename with --field role=name"
@@ -187,10 +130,10 @@ class Task:
     def _example(self, row: Mapping[str, Any], index: int, mapping: Mapping[str, str],
                  source: str, split: str) -> Example:
         where = f"{source} row {index + 1}"
-        prompt = _field_text(row, mapping["prompt"], "prompt", where)
-        answer = _field_text(row, mapping["answer"], "answer", where)
+        prompt = field_text(row, mapping["prompt"], "prompt", where)
+        answer = field_text(row, mapping["answer"], "answer", where)
         if "reference" in mapping:
-            raw = _field_text(row, mapping["reference"], "reference", where)
+            raw = field_text(row, mapping["reference"], "reference", where)
             reference = raw
             if self.reference_format != "text":  # a final answer: canonical if it is a number
                 reference = metrics.normalize_number(raw) or raw.strip() or None
@@ -233,7 +176,7 @@ class Task:
 
     def render_prompt(self, example: Example, tokenizer: Any = None) -> str:
         """user_prompt(example) through the tokenizer's chat template (one user turn,
-        add_generation_prompt=True) when it has one, else the plain prompt (SKD_SPEC section 6)."""
+        add_generation_prompt=True) when it has one, else the plain prompt (CONTRACT.md §6)."""
         return render_chat(self.user_prompt(example), tokenizer)
 
     # ---- outputs ---------------------------------------------------------------------------
@@ -258,11 +201,37 @@ class Task:
             return metrics.extract_boxed(output)
         return output.strip()
 
+    def final_answer(self, reference: str) -> str:
+        """The final answer a reference stands for (accuracy tasks; text tasks: the reference).
+
+        A full solution gives the answer load() derives from it -- the number after the last "####",
+        the last \\boxed{} -- and a final answer stays as it is. A solution without a final answer
+        (several lines, or a marker with nothing readable after it) raises SkdError: it would
+        otherwise score 0 without a word.
+        """
+        if self.answer_format == "text":
+            return reference
+        text = str(reference).strip()
+        if "####" in text:
+            answer = metrics.extract_gsm8k_answer(text)
+        elif "\\boxed" in text or "\\fbox" in text or "\n" in text:
+            answer = metrics.extract_boxed(text)
+        else:
+            return text
+        if answer is None:
+            raise SkdError(f"reference {text[:60]!r}{'...' if len(text) > 60 else ''} holds no final answer "
+                           f"({_FORMAT_WORDS[self.reference_format]})",
+                           "pass the final answers (as load() gives them), or solutions ending in "
+                           "'#### <number>' or holding \\boxed{...}")
+        return answer
+
     def correct(self, output: str, reference: str) -> bool | None:
-        """Whether one output is right (accuracy tasks), None for text tasks. The synthetic
-        arith tasks need the exact number; the others use the paper's lenient math_equal."""
+        """Whether one output is right (accuracy tasks), None for text tasks. `reference` is a final
+        answer or a full solution (see final_answer). The synthetic arith tasks need the exact
+        number; the others use the paper's lenient math_equal."""
         if self.answer_format == "text":
             return None
+        reference = self.final_answer(reference)
         predicted = self.extract(output)
         if predicted is None or not reference:
             return False
@@ -273,7 +242,7 @@ class Task:
     def score(self, outputs: Sequence[str], references: Sequence[str | Sequence[str]], *,
               sources: Sequence[str] | None = None) -> dict[str, Any]:
         """Corpus scores of `outputs` against `references` (Python floats): accuracy tasks
-        {"accuracy", "answered", "n"}; dialogsum {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"};
+        {"accuracy", "answered", "n"}, references being final answers or full solutions; dialogsum {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"};
         translation {"bleu", "chrf", "n"} plus "comet" when `sources` are given and COMET is
         available. Anything skipped is explained in a "notes" list."""
         if len(outputs) != len(references):
@@ -288,13 +257,13 @@ class Task:
             return {"accuracy": sum(map(bool, verdicts)) / n, "answered": answered / n, "n": n}
         texts = [self.extract(o) for o in outputs]
         if self.metric.startswith("rouge"):
-            return {**metrics.rouge(texts, references), "n": n}
-        result: dict[str, Any] = {"bleu": metrics.bleu(texts, references),
-                                  "chrf": metrics.chrf(texts, references), "n": n}
+            return {**text_metrics.rouge(texts, references), "n": n}
+        result: dict[str, Any] = {"bleu": text_metrics.bleu(texts, references),
+                                  "chrf": text_metrics.chrf(texts, references), "n": n}
         if sources is None:
             result["notes"] = ["COMET skipped: pass the source sentences to score it"]
         else:
-            comet = metrics.comet(sources, texts, [r if isinstance(r, str) else r[0]
+            comet = text_metrics.comet(sources, texts, [r if isinstance(r, str) else r[0]
                                                    for r in references])
             if comet.score is None:
                 result["notes"] = [comet.note]
@@ -323,129 +292,9 @@ def render_chat(text: str, tokenizer: Any = None) -> str:
     return rendered
 
 
-def parse_fields(text: str | None) -> dict[str, str]:
-    """ "prompt=question,answer=answer" -> {"prompt": "question", "answer": "answer"}. Roles:
-    prompt, answer, reference; a value "Body+Question" joins those fields with a space."""
-    if text is None or not text.strip():
-        return {}
-    out: dict[str, str] = {}
-    for item in text.split(","):
-        role, sep, name = (part.strip() for part in item.partition("="))
-        if not sep or not role or not name:
-            raise SkdError(f"cannot read field override '{item.strip()}'",
-                           "write role=field pairs separated by commas, e.g. "
-                           "--field prompt=question,answer=answer")
-        if role in out:
-            raise SkdError(f"field role '{role}' is given twice", "give each role once")
-        out[role] = name
-    return _checked_roles(out)
-
-
-def _checked_roles(fields: Mapping[str, str] | None) -> dict[str, str]:
-    if not fields:
-        return {}
-    unknown = [role for role in fields if role not in ROLES]
-    if unknown:
-        raise SkdError(f"unknown field role(s): {', '.join(unknown)}",
-                       f"use the roles {', '.join(ROLES)}, e.g. --field prompt=question")
-    return {role: str(name) for role, name in fields.items()}
-
-
-def _field_text(row: Mapping[str, Any], spec: str, role: str, where: str) -> str:
-    """The text of field `spec` ("a" or "a+b", joined by a space) in `row`."""
-    parts = []
-    for name in spec.split("+"):
-        name = name.strip()
-        if name not in row:
-            available = ", ".join(sorted(map(str, row))) or "none"
-            raise SkdError(f"{where}: no field '{name}' for the {role} (fields there: {available})",
-                           f"pass --field {role}=<one of those fields>")
-        value = row[name]
-        if value is None:
-            raise SkdError(f"{where}: field '{name}' (the {role}) is empty",
-                           "fill it in or drop that row")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise SkdError(f"{where}: field '{name}' holds a {type(value).__name__}, not text",
-                           f"point --field {role}= at a text or number field")
-        parts.append(value if isinstance(value, str) else metrics.normalize_number(value) or str(value))
-    return " ".join(parts)
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """Rows of a local data file: .json (a list, or an object with a "data" or "instances" list),
-    .jsonl (one object per line, blank lines skipped) or .csv (header row). Malformed content
-    raises SkdError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SkdError(f"data file not found: {path}", "check the --data path")
-    suffix = path.suffix.lower()
-    if suffix not in FILE_TYPES:
-        raise SkdError(f"cannot read '{path.name}': unsupported file type '{suffix or '(none)'}'",
-                       f"use one of {', '.join(FILE_TYPES)}")
-    if suffix == ".csv":  # newline="": quoted fields may span lines (multi-line answers)
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    text = path.read_text(encoding="utf-8-sig")
-    if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SkdError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})",
-                               "fix or remove that line (one JSON object per line)") from err
-            if not isinstance(row, dict):
-                raise SkdError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object",
-                               "write one JSON object per line")
-            rows.append(row)
-        return rows
-    try:
-        data = json.loads(text) if text.strip() else []
-    except json.JSONDecodeError as err:
-        raise SkdError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})",
-                       "fix the file, or use .jsonl with one object per line") from err
-    if isinstance(data, dict):
-        key = next((k for k in ("data", "instances") if isinstance(data.get(k), list)), None)
-        if key is None:
-            raise SkdError(f"{path}: a JSON object without a 'data' or 'instances' list "
-                           f"(keys: {', '.join(map(str, data)) or 'none'})",
-                           "store a list of examples, or put it under \"data\"")
-        data = data[key]
-    if not isinstance(data, list):
-        raise SkdError(f"{path}: JSON holds a {type(data).__name__}, not a list of examples",
-                       "store a list of objects")
-    for number, row in enumerate(data, start=1):
-        if not isinstance(row, dict):
-            raise SkdError(f"{path}: item {number} is a {type(row).__name__}, not an object",
-                           "store one object per example")
-    return data
-
-
-def _import_load_dataset(task: Task):
-    try:
-        from datasets import load_dataset
-    except ImportError as err:
-        raise SkdError(f"loading '{task.name}' from the hub needs the 'datasets' library ({err})",
-                       f"pip install datasets, or pass a local file with --data path.jsonl "
-                       f"({task._fields_hint()})") from err
-    return load_dataset
-
-
-def _paired_rows(load_dataset, hub: HubSource, hub_split: str) -> list[dict]:
-    """Join two per-language configs (FLORES+) on their key field into
-    {"id", "sentence_<src>", "sentence_<tgt>"} rows, in source order."""
-    src_config, tgt_config, text, key = hub.pair
-    src = load_dataset(hub.path, src_config, split=hub_split).to_list()
-    tgt = {row[key]: row[text] for row in load_dataset(hub.path, tgt_config, split=hub_split)}
-    return [{"id": row[key], f"sentence_{src_config}": row[text],
-             f"sentence_{tgt_config}": tgt[row[key]]} for row in src if row[key] in tgt]
-
-
 # ---- the registry ----------------------------------------------------------------------------
 
-_GSM_TEMPLATE = "Q: {prompt} \n\nA:"  # SKD_SPEC section 6 / released eval_gsm.py
+_GSM_TEMPLATE = "Q: {prompt} \n\nA:"  # CONTRACT.md §6 / released eval_gsm.py
 _MATH_TEMPLATE = MATH_INSTRUCTION + "{prompt}"
 _MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                   "number_theory", "prealgebra", "precalculus")
@@ -475,7 +324,7 @@ def _math_heldout(name: str, description: str, hub: HubSource, fields: dict[str,
 
 _TASK_LIST = [
     Task(
-        name="gsm8k", description="GSM8K grade-school math (SKD_SPEC section 6, arithmetic)",
+        name="gsm8k", description="GSM8K grade-school math (CONTRACT.md §6, arithmetic)",
         prompt_template=_GSM_TEMPLATE, fields={"prompt": "question", "answer": "answer"},
         splits=("train", "test"), answer_format="gsm8k", reference_format="gsm8k",
         metric="accuracy", stop_strings=("\n\n",), eval_stop_strings=("\n\n",),
@@ -483,7 +332,7 @@ _TASK_LIST = [
         hub=HubSource("openai/gsm8k", ("main",), {"train": "train", "test": "test"}),
         notes="accuracy: number after the last '####', lenient math_equal as the paper's grader"),
     Task(
-        name="dialogsum", description="DialogSum dialogue summarisation (SKD_SPEC section 6)",
+        name="dialogsum", description="DialogSum dialogue summarisation (CONTRACT.md §6)",
         # The released eval_summ.py sends the bare dialogue as the user turn, no instruction.
         prompt_template="{prompt}", fields={"prompt": "dialogue", "answer": "summary"},
         splits=("train", "validation", "test"), answer_format="text", reference_format="text",
@@ -495,7 +344,7 @@ _TASK_LIST = [
               "original release's test file has summary1..3 per row: pass --field answer=summary1"),
     Task(
         name="flores-as-en",
-        description="FLORES-200 Assamese -> English translation (SKD_SPEC section 6)",
+        description="FLORES-200 Assamese -> English translation (CONTRACT.md §6)",
         prompt_template="Translate Assamese sentence into English. This is the Assamese "
                         "sentence: {prompt} Here is the English translation:",
         fields={"prompt": "sentence_asm_Beng", "answer": "sentence_eng_Latn"},
@@ -510,7 +359,7 @@ _TASK_LIST = [
     Task(
         name="ultrainteract-math",
         description="UltraInteract math chain-of-thought SFT data (task-agnostic math, "
-                    "SKD_SPEC section 6)",
+                    "CONTRACT.md §6)",
         prompt_template="{prompt}",  # the instruction field already holds MATH_INSTRUCTION
         fields={"prompt": "instruction", "answer": "response"}, splits=("train",),
         answer_format="boxed", reference_format="boxed", metric="accuracy",

@@ -46,7 +46,7 @@ import torch
 from skd.core import checkpoint as ckpt
 from skd.core import distributed, losses
 from skd.core.batches import RNG_SCHEME, derive_seed, sample_rank_batch, sequence_sources
-from skd.core.config import RunConfig, SampleConfig, run_config_to_dict
+from skd.core.config import RunConfig, SampleConfig, resolve_dtype, run_config_to_dict
 from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
@@ -183,9 +183,7 @@ class _Run:
         if models is None:
             s_dev = parse_device(distributed.resolve_rank_device(mc.student_device, dist))
             t_dev = parse_device(distributed.resolve_rank_device(mc.teacher_device, dist))
-            dtype = mc.dtype
-            if dtype == "auto":
-                dtype = "bfloat16" if s_dev.type == "cuda" else "float32"
+            dtype = resolve_dtype(mc.dtype, s_dev.type)
             if needs_teacher:
                 teacher, student, tokenizer = model_lib.load_pair(
                     mc.teacher, mc.student, dtype=dtype, teacher_device=str(t_dev), student_device=str(s_dev),
@@ -237,8 +235,6 @@ class _Run:
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * len(train_ex) / B))
         self.divergence = (None if self.method in CE_METHODS
                            else losses.get_divergence(tc.divergence, beta=tc.beta, alpha=tc.alpha))
-        if self.method == "gkd" and tc.divergence == "fkl":
-            self.divergence = losses.get_divergence("jsd", beta=tc.beta)  # GKD trains with generalised JSD(beta)
 
         # ---- the checkpoint to resume from is read whole before anything on disk changes
         resume_state = saved = None

@@ -81,6 +81,8 @@ CASES = [
     ("unknown-task", ["--task", "no-such-task"], "unknown task", {}),
     ("unknown-method", ["--method", "magic"], "Invalid value for '--method'", {}),
     ("unknown-divergence", ["--divergence", "kl2"], "Invalid value for '--divergence'", {}),
+    ("gkd-with-another-divergence", ["--method", "gkd", "--divergence", "fkl"],
+     "--method gkd trains with the generalised JSD, not fkl", {}),
     ("unknown-option", ["--learning-rate", "1"], "No such option", {}),
     ("negative-k", ["--k", "-1"], "k must be >= 0", {}),
     ("gamma-zero", ["--gamma", "0"], "gamma must be >= 1", {}),
@@ -150,8 +152,63 @@ def test_bad_input_gives_one_line_and_touches_nothing(world, tmp_path, monkeypat
     assert not out.exists()                                  # and nothing new was written
 
 
-def test_at_least_twenty_cases():
-    assert len(CASES) >= 20
+# Cases of one option and a value out of its range: a --config file holding that value, flat or in
+# the option's section, must fail the same check, naming the file and the key.
+RANGE_CASES = ["negative-k", "gamma-zero", "beta-above-1", "beta-below-0", "negative-student-temperature",
+               "negative-teacher-temperature", "top-p-zero", "limit-zero", "max-new-tokens-zero", "lr-zero",
+               "micro-batch-not-dividing", "sample-chunk-not-dividing"]
+
+
+def _config_case(world, tmp_path, text: str, drop: str | None = None):
+    """Run the valid base command with a --config file holding `text` (and without option `drop`)."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    args = _base(world, tmp_path / "out")
+    if drop in args:
+        del args[args.index(drop): args.index(drop) + 2]
+    r = CliRunner().invoke(main, args + ["--config", str(cfg)])
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert str(cfg) in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("case_id", RANGE_CASES)
+@pytest.mark.parametrize("layout", ["flat", "section"])
+def test_config_file_values_get_the_checks_of_their_options(world, tmp_path, monkeypatch, case_id, layout):
+    from skd.core.config import FLAT_KEYS
+
+    monkeypatch.delenv("SKD_DEBUG", raising=False)
+    _, (option, value), expected, _ = next(c for c in CASES if c[0] == case_id)
+    name = option[2:].replace("-", "_")
+    section, field = FLAT_KEYS[name]
+    key = option[2:] if layout == "flat" else f"{section}.{field}"
+    text = f"{key}: {value}\n" if layout == "flat" else f"{section}:\n  {field}: {value}\n"
+    line = _config_case(world, tmp_path, text, drop=option)
+    assert expected in line and f"key '{key}'" in line, line
+
+
+def test_config_unknown_key_in_a_section(world, tmp_path, monkeypatch):
+    monkeypatch.delenv("SKD_DEBUG", raising=False)
+    line = _config_case(world, tmp_path, "train:\n  max_steps: 2\n  learning_rate: 0.1\n")
+    assert "unknown key 'train.learning_rate'" in line, line
+
+
+def test_config_value_of_the_wrong_type(world, tmp_path, monkeypatch):
+    monkeypatch.delenv("SKD_DEBUG", raising=False)
+    line = _config_case(world, tmp_path, "max-steps: ten\n", drop="--max-steps")
+    assert "key 'max-steps'" in line and "'ten' is not a valid integer" in line, line
+    line = _config_case(world, tmp_path, "sample:\n  k: [1, 2]\n", drop="--k")
+    assert "key 'sample.k'" in line and "single value" in line, line
+
+
+def test_config_value_out_of_range(world, tmp_path, monkeypatch):
+    monkeypatch.delenv("SKD_DEBUG", raising=False)
+    for text, key in (("lr: -1\n", "lr"), ("train:\n  lr: -1\n", "train.lr")):
+        line = _config_case(world, tmp_path, text)
+        assert f"key '{key}'" in line and "learning rate must be > 0 (got -1.0)" in line, line
 
 
 def test_debug_shows_the_traceback(world, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Tests for skd.core.losses: values, gradients, chunking, masking, dtypes, memory (SKD_SPEC 3).
+"""Tests for skd.core.losses: values, gradients, chunking, masking, dtypes, memory (CONTRACT.md §3).
 
 The reference below is the textbook formula under plain autograd in float64, written independently
 of the chunked analytic-gradient implementation it checks.
@@ -18,11 +18,12 @@ from skd.core import losses
 from skd.core.errors import SkdError
 from skd.core.losses import (
     DIVERGENCES, cross_entropy, default_chunk_size, divergence_per_token, fkl, get_divergence, jsd,
-    rkl, skew_fkl, skew_rkl,
+    jsd_normalized, rkl, skew_fkl, skew_rkl,
 )
 
 # (name, beta, alpha): every divergence, jsd at an interior beta and skews at a non-default alpha.
 CASES = [("fkl", 0.5, 0.1), ("rkl", 0.5, 0.1), ("jsd", 0.5, 0.1), ("jsd", 0.2, 0.1),
+         ("jsd-normalized", 0.5, 0.1), ("jsd-normalized", 0.2, 0.1),
          ("tvd", 0.5, 0.1), ("skew-fkl", 0.5, 0.1), ("skew-fkl", 0.5, 0.3),
          ("skew-rkl", 0.5, 0.1), ("skew-rkl", 0.5, 0.3)]
 CASE_IDS = [f"{n}-b{b}-a{a}" for n, b, a in CASES]
@@ -40,6 +41,9 @@ def reference_per_token(name, student, teacher, beta=0.5, alpha=0.1):
     if name == "rkl":
         return kl(q, p)
     if name == "jsd":
+        m = beta * p + (1 - beta) * q
+        return beta * kl(p, m) + (1 - beta) * kl(q, m)
+    if name == "jsd-normalized":
         m = beta * p + (1 - beta) * q
         return (beta * kl(p, m) + (1 - beta) * kl(q, m)) / (beta * (1 - beta))
     if name == "tvd":
@@ -107,8 +111,9 @@ HAND = {
         0.5 * math.log(0.5 / 0.2) + 0.3 * math.log(0.3 / 0.5) + 0.2 * math.log(0.2 / 0.3),
     ("rkl", 0.5, 0.1):
         0.2 * math.log(0.2 / 0.5) + 0.5 * math.log(0.5 / 0.3) + 0.3 * math.log(0.3 / 0.2),
-    # m = (0.35, 0.4, 0.25); scaled by 1 / (0.5 * 0.5)
-    ("jsd", 0.5, 0.1): (0.5 * _kl(P, (0.35, 0.4, 0.25)) + 0.5 * _kl(Q, (0.35, 0.4, 0.25))) / 0.25,
+    # m = (0.35, 0.4, 0.25); normalized: scaled by 1 / (0.5 * 0.5)
+    ("jsd", 0.5, 0.1): 0.5 * _kl(P, (0.35, 0.4, 0.25)) + 0.5 * _kl(Q, (0.35, 0.4, 0.25)),
+    ("jsd-normalized", 0.5, 0.1): (0.5 * _kl(P, (0.35, 0.4, 0.25)) + 0.5 * _kl(Q, (0.35, 0.4, 0.25))) / 0.25,
     ("tvd", 0.5, 0.1): 0.5 * (0.3 + 0.2 + 0.1),
     # m = 0.1 p + 0.9 q = (0.23, 0.48, 0.29)
     ("skew-fkl", 0.5, 0.1): _kl(P, (0.23, 0.48, 0.29)),
@@ -140,27 +145,80 @@ def test_tvd_hand_value_is_point_three():
 # ---------------------------------------------------------------------- jsd / skew endpoints
 
 
-def test_jsd_endpoints_are_fkl_and_rkl_exactly():
+@pytest.mark.parametrize("divergence", [jsd, jsd_normalized])
+def test_jsd_endpoints_are_fkl_and_rkl_exactly(divergence):
     student, teacher, mask = make_inputs(dtype=torch.float32)
     for beta, other in ((0.0, fkl), (1.0, rkl)):
-        a, ca = jsd(student, teacher, mask, beta=beta)
+        a, ca = divergence(student, teacher, mask, beta=beta)
         b, cb = other(student, teacher, mask)
         (ga,) = torch.autograd.grad(a, student)
         (gb,) = torch.autograd.grad(b, student)
         assert torch.equal(a, b) and torch.equal(ca, cb) and torch.equal(ga, gb)
 
 
-def test_jsd_is_continuous_at_both_endpoints():
-    # The 1 / (beta (1 - beta)) scaling: near the ends jsd approaches fkl / rkl, not 0.
+def test_jsd_normalized_is_continuous_at_both_endpoints():
+    # The 1 / (beta (1 - beta)) scaling: near the ends jsd-normalized approaches fkl / rkl, not 0.
     student, teacher, mask = make_inputs()
     f, _, gf = loss_and_grad("fkl", 0.0, 0.1, student, teacher, mask)
     r, _, gr = loss_and_grad("rkl", 0.0, 0.1, student, teacher, mask)
-    j0, _, gj0 = loss_and_grad("jsd", 1e-7, 0.1, student, teacher, mask)
-    j1, _, gj1 = loss_and_grad("jsd", 1 - 1e-7, 0.1, student, teacher, mask)
+    j0, _, gj0 = loss_and_grad("jsd-normalized", 1e-7, 0.1, student, teacher, mask)
+    j1, _, gj1 = loss_and_grad("jsd-normalized", 1 - 1e-7, 0.1, student, teacher, mask)
     torch.testing.assert_close(j0, f, rtol=1e-5, atol=0)
     torch.testing.assert_close(j1, r, rtol=1e-5, atol=0)
     torch.testing.assert_close(gj0, gf, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(gj1, gr, rtol=1e-4, atol=1e-6)
+
+
+def test_jsd_vanishes_towards_the_ends_and_is_normalized_times_beta_one_minus_beta():
+    # TRL's value: beta * KL(p || m) + (1 - beta) * KL(q || m) -> 0 as beta -> 0 or 1 (the exact ends
+    # are dispatched to fkl / rkl), and beta (1 - beta) times the normalized one in between.
+    student, teacher, mask = make_inputs()
+    f, _, _ = loss_and_grad("fkl", 0.0, 0.1, student, teacher, mask)
+    near0, _, _ = loss_and_grad("jsd", 1e-7, 0.1, student, teacher, mask)
+    torch.testing.assert_close(near0, 1e-7 * f, rtol=1e-5, atol=0)
+    for beta in (0.1, 0.5, 0.8):
+        j, _, gj = loss_and_grad("jsd", beta, 0.1, student, teacher, mask)
+        n, _, gn = loss_and_grad("jsd-normalized", beta, 0.1, student, teacher, mask)
+        torch.testing.assert_close(j, beta * (1 - beta) * n, rtol=1e-12, atol=0)
+        torch.testing.assert_close(gj, beta * (1 - beta) * gn, rtol=1e-10, atol=1e-14)
+
+
+def _trl_generalized_jsd(student_logits, teacher_logits, labels, beta):
+    """TRL's GKD loss written from its definition (GKD Eq. 1), token mean over labels != -100.
+
+    Log-probabilities at temperature 1; beta = 0 is KL(teacher || student), beta = 1 is
+    KL(student || teacher); otherwise with log m = logsumexp(log q + log(1 - beta), log p + log beta),
+    beta * KL(p || m) + (1 - beta) * KL(q || m), summed over the vocabulary.
+    """
+    log_q = F.log_softmax(student_logits, dim=-1)
+    log_p = F.log_softmax(teacher_logits, dim=-1)
+
+    def kl(log_a, log_b):  # KL(a || b) per position; kl_div(input=log b, target=log a)
+        return F.kl_div(log_b, log_a, reduction="none", log_target=True).sum(-1)
+
+    if beta == 0:
+        per_token = kl(log_p, log_q)
+    elif beta == 1:
+        per_token = kl(log_q, log_p)
+    else:
+        b = torch.tensor(beta, dtype=log_q.dtype)
+        log_m = torch.logsumexp(torch.stack([log_q + torch.log1p(-b), log_p + torch.log(b)]), dim=0)
+        per_token = beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
+    keep = labels != -100
+    return per_token[keep].sum() / keep.sum()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_jsd_equals_trl_generalized_jsd_on_random_logits(beta):
+    g = torch.Generator().manual_seed(int(beta * 10) + 3)
+    student = 3 * torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
+    teacher = 3 * torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (3, 6), generator=g)
+    labels[torch.rand(3, 6, generator=g) < 0.3] = -100
+    labels[0, 0] = 1
+    total, count = jsd(student, teacher, labels != -100, beta=beta)
+    torch.testing.assert_close(total / count, _trl_generalized_jsd(student, teacher, labels, beta),
+                               rtol=1e-12, atol=1e-14)
 
 
 def test_skew_divergences_at_alpha_zero_and_one():
@@ -418,7 +476,7 @@ def test_get_divergence_binds_its_parameters():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"name": "kl"}, "fkl, rkl, jsd, tvd, skew-fkl, skew-rkl"),
+    ({"name": "kl"}, "fkl, rkl, jsd, jsd-normalized, tvd, skew-fkl, skew-rkl"),
     ({"name": "jsd", "beta": -0.1}, "beta"),
     ({"name": "jsd", "beta": 1.5}, "beta"),
     ({"name": "jsd", "beta": float("nan")}, "beta"),

@@ -1,5 +1,5 @@
 """Tests for core/metrics.py: answer extraction on GSM8K / MATH style text, lenient math equality
-(never hanging), and the evaluate-module metrics against rouge_score / sacrebleu called directly."""
+(never hanging)."""
 from __future__ import annotations
 
 import threading
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from skd.core import metrics
-from skd.core.errors import SkdError
 from skd.core.metrics import (extract_boxed, extract_gsm8k_answer, math_equal, normalize_number,
                               numbers_equal)
 
@@ -126,68 +125,6 @@ def test_time_limit_on_the_main_thread_interrupts():
         metrics._run_with_time_limit(lambda: time.sleep(3), 0.2)
     assert time.monotonic() - start < 1.5
     assert metrics._run_with_time_limit(lambda: 41 + 1, 1.0) == 42
-
-
-# ---- text metrics through evaluate -------------------------------------------------------------
-
-PREDS = ["#Person1# asks #Person2# to type a memo about instant messaging.",
-         "The cat sat on the mat."]
-REFS = ["Ms. Dawson helps #Person1# write a memo banning instant messaging.",
-        "A cat was sitting on the mat."]
-
-
-def test_rouge_matches_rouge_score_mean_fmeasure():
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"])
-    expected = {key: sum(scorer.score(r, p)[key].fmeasure for p, r in zip(PREDS, REFS)) / 2
-                for key in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
-    result = metrics.rouge(PREDS, REFS)
-    assert result.keys() == expected.keys()
-    for key, value in result.items():
-        assert type(value) is float and value == pytest.approx(expected[key])
-    assert metrics.rouge(["same words"], ["same words"])["rougeL"] == pytest.approx(1.0)
-
-
-def test_rouge_with_several_references_takes_the_best():
-    single = metrics.rouge(PREDS[:1], REFS[:1])["rougeL"]
-    multi = metrics.rouge(PREDS[:1], [["unrelated text entirely", REFS[0]]])["rougeL"]
-    assert multi == pytest.approx(single)
-
-
-def test_bleu_and_chrf_match_sacrebleu():
-    import sacrebleu
-
-    assert metrics.bleu(PREDS, REFS) == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)
-    assert metrics.chrf(PREDS, REFS) == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS]).score)
-    assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100)
-    assert type(metrics.bleu(PREDS, REFS)) is float
-    multi = metrics.bleu(PREDS, [[REFS[0], "another one"], [REFS[1]]])  # ragged reference lists
-    assert multi >= metrics.bleu(PREDS, REFS) - 1e-9
-
-
-def test_metric_input_errors_are_user_errors():
-    with pytest.raises(SkdError, match="no predictions"):
-        metrics.rouge([], [])
-    with pytest.raises(SkdError, match="2 predictions but 1 references"):
-        metrics.bleu(PREDS, REFS[:1])
-    with pytest.raises(SkdError, match="no metric module"):
-        metrics.load_metric("rouge")
-
-
-def test_comet_is_skipped_with_a_note_when_unavailable(monkeypatch):
-    real_find_spec = metrics.importlib.util.find_spec
-    monkeypatch.setattr(metrics.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "comet" else real_find_spec(name, *a))
-    result = metrics.comet(["src"], ["hyp"], ["ref"])
-    assert result.score is None and "unbabel-comet" in result.note
-
-
-def test_metric_modules_keep_one_import_per_line():
-    for module in metrics.METRIC_MODULES_DIR.glob("*/*.py"):
-        for line in module.read_text().splitlines():
-            if line.startswith("import "):
-                assert "," not in line, f"{module.name}: {line}"
 
 
 @pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(), reason="no shared GSM8K data")

@@ -13,7 +13,8 @@ import pytest
 
 from skd.core import tasks
 from skd.core.errors import SkdError
-from skd.core.tasks import Example, get_task, list_tasks, parse_fields, render_chat
+from skd.core.task_data import parse_fields
+from skd.core.tasks import Example, get_task, list_tasks, render_chat
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -356,6 +357,33 @@ def test_dialogsum_scores_rouge_and_translation_scores_bleu(tmp_path):
     result = flores.score(["I eat rice every day."], ["I eat rice every day."])
     assert result["bleu"] == pytest.approx(100.0) and "comet" not in result
     assert "COMET skipped" in result["notes"][0]
+
+
+def test_score_takes_full_reference_solutions_as_load_reads_them(tmp_path):
+    rows = [{"question": "q1", "answer": "48/2=24\n48+24=72\n#### 72"},
+            {"question": "q2", "answer": "It costs $1,000.\n#### $1,000"},
+            {"question": "q3", "answer": "3*3=9\n#### 9"}]
+    outputs = ["so #### 72", "#### 1000", "#### 8"]
+    for name in ("gsm8k", "arith"):
+        task = get_task(name)
+        loaded = [e.reference for e in task.load(data_path=_jsonl(tmp_path / "g.jsonl", rows))]
+        assert loaded == ["72", "1000", "9"]
+        solutions = [r["answer"] for r in rows]
+        assert task.score(outputs, solutions) == task.score(outputs, loaded)
+        assert task.score(outputs, solutions)["accuracy"] == pytest.approx(2 / 3)
+        assert [task.correct(o, r) for o, r in zip(outputs, solutions)] == [True, True, False]
+    math = get_task("math")
+    solution = "Cancel: $\\frac{2}{4}=\\boxed{\\frac{1}{2}}$."
+    assert math.final_answer(solution) == "\\frac{1}{2}" == math.final_answer("\\frac{1}{2}")
+    assert math.score(["\\boxed{0.5}"], [solution])["accuracy"] == 1.0
+
+
+def test_score_refuses_reference_solutions_without_a_final_answer():
+    task = get_task("gsm8k")
+    for reference in ("She has 3 apples.\nThen 2 more, so five.", "#### about five"):
+        with pytest.raises(SkdError, match="holds no final answer"):
+            task.score(["#### 5"], [reference])
+    assert get_task("dialogsum").final_answer("two\nlines") == "two\nlines"  # text tasks take any text
 
 
 def test_score_length_mismatch():

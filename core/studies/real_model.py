@@ -133,7 +133,8 @@ class _Run:
     # ---- inputs: data, teacher base, tokenizer
     def setup(self) -> None:
         from skd.core import models as model_lib
-        from skd.core.tasks import get_task, read_records
+        from skd.core.task_data import read_records
+        from skd.core.tasks import get_task
 
         cfg = self.cfg
         self.data_dir = resolve_data_dir(cfg.data_dir)   # before any model: a wrong path fails in a second
