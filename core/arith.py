@@ -56,7 +56,7 @@ class ArithSpec:
     ops: tuple[str, ...] = ("+", "-", "*")  # "/" (exact division) is in the "hard" preset
     digits: int = 2  # max digits of the start number and of +/- operands; carries need >= 2
     mul_digits: int = 1  # max digits of multipliers/divisors: short products (3x3-digit ones
-    #                      were not learnable by small CPU models in minutes, ENV_NOTES)
+    #                      were not learnable by small CPU models in minutes, measured)
     groups: bool = True  # "buys 4 bags of 12": a product feeding a sum, GSM8K's commonest pattern
     max_value: int = 9_999  # cap on every intermediate result, keeps numbers <= 4 digits
     reasoning: bool = True  # one line per computation before "####"; False: "#### n" only (harder)

@@ -60,7 +60,8 @@ class ExampleStream:
         self.cursor = 0
         self._perm: tuple[int, list[int]] | None = None   # (epoch, permutation): one epoch cached
 
-    def _order(self, epoch: int) -> list[int]:
+    def order(self, epoch: int) -> list[int]:
+        """The example indices of one epoch, in training order (seeded by seed and epoch only)."""
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(self.n, generator=g).tolist()
@@ -82,6 +83,6 @@ class ExampleStream:
         out = []
         while len(out) < k:
             epoch, i = divmod(self.cursor, self.n)
-            out.append(self._order(epoch)[i])
+            out.append(self.order(epoch)[i])
             self.cursor += 1
         return out

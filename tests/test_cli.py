@@ -57,7 +57,7 @@ def test_version_prints_versions_and_the_backend_this_build_reports():
 
 
 def test_every_model_alias_in_the_help_resolves_to_what_it_says():
-    from skd.core.models import resolve
+    from skd.core.hub import resolve
 
     out = _run(["distill", "--help"]).output
     listed = [line.split(None, 1) for line in out.split("Model aliases:", 1)[1].splitlines() if line.strip()]

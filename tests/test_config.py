@@ -108,7 +108,7 @@ def test_layers_defaults_then_file_then_command_line_and_file_errors_name_the_ke
 
 
 def test_sft_recipe_applies_to_the_preset_on_arith_below_file_and_options():
-    from skd.core.models import PRESET_SFT_RECIPES
+    from skd.core.presets import PRESET_SFT_RECIPES
 
     recipe = PRESET_SFT_RECIPES["tiny-teacher"]
     cfg = sft_run_config({})

@@ -128,17 +128,17 @@ def test_group_by_length_stream_is_a_seeded_permutation_of_aligned_similar_lengt
     lengths = [rnd.randint(5, 200) for _ in range(203)]
     grouped, plain = ExampleStream(203, 7, lengths, 8), ExampleStream(203, 7)
     spread = lambda d, e: [max(lengths[j] for j in b) - min(lengths[j] for j in b)  # noqa: E731
-                           for b in (d._order(e)[i: i + 8] for i in range(0, 200, 8))]
+                           for b in (d.order(e)[i: i + 8] for i in range(0, 200, 8))]
     for epoch in (0, 1):
-        order = grouped._order(epoch)
+        order = grouped.order(epoch)
         assert sorted(order) == list(range(203))
         # every aligned batch of 8 comes from one sorted pool of 24: far tighter than random batches
         assert sum(spread(grouped, epoch)) < 0.5 * sum(spread(plain, epoch))
-    assert grouped._order(0) != ExampleStream(203, 7, lengths, 8)._order(1)           # a fresh order per epoch
-    assert ExampleStream(203, 7, lengths, 8)._order(1) == grouped._order(1)           # depends on (seed, epoch) only
-    assert ExampleStream(203, 8, lengths, 8)._order(0) != ExampleStream(203, 7, lengths, 8)._order(0)
+    assert grouped.order(0) != ExampleStream(203, 7, lengths, 8).order(1)           # a fresh order per epoch
+    assert ExampleStream(203, 7, lengths, 8).order(1) == grouped.order(1)           # depends on (seed, epoch) only
+    assert ExampleStream(203, 8, lengths, 8).order(0) != ExampleStream(203, 7, lengths, 8).order(0)
     # the stream hands out the epoch's order, batch after batch, across the epoch boundary
     d = ExampleStream(203, 7, lengths, 8)
     got = [d.next(8) for _ in range(30)]
     flat = [j for b in got for j in b]
-    assert flat == (d._order(0) + d._order(1))[:240]
+    assert flat == (d.order(0) + d.order(1))[:240]
