@@ -3,6 +3,7 @@ paper's GSM8K task, CONTRACT.md §6, small enough for tiny CPU models).
 
 Public: ArithSpec (frozen difficulty knobs), PRESETS / get_preset(name), generate(spec, n, seed,
 split=None) -> [{"question", "answer"}], make_split(spec, split, n=None), split_of(signature),
+distinct_problems(draw, n, split, ...) (the dedup/split loop shared with other generators),
 SPLITS, SPLIT_SIZES.
 
 A problem starts from one number and applies `steps` operations, each stated in one short sentence:
@@ -21,6 +22,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from skd.core.errors import SkdError
 
@@ -254,23 +256,40 @@ def generate(spec: ArithSpec, n: int, seed: int, *, split: str | None = None) ->
     if split is not None and split not in SPLITS:
         raise SkdError(f"arith: unknown split '{split}'", f"use one of: {', '.join(SPLITS)}")
     rng = random.Random(f"skd-arith|{seed}|{json.dumps(spec.to_dict(), sort_keys=True)}")
+
+    def draw():
+        drawn = _problem(rng, spec)
+        return None if drawn is None else (drawn[0], lambda: drawn[1])
+
+    return distinct_problems(draw, n, split, what="arith",
+                             widen="ask for fewer problems or widen the spec (more steps, digits or ops)")
+
+
+def distinct_problems(draw: Callable[[], "tuple[str, Callable[[], dict | None]] | None"], n: int,
+                      split: str | None, *, what: str, widen: str) -> list[dict]:
+    """Up to `n` problems from repeated `draw()` calls, one per computation signature and, with `split`,
+    only those of that split's bucket (split_of). `draw()` returns None (nothing drawn) or (signature,
+    finish); finish() is called only for a new signature of the right split and returns the record or
+    None (rejected). SkdError naming `what` and the fix `widen` when fewer than `n` are found."""
     seen: set[str] = set()
     out: list[dict] = []
     budget = 200 * n + 1_000  # test buckets keep 1 draw in 20; exhausted specs fail, not spin
     while len(out) < n and budget > 0:
         budget -= 1
-        drawn = _problem(rng, spec)
+        drawn = draw()
         if drawn is None:
             continue
-        signature, problem = drawn
+        signature, finish = drawn
         if signature in seen or (split is not None and split_of(signature) != split):
             continue
+        record = finish()
+        if record is None:
+            continue
         seen.add(signature)
-        out.append(problem)
+        out.append(record)
     if len(out) < n:
-        raise SkdError(f"arith: found only {len(out)} distinct problems of {n} for this spec"
-                       + (f" in split '{split}'" if split else ""),
-                       "ask for fewer problems or widen the spec (more steps, digits or ops)")
+        raise SkdError(f"{what}: found only {len(out)} distinct problems of {n} for this spec"
+                       + (f" in split '{split}'" if split else ""), widen)
     return out
 
 

@@ -353,28 +353,24 @@ def generate(spec: ManywaySpec, n: int, seed: int, *, split: str | None = None) 
         raise SkdError(f"manyway: cannot generate {n} problems of split {split!r}",
                        f"pass n >= 0 and a split among: {', '.join(SPLITS)} (or none)")
     rng = random.Random(f"skd-manyway|{seed}|{json.dumps(spec.to_dict(), sort_keys=True)}")
-    seen: set[str] = set()
-    out: list[dict] = []
-    budget = 200 * n + 1_000
-    while len(out) < n and budget > 0:
-        budget -= 1
+
+    def draw():
         problem = _draw(rng, spec)
-        if problem is None or problem.signature in seen or \
-                split is not None and arith.split_of(problem.signature) != split:
-            continue
-        question = _question(rng, problem)
-        if not _fits(problem, question, spec):
-            continue
-        if spec.min_orders > 1 and not _at_least(frozenset([_start(problem)]), False,
-                                                 spec.min_orders):
-            continue
-        seen.add(problem.signature)
-        out.append({"question": question, "answer": _solution(rng, problem, spec)})
-    if len(out) < n:
-        raise SkdError(f"manyway: found only {len(out)} distinct problems of {n} for this spec"
-                       + (f" in split '{split}'" if split else ""),
-                       "ask for fewer problems or widen the spec (more terms or digits)")
-    return out
+        if problem is None:
+            return None
+
+        def finish() -> dict | None:
+            question = _question(rng, problem)
+            if not _fits(problem, question, spec):
+                return None
+            if spec.min_orders > 1 and not _at_least(frozenset([_start(problem)]), False, spec.min_orders):
+                return None
+            return {"question": question, "answer": _solution(rng, problem, spec)}
+
+        return problem.signature, finish
+
+    return arith.distinct_problems(draw, n, split, what="manyway",
+                                   widen="ask for fewer problems or widen the spec (more terms or digits)")
 
 
 def make_split(spec: ManywaySpec, split: str, n: int | None = None) -> list[dict]:

@@ -363,16 +363,8 @@ def accept_prefix(accepted: torch.Tensor, draft_len: torch.Tensor) -> torch.Tens
     return ref_accept_prefix(accepted, draft_len)
 
 
-def splice(
-    seq: torch.Tensor,
-    length: torch.Tensor,
-    draft: torch.Tensor,
-    n_accept: torch.Tensor,
-    replacement: torch.Tensor,
-    provenance: torch.Tensor,
-    finished: torch.Tensor,
-    eos_id: int,
-) -> None:
+def splice(seq: torch.Tensor, length: torch.Tensor, draft: torch.Tensor, n_accept: torch.Tensor,
+           replacement: torch.Tensor, provenance: torch.Tensor, finished: torch.Tensor, eos_id: int) -> None:
     """In place: append accepted drafts + the teacher token to unfinished rows (see ref_splice).
 
     seq [B, L] int64, length/n_accept/replacement [B] int64, draft [B, D] int64,

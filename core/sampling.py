@@ -1,7 +1,8 @@
 """Batched sampling of training sequences: SKD interleaved (CONTRACT.md §2), student-only, teacher-only.
 
 Public: sample(teacher, student, prompt_ids, cfg, *, student_generator, teacher_generator, ...)
--> Samples; Samples; SampleConfig (re-exported from skd.core.config); PROV_* provenance codes.
+-> Samples; Samples; SampleConfig (re-exported from skd.core.config); PROV_* provenance codes;
+share(num, den) (a rate, 0.0 over nothing).
 A round is one decoder's named steps (_OneModel: one token per row; _DraftVerify: draft, verify,
 commit); token choice and rules: skd.core.rules; KV caches: skd.core.kvcache; stops: skd.core.stops.
 """
@@ -26,6 +27,11 @@ PROV_PAD, PROV_PROMPT, PROV_STUDENT, PROV_TEACHER = 0, 1, 2, 3
 # D draft length (gamma), V vocabulary (the tokenizer's; padded logit columns are cut).
 
 
+def share(num: int, den: int) -> float:
+    """num / den as a float, 0.0 when den is 0 (a rate over nothing)."""
+    return num / den if den else 0.0
+
+
 @dataclass
 class Samples:
     """Sampled sequences, right-padded: row b is prompt_b + response_b, then padding."""
@@ -44,23 +50,17 @@ class Samples:
     rounds: int                   # draft/verify rounds (skd) or decoding steps (student / teacher)
     row_rounds: int               # sum over rounds of the rows active in it
 
-    @property
-    def mean_accepted_prefix(self) -> float:
-        """Mean number of drafted tokens kept per row and round (skd)."""
-        return self.accepted / self.row_rounds if self.row_rounds else 0.0
+    # Rates of the whole batch; 0.0 where the denominator is 0 (nothing was proposed / generated).
+    mean_accepted_prefix = property(lambda self: share(self.accepted, self.row_rounds),
+                                    doc="Mean number of drafted tokens kept per row and round (skd).")
+    correction_rate = property(lambda self: share(self.replaced, self.generated),
+                               doc="Share of generated tokens the teacher wrote in place of a student proposal.")
+    acceptance_rate = property(lambda self: share(self.accepted, self.proposed),
+                               doc="Share of proposed student tokens that the teacher's top-K test kept.")
 
     @property
     def response_lengths(self) -> torch.Tensor:
         return self.lengths - self.prompt_lengths
-
-    @property
-    def correction_rate(self) -> float:
-        """Share of generated tokens that the teacher wrote in place of a student proposal."""
-        return self.replaced / self.generated if self.generated else 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
 
     def responses(self) -> list[list[int]]:
         return [self.tokens[b, p:n].tolist()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from skd.core.rules import SpeculativeRule
-from skd.core.sampling import SampleConfig, sample
+from skd.core.sampling import SampleConfig, sample, share
 
 
 @dataclass
@@ -28,22 +28,14 @@ class SpecStats:
     rounds: int                  # batched teacher verification passes
     row_rounds: int              # sum over rounds of the rows in the pass (= passes for B = 1)
 
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def mean_accepted_per_round(self) -> float:
-        return self.accepted / self.row_rounds if self.row_rounds else 0.0
-
-    @property
-    def tokens_per_round(self) -> float:
-        return self.generated / self.row_rounds if self.row_rounds else 0.0
-
-    @property
-    def teacher_forwards_per_token(self) -> float:
-        """Teacher passes a sequence needed per generated token (1.0 = plain teacher decoding)."""
-        return self.row_rounds / self.generated if self.generated else 0.0
+    acceptance_rate = property(lambda self: share(self.accepted, self.drafted), doc="Accepted / drafted tokens.")
+    mean_accepted_per_round = property(lambda self: share(self.accepted, self.row_rounds),
+                                       doc="Drafted tokens accepted per row and verification pass.")
+    tokens_per_round = property(lambda self: share(self.generated, self.row_rounds),
+                                doc="Output tokens per row and verification pass.")
+    teacher_forwards_per_token = property(lambda self: share(self.row_rounds, self.generated),
+                                          doc="Teacher passes a sequence needed per generated token "
+                                              "(1.0 = plain teacher decoding).")
 
     def to_dict(self) -> dict:
         d = asdict(self)

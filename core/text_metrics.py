@@ -1,7 +1,7 @@
 """Text metrics: ROUGE / BLEU / chrF through `evaluate`, and COMET (the summarisation and translation tasks).
 
 Public: rouge(preds, refs), bleu(preds, refs), chrf(preds, refs), comet(srcs, preds, refs) -> CometResult,
-CometResult, load_metric(name), METRIC_MODULES_DIR, COMET_MODEL.
+CometResult, text_metric_info(...) (the MetricInfo of the metric modules), load_metric(name), METRIC_MODULES_DIR, COMET_MODEL.
 
 ROUGE/BLEU/chrF run through `evaluate`, from metric modules shipped in core/metric_modules/ (its hub
 scripts cannot be fetched offline), so the numbers are the same online and offline. Scales: ROUGE in
@@ -24,6 +24,18 @@ _INSTALL_EVAL = "install the metric dependencies: pip install 'skd[eval]'"
 
 
 @functools.lru_cache(maxsize=None)
+def text_metric_info(*, description: str, citation: str, inputs: str, url: str):
+    """The `evaluate.MetricInfo` of skd's text metric modules: string predictions, each against one
+    reference string or a list of them (every module in metric_modules/ takes both forms)."""
+    import datasets
+    import evaluate
+
+    one, many = (datasets.Features({"predictions": datasets.Value("string"), "references": ref})
+                 for ref in (datasets.Value("string"), datasets.Sequence(datasets.Value("string"))))
+    return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs,
+                               features=[many, one], reference_urls=[url])
+
+
 def load_metric(name: str):
     """The `evaluate` module core/metric_modules/<name>/ (skd_rouge, skd_sacrebleu), loaded by path
     (works offline), kept in memory (no cache files), cached per process."""

@@ -8,23 +8,12 @@ import torch
 
 from skd.core.batches import build_training_batch
 from skd.core.config import SampleConfig
-from skd.core.data import TokenizedExample
 from skd.core.presets import tiny_model
 from skd.core.sampling import PROV_PROMPT, PROV_STUDENT, PROV_TEACHER, sample
+from helpers import addition_examples
 
 V = 103  # the char tokenizer's vocabulary
 SCFG = SampleConfig(max_new_tokens=8, gamma=3, k=5)
-
-
-def _examples(tok, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        a, b = (int(x) for x in torch.randint(0, 50, (2,), generator=g))
-        prompt = tok.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True,
-                                         tokenize=False)
-        out.append(TokenizedExample(tok(prompt)["input_ids"], tok(str(a + b))["input_ids"] + [tok.eos_token_id]))
-    return out
 
 
 def _pair():
@@ -63,7 +52,7 @@ def _responses(s):
 
 def test_supervised_batch_is_the_tokenized_ground_truth(char_tokenizer):
     teacher, student = _pair()
-    batch = _examples(char_tokenizer, 6)
+    batch = addition_examples(char_tokenizer, 6)
     s = _batch("supervised", batch, teacher, student, char_tokenizer)
     assert _prompts(s) == [ex.prompt_ids for ex in batch]
     assert _responses(s) == [ex.response_ids[: SCFG.max_new_tokens] for ex in batch]
@@ -73,7 +62,7 @@ def test_supervised_batch_is_the_tokenized_ground_truth(char_tokenizer):
 
 def test_on_policy_batch_is_the_students_own_samples_not_the_ground_truth(char_tokenizer):
     teacher, student = _pair()
-    batch = _examples(char_tokenizer, 6)
+    batch = addition_examples(char_tokenizer, 6)
     s = _batch("on-policy", batch, teacher, student, char_tokenizer)
     ref = _student_alone(student, [ex.prompt_ids for ex in batch], char_tokenizer)
     assert torch.equal(s.tokens, ref.tokens) and torch.equal(s.response_mask, ref.response_mask)
@@ -89,7 +78,7 @@ def test_on_policy_batch_is_the_students_own_samples_not_the_ground_truth(char_t
 
 def test_per_row_mix_puts_ground_truth_and_student_rows_in_place(char_tokenizer):
     teacher, student = _pair()
-    batch = _examples(char_tokenizer, 6)
+    batch = addition_examples(char_tokenizer, 6)
     sources = ["gt", "student", "student", "gt", "student", "gt"]
     s = _batch("imitkd", batch, teacher, student, char_tokenizer, sources=sources)
     rows = [i for i, u in enumerate(sources) if u == "student"]

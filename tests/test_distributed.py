@@ -35,18 +35,12 @@ def _setup():
     """Identical models and data in every process (seeded)."""
     from skd.core.presets import tiny_model
     from skd.core.tokenizer import build_char_tokenizer
-    from skd.core.data import TokenizedExample
+    from helpers import addition_examples
 
     tok = build_char_tokenizer()
     teacher = tiny_model("llama", V, seed=1, dtype=torch.float64, hidden=32, layers=2)
     student = tiny_model("llama", V, seed=2, dtype=torch.float64, hidden=16, layers=2)
-    g = torch.Generator().manual_seed(0)
-    examples = []
-    for _ in range(N_EXAMPLES):
-        a, b = (int(x) for x in torch.randint(0, 50, (2,), generator=g))
-        prompt = tok.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True,
-                                         tokenize=False)
-        examples.append(TokenizedExample(tok(prompt)["input_ids"], tok(str(a + b))["input_ids"] + [tok.eos_token_id]))
+    examples = addition_examples(tok, N_EXAMPLES)
     return (teacher, student, tok), (examples, examples[:3])
 
 

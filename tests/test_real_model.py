@@ -35,13 +35,34 @@ def _invoke(*args):
     return CliRunner().invoke(main, ["bench", "real-model", *args], catch_exceptions=False)
 
 
-def test_help_lists_the_knobs():
-    assert "real-model" in CliRunner().invoke(main, ["bench", "--help"]).output
-    out = _invoke("--help").output
-    for opt in ("--data-dir", "--teacher", "--methods", "--student-layers", "--init-steps", "--train-limit", "--steps",
-                "--batch-size", "--lr", "--k", "--max-new-tokens", "--eval-examples", "--no-spec", "--run-dir",
-                "--output-dir", "--quick"):
-        assert opt in out
+class _Captured(Exception):
+    pass
+
+
+def test_every_knob_reaches_the_run_config_over_quick(tmp_path, data_dir, monkeypatch):
+    """Each option given on the command line ends up in the config the run uses, also where --quick
+    has its own value for it (explicit options win over the preset)."""
+    from skd.core.studies import real_model as rm
+
+    seen = {}
+
+    def capture(cfg, on_event=None):
+        seen["cfg"] = cfg
+        raise _Captured
+
+    monkeypatch.setattr(rm, "run", capture)
+    with pytest.raises(_Captured):
+        _invoke("--quick", "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r"),
+                "--output-dir", str(tmp_path / "o"), "--methods", "supervised,skd", "--student-layers", "3",
+                "--init-steps", "4", "--train-limit", "5", "--steps", "6", "--batch-size", "2", "--lr", "0.003",
+                "--k", "7", "--max-new-tokens", "41", "--eval-examples", "3", "--no-spec")
+    cfg = seen["cfg"]
+    assert cfg.quick and cfg.data_dir == str(data_dir) and cfg.run_dir == str(tmp_path / "r")
+    assert cfg.output_dir == str(tmp_path / "o") and tuple(cfg.methods) == ("supervised", "skd")
+    assert (cfg.student_layers, cfg.init_steps, cfg.train_limit, cfg.steps) == (3, 4, 5, 6)
+    assert (cfg.batch_size, cfg.lr, cfg.k, cfg.max_new_tokens, cfg.eval_examples) == (2, 0.003, 7, 41, 3)
+    assert cfg.spec is False
+    assert "real-model" in CliRunner().invoke(main, ["bench", "--help"]).output   # listed under `skd bench`
 
 
 def test_quick_run_reports_every_model_then_reuses_the_cache(tmp_path, data_dir):

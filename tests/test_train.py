@@ -9,22 +9,11 @@ from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, Tr
 from skd.core.errors import SkdError
 from skd.core.presets import tiny_model
 from skd.core.batches import build_training_batch, teacher_logits_flat
-from skd.core.data import TokenizedExample
 from skd.core.objective import accumulate_gradients
 from skd.core.train import train
+from helpers import addition_examples
 
 V = 103  # the char tokenizer's vocabulary
-
-
-def _examples(tok, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        a, b = (int(x) for x in torch.randint(0, 50, (2,), generator=g))
-        prompt = tok.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True,
-                                         tokenize=False)
-        out.append(TokenizedExample(tok(prompt)["input_ids"], tok(str(a + b))["input_ids"] + [tok.eos_token_id]))
-    return out
 
 
 def _pair(arch="llama", dtype=torch.float32):
@@ -51,7 +40,7 @@ def test_every_method_trains_and_checkpoints(tmp_path, char_tokenizer, method):
     before = [p.detach().clone() for p in student.parameters()]
     cfg = _cfg(tmp_path, method)
     summary = train(cfg, models=(teacher, student, char_tokenizer),
-                    examples=(_examples(char_tokenizer, 8), _examples(char_tokenizer, 4, seed=1)))
+                    examples=(addition_examples(char_tokenizer, 8), addition_examples(char_tokenizer, 4, seed=1)))
     assert summary["steps"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     out = tmp_path / method
@@ -75,7 +64,7 @@ def test_every_method_trains_and_checkpoints(tmp_path, char_tokenizer, method):
 @pytest.mark.parametrize("norm", ["sequence", "token"])
 def test_batch_8_equals_4_accumulation_steps_of_2(char_tokenizer, method, norm):
     teacher, student = _pair(dtype=torch.float64)
-    batch = _examples(char_tokenizer, 8)
+    batch = addition_examples(char_tokenizer, 8)
     gens = {"student": torch.Generator().manual_seed(1), "teacher": torch.Generator().manual_seed(2),
             "method": torch.Generator().manual_seed(3)}
     s = build_training_batch(method, batch, step=0, total_steps=10, teacher=teacher, student=student,
@@ -99,14 +88,14 @@ def test_batch_8_equals_4_accumulation_steps_of_2(char_tokenizer, method, norm):
 def test_skd_distills_on_each_architecture(tmp_path, char_tokenizer, arch):
     teacher, student = _pair(arch)
     summary = train(_cfg(tmp_path, "skd", max_steps=3, eval_every=0, save_every=0),
-                    models=(teacher, student, char_tokenizer), examples=(_examples(char_tokenizer, 8), []))
+                    models=(teacher, student, char_tokenizer), examples=(addition_examples(char_tokenizer, 8), []))
     assert summary["steps"] == 3 and summary["last"]["proposed"] > 0
 
 
 def test_output_dir_with_another_run_is_refused(tmp_path, char_tokenizer):
     teacher, student = _pair()
     cfg = _cfg(tmp_path, "supervised", max_steps=1)
-    ex = (_examples(char_tokenizer, 4), [])
+    ex = (addition_examples(char_tokenizer, 4), [])
     train(cfg, models=(teacher, student, char_tokenizer), examples=ex)
     before = (tmp_path / "supervised" / "metrics.jsonl").read_text()
     with pytest.raises(SkdError, match="--overwrite"):

@@ -9,8 +9,8 @@ sentences on newlines only, as the hub metric does.
 
 Keep one import per line: evaluate's dependency scanner misreads `import a, b`.
 """
-import datasets
 import evaluate
+from skd.core.text_metrics import text_metric_info
 from rouge_score import rouge_scorer
 
 _DESCRIPTION = "ROUGE-1/2/L/Lsum F-measure (mean over examples) through the rouge_score package."
@@ -39,22 +39,8 @@ DEFAULT_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SkdRouge(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Sequence(datasets.Value("string")),
-                }),
-                datasets.Features({
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                }),
-            ],
-            reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
-        )
+        return text_metric_info(description=_DESCRIPTION, citation=_CITATION, inputs=_KWARGS_DESCRIPTION,
+                                url="https://github.com/google-research/google-research/tree/master/rouge")
 
     def _compute(self, predictions, references, rouge_types=DEFAULT_TYPES, use_stemmer=False):
         rouge_types = list(rouge_types)

@@ -10,8 +10,8 @@ Note: the paper's released MT evaluation printed the hub metric "bleu" (another 
 0-1 scale); sacrebleu is the reproducible standard for reporting BLEU, so skd reports it instead.
 Keep one import per line: evaluate's dependency scanner misreads `import a, b`.
 """
-import datasets
 import evaluate
+from skd.core.text_metrics import text_metric_info
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics import CHRF
 
@@ -54,22 +54,8 @@ def reference_streams(references):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SkdSacrebleu(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Sequence(datasets.Value("string")),
-                }),
-                datasets.Features({
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                }),
-            ],
-            reference_urls=["https://github.com/mjpost/sacrebleu"],
-        )
+        return text_metric_info(description=_DESCRIPTION, citation=_CITATION, inputs=_KWARGS_DESCRIPTION,
+                                url="https://github.com/mjpost/sacrebleu")
 
     def _compute(self, predictions, references, tokenize="13a", lowercase=False, chrf_word_order=0):
         predictions = list(predictions)
