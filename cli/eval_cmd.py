@@ -33,6 +33,8 @@ def _option(name: str, *decls: str, **kw):
 @_option("device")
 @_option("trust_remote_code")
 @_option("output_dir", type=click.Path())
+@_option("teacher", help="Also report how this teacher (same tokenizer) judges each model's own outputs: "
+         "its mean log-probability per response token and its top-1 agreement.")
 def eval_cmd(**params):
     """Score models on a task the way the paper does (greedy decoding, the task's metric).
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from skd.core.config import DTYPES, resolve_dtype
 from skd.core.errors import SkdError
 
-_REPORTED = ("accuracy", "rougeL", "rouge1", "rouge2", "bleu", "chrf", "comet")
+_REPORTED = ("accuracy", "partial_credit", "valid", "graded", "rougeL", "rouge1", "rouge2", "bleu", "chrf",
+             "comet", "teacher_logprob_per_token", "teacher_top1_agreement")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class EvalConfig:
     device: str = "auto"               # auto: cuda if available, else cpu
     trust_remote_code: bool = False    # never run hub code unless asked
     output_dir: str = "runs/eval"
+    teacher: str | None = None         # also report how this teacher judges each model's own outputs
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(self.models))
@@ -86,6 +88,10 @@ def evaluate_models(cfg: EvalConfig, on_event: Callable[[str, dict], None] | Non
     emit("data", {"examples": len(examples)})
     dev = parse_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, dev.type)
+    judge = None
+    if cfg.teacher is not None:
+        judge = model_lib.freeze(model_lib.load_model(cfg.teacher, dtype=dtype, device=str(dev),
+                                                      trust_remote_code=cfg.trust_remote_code))
     rows = []
     for name in cfg.models:
         model = model_lib.load_model(name, dtype=dtype, device=str(dev), trust_remote_code=cfg.trust_remote_code)
@@ -101,7 +107,7 @@ def evaluate_models(cfg: EvalConfig, on_event: Callable[[str, dict], None] | Non
 
         metrics, preds = evaluate_model(model, tok, task, examples, batch_size=cfg.batch_size,
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, seed=cfg.seed, on_batch=on_batch)
+                                        top_p=cfg.top_p, seed=cfg.seed, on_batch=on_batch, teacher=judge)
         sub = out_root / (name.strip("/").replace("/", "__") if len(cfg.models) > 1 else "")
         metrics: dict[str, Any] = {"model": name, "task": cfg.task, "split": cfg.split, **metrics}
         atomic_write_text(sub / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in preds))

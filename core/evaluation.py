@@ -46,8 +46,10 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int =
 
 def evaluate_model(model, tokenizer, task, examples, *, batch_size: int = 32, max_new_tokens: int | None = None,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 20,
-                   on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
-    """Generate for every example and score with the task's metric. Returns (metrics, predictions)."""
+                   on_batch: Callable[[int, int], None] | None = None, teacher=None) -> tuple[dict, list[dict]]:
+    """Generate for every example and score with the task's metric. Returns (metrics, predictions).
+    With `teacher` (sharing the tokenizer), the metrics also hold how the teacher judges these outputs:
+    teacher_logprob_per_token and teacher_top1_agreement (skd.core.graded.teacher_relative)."""
     from skd.core.data import tokenize_examples
 
     toks = tokenize_examples(examples, tokenizer, task.render_prompt)
@@ -63,6 +65,13 @@ def evaluate_model(model, tokenizer, task, examples, *, batch_size: int = 32, ma
     metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                for k, v in task.score(outputs, refs).items()}
     n_tokens = sum(len(r) for r in responses)
+    if teacher is not None:
+        from skd.core.graded import teacher_relative
+
+        judged = teacher_relative(teacher, prompts, responses, pad_id=tokenizer.pad_token_id,
+                                  batch_size=batch_size, vocab_size=len(tokenizer))
+        metrics.update(teacher_logprob_per_token=judged["teacher_logprob_per_token"],
+                       teacher_top1_agreement=judged["teacher_top1_agreement"])
     metrics.update(examples=len(examples), generated_tokens=n_tokens, wall_time_s=wall,
                    tokens_per_s=n_tokens / wall if wall > 0 else 0.0)
     preds = []

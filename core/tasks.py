@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from skd.core import arith
+from skd.core import graded
+from skd.core import manyway
 from skd.core import metrics, text_metrics
 from skd.core.errors import SkdError
 from skd.core.task_data import HubSource, check_roles, field_text, hub_rows, parse_fields, read_records
@@ -71,6 +73,7 @@ class Task:
     max_new_tokens: int
     hub: HubSource | None = None
     arith_preset: str | None = None  # built-in generator instead of the hub
+    manyway_preset: str | None = None  # built-in many-valid-solutions generator (core/manyway.py)
     require_reference: bool = True  # False: rows whose answer has no final answer keep ""
     percent_lenient: bool = True
     notes: str = ""
@@ -98,6 +101,10 @@ class Task:
             self._check_split(split)
             source = f"arith:{self.arith_preset}:{split}"
             rows = arith.make_split(arith.get_preset(self.arith_preset), split)
+        elif self.manyway_preset is not None:
+            self._check_split(split)
+            source = f"manyway:{self.manyway_preset}:{split}"
+            rows = manyway.make_split(manyway.get_preset(self.manyway_preset), split)
         else:
             self._check_split(split)
             assert self.hub is not None, f"task {self.name} has neither a hub source nor a generator"
@@ -115,8 +122,12 @@ class Task:
         """What defines this task's built-in data and scoring, for cache stamps: a cached model
         trained before the generator or the template changed must not be reused silently."""
         spec = arith.get_preset(self.arith_preset).to_dict() if self.arith_preset is not None else None
-        return json.dumps({"name": self.name, "arith": spec, "arith_format": arith.FORMAT_VERSION, "template": self.prompt_template,
-                           "max_new_tokens": self.max_new_tokens}, sort_keys=True)
+        stamp = {"name": self.name, "arith": spec, "arith_format": arith.FORMAT_VERSION,
+                 "template": self.prompt_template, "max_new_tokens": self.max_new_tokens}
+        if self.manyway_preset is not None:   # only then: the arith tasks' stamps stay as they were
+            stamp.update(manyway=manyway.get_preset(self.manyway_preset).to_dict(),
+                         manyway_format=manyway.FORMAT_VERSION)
+        return json.dumps(stamp, sort_keys=True)
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
@@ -231,6 +242,8 @@ class Task:
         number; the others use the paper's lenient math_equal."""
         if self.answer_format == "text":
             return None
+        if self.manyway_preset is not None:   # any valid solution of the problem counts
+            return bool(manyway.check_solution(reference, output)["is_valid"])
         reference = self.final_answer(reference)
         predicted = self.extract(output)
         if predicted is None or not reference:
@@ -251,10 +264,19 @@ class Task:
         if not outputs:
             raise SkdError("no outputs to score", "pass at least one output")
         n = len(outputs)
+        if self.manyway_preset is not None:   # references are the problems (the question text)
+            s = manyway.score(list(outputs), list(references))
+            answered = sum(self.extract(o) is not None for o in outputs)
+            return {"valid": s["valid"], "graded": s["graded"], "accuracy": s["answer_correct"],
+                    "answered": answered / n, "n": n}
         if self.answer_format != "text":
             verdicts = [self.correct(o, r) for o, r in zip(outputs, references)]
             answered = sum(self.extract(o) is not None for o in outputs)
-            return {"accuracy": sum(map(bool, verdicts)) / n, "answered": answered / n, "n": n}
+            result = {"accuracy": sum(map(bool, verdicts)) / n, "answered": answered / n, "n": n}
+            if self.arith_preset is not None and arith.get_preset(self.arith_preset).reasoning:
+                # partial credit: the share of worked steps right for their own inputs (core/graded.py)
+                result["partial_credit"] = graded.arith_graded(list(outputs))["partial_credit"]
+            return result
         texts = [self.extract(o) for o in outputs]
         if self.metric.startswith("rouge"):
             return {**text_metrics.rouge(texts, references), "n": n}
@@ -311,6 +333,21 @@ def _arith_task(preset: str) -> Task:
         stop_strings=("\n\n",), eval_stop_strings=("\n\n",), max_new_tokens=176,
         arith_preset=preset, percent_lenient=False,
         notes="accuracy is exact numeric match of the number after '####'")
+
+
+def _manyway_task(preset: str) -> Task:
+    name = "manyway" if preset == "default" else f"manyway-{preset}"
+    return Task(
+        name=name,
+        description=f"synthetic word problems with many valid worked solutions (core/manyway.py, preset "
+                    f"'{preset}'); GSM8K's prompt and stop, scored by validity",
+        prompt_template=_GSM_TEMPLATE, fields={"prompt": "question", "answer": "answer", "reference": "question"},
+        splits=manyway.SPLITS, answer_format="gsm8k", reference_format="text", metric="valid",
+        stop_strings=("\n\n",), eval_stop_strings=("\n\n",),
+        max_new_tokens=manyway.get_preset(preset).max_chars - 32,  # every valid answer + EOS fits
+        manyway_preset=preset, percent_lenient=False,
+        notes="valid: share of outputs that are a valid solution in any order (manyway.check_solution); "
+              "graded: mean share of valid lines; accuracy: exact number after '####'")
 
 
 def _math_heldout(name: str, description: str, hub: HubSource, fields: dict[str, str],
@@ -396,6 +433,10 @@ _TASK_LIST = [
     _arith_task("default"),
     _arith_task("easy"),
     _arith_task("hard"),
+    _manyway_task("default"),
+    _manyway_task("easy"),
+    _manyway_task("hard"),
+    _manyway_task("wide"),
 ]
 
 TASKS: dict[str, Task] = {task.name: task for task in _TASK_LIST}
