@@ -109,7 +109,9 @@ def _run(cfg) -> dict:
 
     def on_event(kind: str, p: dict):
         nonlocal task_id
-        if kind == "start":  # every input was checked: a failure before this prints only the error line
+        if kind == "notice":  # e.g. --resume with no checkpoint yet: a fresh run, said in one line
+            console.print(p["message"], soft_wrap=True)
+        elif kind == "start":  # every input was checked: a failure before this prints only the error line
             console.print(f"[bold]skd[/] {cfg.train.method} · task {cfg.data.task} · student {cfg.model.student}"
                           + (f" · teacher {cfg.model.teacher}" if cfg.train.method not in ("sft", "seqkd") else "")
                           + (f" · {p['world_size']} processes" if p.get("world_size", 1) > 1 else "")

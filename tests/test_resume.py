@@ -337,3 +337,17 @@ def test_deterministic_option_on_the_command_line(model_dirs, reference, tmp_pat
     r = _skd(_args(model_dirs, tmp_path / "run", "--deterministic"))
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_weights(tmp_path / "run" / "final", reference / "final")
+
+
+def test_cli_resume_without_checkpoint_says_it_starts_fresh(tmp_path):
+    from click.testing import CliRunner
+
+    from skd.cli.main import main
+
+    out = tmp_path / "new-run"
+    r = CliRunner().invoke(main, ["distill", "--method", "supervised", "--max-steps", "1", "--batch-size", "2",
+                                  "--limit", "4", "--max-new-tokens", "8", "--val-limit", "0", "--save-every", "0",
+                                  "--output-dir", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert f"no checkpoint in {out}: starting a fresh run" in r.output.replace("\n", "")
+    assert (out / "final" / "config.json").is_file()
