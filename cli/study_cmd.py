@@ -32,6 +32,8 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="reproduce.json, reproduce.md, accuracy.png, correction_rate.png  [default: "
                    "benchmarks/results/reproduce; with --quick <run-dir>/results]")
+@click.option("--task", default=None, help="Built-in task of the study, e.g. manyway (many valid solutions)  "
+              "[default: arith]")
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False), default=None,
               help="Use this teacher checkpoint folder instead of training (and caching) one.")
 @click.option("--methods", default=None, help="Comma-separated, of: sft, supervised, on-policy, imitkd, two-stage, "
@@ -68,7 +70,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
               "nothing. Options given explicitly still apply.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the whole result as one JSON line to this file.")
-def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, weak_steps, strong_steps, init_lr,
+def reproduce(run_dir, output_dir, task, teacher, methods, regimes, inits, ks, seeds, weak_steps, strong_steps, init_lr,
               distill_steps, batch_size, lr, gamma, eval_examples, spec_prompts, spec_gamma, max_new_tokens, dtype,
               device, threads, quick, output):
     """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
@@ -100,7 +102,7 @@ def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, 
         raise click.BadParameter("CUDA is not available to this torch build; use --device cpu", param_hint="--device")
     if threads is not None:
         torch.set_num_threads(threads)
-    given = dict(methods=_csv(methods), regimes=_csv(regimes), inits=_csv(inits),
+    given = dict(task=task, methods=_csv(methods), regimes=_csv(regimes), inits=_csv(inits),
                  ks=rep.parse_ks(ks) if ks is not None else None, weak_steps=weak_steps, strong_steps=strong_steps,
                  init_lr=init_lr, distill_steps=distill_steps, batch_size=batch_size, lr=lr, gamma=gamma,
                  eval_examples=eval_examples, spec_prompts=spec_prompts, spec_gamma=spec_gamma,
@@ -158,7 +160,8 @@ def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, 
         progress.stop()
     table = Table(title=f"SKD reproduction · teacher test accuracy {result['teacher']['eval']['test_accuracy']:.3f} · "
                         f"mean ± std over seeds", caption=env_line(result["env"]))
-    for col in ("regime", "init", "method", "K", "n", "test acc", "draft accept", "T/tok", "corr. start→end"):
+    for col in ("regime", "init", "method", "K", "n", "graded", "test acc", "draft accept", "T/tok",
+                "corr. start→end"):
         table.add_column(col, justify="left" if col in ("regime", "init", "method") else "right")
     for r in result["summary"]:
         k = "-" if r["k_label"] is None else (f"V={r['k']}" if r["k_label"] == "V" else r["k_label"])
@@ -166,7 +169,7 @@ def reproduce(run_dir, output_dir, teacher, methods, regimes, inits, ks, seeds, 
             r["correction_rate_start"]["mean"], r["correction_rate_end"]["mean"], digits=2, arrow="→", missing="-")
         table.add_row(r["regime"], r["init"], r["method"], k, f"{r['n_ok']}" + (f" ({r['n_failed']}✗)" if r["n_failed"]
                                                                                  else ""),
-                      fmt_pm(r["test_accuracy"]), fmt_pm(r["draft_acceptance"]),
+                      fmt_pm(r["test_graded"]), fmt_pm(r["test_accuracy"]), fmt_pm(r["draft_acceptance"]),
                       fmt_pm(r["teacher_passes_per_token"]), corr)
     Console().print(table)
     console.print(f"total {result['timings_s']['total']:.0f}s · {cfg.output_dir}/reproduce.json, reproduce.md"

@@ -92,6 +92,10 @@ def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, mo
     failed = [x for x in runs if x["status"] != "ok"]
     assert [(x["method"], x["seed"]) for x in failed] == [("supervised", 1)] * 2
     assert "injected failure" in failed[0]["error"]
+    # arith's graded score (partial credit of the worked lines) is measured beside exact match
+    ok_runs = [x for x in runs if x["status"] == "ok"]
+    assert all(0.0 <= x["test_graded"] <= 1.0 for x in ok_runs)
+    assert all(r["test_graded"]["n"] == r["n_ok"] for r in res["summary"])
     for x in runs:
         if x["status"] == "ok":
             assert 0 <= x["test_accuracy"] <= 1 and x["test_examples"] == 3
@@ -119,7 +123,7 @@ def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, mo
     assert [r_["variant"] for r_ in res["summary"]][:5] == ["init", "sft", "supervised", "skd-k1", "skd-kV"]
 
     md = (out_dir / "reproduce.md").read_text()
-    assert "| regime | init | method | K | n | test accuracy |" in md
+    assert "| regime | init | method | K | n | graded (test) | test accuracy |" in md
     assert md.count("\n| 12 | ") == len(res["summary"]) == 10
     assert "V=103" in md and "## Failed runs" in md and "injected failure" in md
     assert (run_dir / "reproduce" / "12" / "weak" / "seed0" / "skd-k1" / "result.json").exists()

@@ -44,7 +44,7 @@ from skd.core.errors import SkdError
 from skd.core.overrides import with_overrides
 from skd.core.studies.engine import (Emit, cached_result, cached_sft, config_stamp, read_metrics, sft_done,
                                      write_json_atomic)
-from skd.core.studies.measure import accuracy, draft_stats, prompt_ids
+from skd.core.studies.measure import draft_stats, graded_score, prompt_ids, task_scores
 from skd.core.studies.report import correction_summary
 
 SCHEMA = "skd-reproduce-v1"
@@ -149,6 +149,9 @@ def check_config(cfg: ReproConfig) -> None:
             raise SkdError(f"unknown student init {i!r}", "use weak, strong or both")
     for r in cfg.regimes:
         parse_regime(r)
+    from skd.core.tasks import get_task
+
+    get_task(cfg.task)   # one line naming the registered tasks when --task is unknown
 
 
 def study_teacher_config(run_dir: str, task: str):
@@ -230,12 +233,13 @@ class Study:
         """Held-out accuracy and the model as a greedy speculative draft of the teacher."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        acc = accuracy(model, self.tok, self.task, self.test_ex, max_new_tokens=cfg.max_new_tokens)
+        scores = task_scores(model, self.tok, self.task, self.test_ex, max_new_tokens=cfg.max_new_tokens)
         t1 = time.perf_counter()
         st = draft_stats(self.teacher, model, self.tok, self.task, self.spec_prompts, gamma=cfg.spec_gamma,
                          max_new_tokens=cfg.max_new_tokens)
         t2 = time.perf_counter()
-        return {"test_accuracy": acc, "test_examples": len(self.test_ex),
+        return {"test_accuracy": float(scores["accuracy"]), "test_graded": graded_score(scores),
+                "test_examples": len(self.test_ex),
                 "draft": st.to_dict(), "eval_wall_s": t1 - t0, "spec_wall_s": t2 - t1}
 
     def _teacher_eval(self) -> dict:
@@ -246,8 +250,9 @@ class Study:
         if hit is not None:
             return hit
         t0 = time.perf_counter()
-        acc = accuracy(self.teacher, self.tok, self.task, self.test_ex, max_new_tokens=cfg.max_new_tokens)
-        res = {"stamp": stamp, "status": "ok", "test_accuracy": acc, "test_examples": len(self.test_ex),
+        scores = task_scores(self.teacher, self.tok, self.task, self.test_ex, max_new_tokens=cfg.max_new_tokens)
+        res = {"stamp": stamp, "status": "ok", "test_accuracy": float(scores["accuracy"]),
+               "test_graded": graded_score(scores), "test_examples": len(self.test_ex),
                "wall_s": time.perf_counter() - t0}
         write_json_atomic(path, res)
         return res

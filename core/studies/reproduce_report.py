@@ -43,6 +43,7 @@ def _row(regime, init, method, k_label, k, ok: list[dict], failed: int) -> dict:
             "variant": method if k_label is None else variant_name(method, k_label), "n_ok": len(ok),
             "n_failed": failed,
             "test_accuracy": mean_std([r["test_accuracy"] for r in ok]),
+            "test_graded": mean_std([r.get("test_graded") for r in ok]),   # None in results of older runs
             "draft_acceptance": mean_std([r["draft"]["acceptance_rate"] for r in ok]),
             "teacher_passes_per_token": mean_std([r["draft"]["teacher_forwards_per_token"] for r in ok]),
             "correction_rate_start": mean_std([r["correction_rate_start"] for r in ok if "correction_rate_start" in r]),
@@ -84,10 +85,10 @@ def render_markdown(result: dict) -> str:
         corr = "—" if r["method"] != "skd" else \
             start_end_text(r["correction_rate_start"]["mean"], r["correction_rate_end"]["mean"])
         n = f"{r['n_ok']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
-        rows.append([r["regime"], r["init"], r["method"], k, n, fmt_pm(r["test_accuracy"]),
+        rows.append([r["regime"], r["init"], r["method"], k, n, fmt_pm(r["test_graded"]), fmt_pm(r["test_accuracy"]),
                      fmt_pm(r["draft_acceptance"]), fmt_pm(r["teacher_passes_per_token"]), corr])
-    lines += markdown_table(["regime", "init", "method", "K", "n", "test accuracy", "draft acceptance",
-                             "teacher passes / token", "corr. start → end"], rows)
+    lines += markdown_table(["regime", "init", "method", "K", "n", "graded (test)", "test accuracy",
+                             "draft acceptance", "teacher passes / token", "corr. start → end"], rows)
     lines += ["", *_claims(result["summary"], cfg)]
     failed = [r for r in result["runs"] if r.get("status") != "ok"]
     if failed:
