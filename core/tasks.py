@@ -322,30 +322,30 @@ _MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermedia
                   "number_theory", "prealgebra", "precalculus")
 
 
+def _synthetic_task(name: str, description: str, **fields: Any) -> Task:
+    """A built-in generated task: GSM8K's prompt, "####" answers and blank-line stop, exact numbers."""
+    return Task(name=name, description=description, prompt_template=_GSM_TEMPLATE, answer_format="gsm8k",
+                stop_strings=("\n\n",), eval_stop_strings=("\n\n",), percent_lenient=False, **fields)
+
+
 def _arith_task(preset: str) -> Task:
-    name = "arith" if preset == "default" else f"arith-{preset}"
-    return Task(
-        name=name,
-        description=f"synthetic multi-step arithmetic word problems in GSM8K format "
-                    f"(core/arith.py, preset '{preset}'); GSM8K's prompt, stop and metric",
-        prompt_template=_GSM_TEMPLATE, fields={"prompt": "question", "answer": "answer"},
-        splits=arith.SPLITS, answer_format="gsm8k", reference_format="gsm8k", metric="accuracy",
-        stop_strings=("\n\n",), eval_stop_strings=("\n\n",), max_new_tokens=176,
-        arith_preset=preset, percent_lenient=False,
+    return _synthetic_task(
+        "arith" if preset == "default" else f"arith-{preset}",
+        f"synthetic multi-step arithmetic word problems in GSM8K format (core/arith.py, preset '{preset}'); "
+        "GSM8K's prompt, stop and metric",
+        fields={"prompt": "question", "answer": "answer"}, splits=arith.SPLITS, reference_format="gsm8k",
+        metric="accuracy", max_new_tokens=176, arith_preset=preset,
         notes="accuracy is exact numeric match of the number after '####'")
 
 
 def _manyway_task(preset: str) -> Task:
-    name = "manyway" if preset == "default" else f"manyway-{preset}"
-    return Task(
-        name=name,
-        description=f"synthetic word problems with many valid worked solutions (core/manyway.py, preset "
-                    f"'{preset}'); GSM8K's prompt and stop, scored by validity",
-        prompt_template=_GSM_TEMPLATE, fields={"prompt": "question", "answer": "answer", "reference": "question"},
-        splits=manyway.SPLITS, answer_format="gsm8k", reference_format="text", metric="valid",
-        stop_strings=("\n\n",), eval_stop_strings=("\n\n",),
+    return _synthetic_task(
+        "manyway" if preset == "default" else f"manyway-{preset}",
+        f"synthetic word problems with many valid worked solutions (core/manyway.py, preset '{preset}'); "
+        "GSM8K's prompt and stop, scored by validity",
+        fields={"prompt": "question", "answer": "answer", "reference": "question"}, splits=manyway.SPLITS,
+        reference_format="text", metric="valid", manyway_preset=preset,
         max_new_tokens=manyway.get_preset(preset).max_chars - 32,  # every valid answer + EOS fits
-        manyway_preset=preset, percent_lenient=False,
         notes="valid: share of outputs that are a valid solution in any order (manyway.check_solution); "
               "graded: mean share of valid lines; accuracy: exact number after '####'")
 
