@@ -30,7 +30,9 @@ _OUTPUT = click.option("--output", type=click.Path(dir_okay=False, path_type=Pat
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    from skd.core.studies.report import fmt_num
+
+    return fmt_num(value, digits, missing="-")
 
 
 @click.group()
@@ -167,8 +169,9 @@ def _throughput_table(title: str, result: dict):
 
 
 def _device_line(result: dict) -> str:
-    env = result["env"]
-    return (f"{env['device_name']} · torch {env['torch']} · {env['threads']} threads · ops {env['ops_backend']}")
+    from skd.core.environment import env_line
+
+    return env_line(result["env"])
 
 
 @bench.command("speculative")
