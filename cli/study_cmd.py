@@ -39,12 +39,13 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--methods", default=None, help="Comma-separated, of: sft, supervised, on-policy, imitkd, two-stage, "
               "skd  [default: all six]")
 @click.option("--regimes", default=None, help="Training prompt sets, e.g. 1k,100 (the paper's)  [default: 1k,100]")
-@click.option("--inits", default=None, help="Student initialisations: weak (brief SFT), strong (long SFT)  "
+@click.option("--inits", default=None, help="Student initialisations: weak (brief SFT), mid, strong (long SFT)  "
               "[default: weak,strong]")
 @click.option("--ks", default=None, help="SKD top-K sweep; V = the vocabulary size (on-policy KD)  "
               "[default: 1,3,25,V; --quick 1,V]")
 @click.option("--seeds", default=None, help="Comma-separated integer seeds  [default: 0,1,2; --quick 0]")
 @click.option("--weak-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the weak init  [default: 300]")
+@click.option("--mid-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the mid init  [default: 600]")
 @click.option("--strong-steps", type=click.IntRange(min=1), default=None,
               help="SFT steps of the strong init  [default: 1000]")
 @click.option("--init-lr", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -70,7 +71,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
               "nothing. Options given explicitly still apply.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the whole result as one JSON line to this file.")
-def reproduce(run_dir, output_dir, task, teacher, methods, regimes, inits, ks, seeds, weak_steps, strong_steps, init_lr,
+def reproduce(run_dir, output_dir, task, teacher, methods, regimes, inits, ks, seeds, weak_steps, mid_steps, strong_steps, init_lr,
               distill_steps, batch_size, lr, gamma, eval_examples, spec_prompts, spec_gamma, max_new_tokens, dtype,
               device, threads, quick, output):
     """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
@@ -103,7 +104,8 @@ def reproduce(run_dir, output_dir, task, teacher, methods, regimes, inits, ks, s
     if threads is not None:
         torch.set_num_threads(threads)
     given = dict(task=task, methods=_csv(methods), regimes=_csv(regimes), inits=_csv(inits),
-                 ks=rep.parse_ks(ks) if ks is not None else None, weak_steps=weak_steps, strong_steps=strong_steps,
+                 ks=rep.parse_ks(ks) if ks is not None else None, weak_steps=weak_steps, mid_steps=mid_steps,
+                 strong_steps=strong_steps,
                  init_lr=init_lr, distill_steps=distill_steps, batch_size=batch_size, lr=lr, gamma=gamma,
                  eval_examples=eval_examples, spec_prompts=spec_prompts, spec_gamma=spec_gamma,
                  max_new_tokens=max_new_tokens, dtype=dtype)

@@ -79,6 +79,9 @@ class ManywaySpec:
     #                      with one order only (e.g. both gains below the loss) are drawn again
     max_value: int = 9_999  # cap on the sum of the gains, so every intermediate stays below it
     max_chars: int = 240  # question + the LONGEST valid answer: any valid solution fits
+    split_cap: int = 0  # > 0: the train split holds at most this many problems (50,000 by default)
+    #                     and the others shrink in proportion; for specs with few distinct
+    #                     computations (one-digit quantities)
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_terms <= self.max_terms <= 6:
@@ -91,13 +94,20 @@ class ManywaySpec:
         if not 1 <= self.digits <= 4 or self.max_value < 10 ** self.digits:
             raise SkdError(f"manyway: digits must be 1..4 with max_value >= 10**digits, got "
                            f"{self.digits}, {self.max_value}", "pick smaller operands")
+        if self.split_cap < 0:
+            raise SkdError(f"manyway: split_cap must be >= 0, got {self.split_cap}", "use 0 (no cap) or more")
         if self.min_orders < 1 or self.max_chars < 60:
             raise SkdError(f"manyway: need min_orders >= 1 and max_chars >= 60, got "
                            f"{self.min_orders}, {self.max_chars}", "raise them")
 
     def to_dict(self) -> dict:
-        """JSON-ready form (saved with runs); ManywaySpec(**d) rebuilds it."""
-        return dataclasses.asdict(self)
+        """JSON-ready form (saved with runs and in task cache stamps); ManywaySpec(**d) rebuilds it.
+        split_cap is left out when 0, so specs without a cap keep the stamps they had before it
+        existed."""
+        d = dataclasses.asdict(self)
+        if not d["split_cap"]:
+            del d["split_cap"]
+        return d
 
 
 PRESETS: dict[str, ManywaySpec] = {
@@ -111,11 +121,17 @@ PRESETS: dict[str, ManywaySpec] = {
     # 4-5 quantities, up to two groups and two losses, no column work (it would not fit 240
     # chars): thousands of valid solutions, for stronger models or longer budgets.
     "wide": ManywaySpec(min_terms=4, max_terms=5, max_groups=2, max_losses=2, columns=False),
+    # one-digit quantities, 3-5 of them, up to two losses, no groups, no column work: short answers
+    # (~31 chars) whose lines are one-digit facts a 0.24M student can learn, with a median of ~200
+    # valid solutions per problem. Only ~15,000 distinct computations exist, hence the cap
+    # (train 12,000, validation 120, test 240).
+    "short": ManywaySpec(min_terms=3, max_terms=5, max_groups=0, max_losses=2, digits=1, columns=False,
+                         max_value=99, max_chars=140, split_cap=12_000),
 }
 
 
 def get_preset(name: str) -> ManywaySpec:
-    """The named ManywaySpec ("easy", "default", "hard", "wide")."""
+    """The named ManywaySpec ("easy", "default", "hard", "wide", "short")."""
     if name not in PRESETS:
         raise SkdError(f"unknown manyway preset '{name}'", f"use one of: {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -379,6 +395,8 @@ def make_split(spec: ManywaySpec, split: str, n: int | None = None) -> list[dict
     if split not in SPLITS:
         raise SkdError(f"manyway: unknown split '{split}'", f"use one of: {', '.join(SPLITS)}")
     size = SPLIT_SIZES[split] if n is None else n
+    if spec.split_cap:
+        size = min(size, spec.split_cap * SPLIT_SIZES[split] // SPLIT_SIZES["train"])
     return generate(spec, size, arith.SPLIT_SEEDS[split], split=split)
 
 

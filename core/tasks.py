@@ -267,7 +267,9 @@ class Task:
         if self.manyway_preset is not None:   # references are the problems (the question text)
             s = manyway.score(list(outputs), list(references))
             answered = sum(self.extract(o) is not None for o in outputs)
+            # partial credit as on arith: worked steps right for their own inputs, validity aside
             return {"valid": s["valid"], "graded": s["graded"], "accuracy": s["answer_correct"],
+                    "partial_credit": graded.arith_graded(list(outputs))["partial_credit"],
                     "answered": answered / n, "n": n}
         if self.answer_format != "text":
             verdicts = [self.correct(o, r) for o, r in zip(outputs, references)]
@@ -437,6 +439,7 @@ _TASK_LIST = [
     _manyway_task("easy"),
     _manyway_task("hard"),
     _manyway_task("wide"),
+    _manyway_task("short"),
 ]
 
 TASKS: dict[str, Task] = {task.name: task for task in _TASK_LIST}

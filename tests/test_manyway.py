@@ -167,7 +167,7 @@ def test_graded_scores():
 
 
 def test_splits_are_disjoint_and_follow_the_hash_buckets():
-    for preset in ("default", "wide"):
+    for preset in ("default", "wide", "short"):
         spec = PRESETS[preset]
         signatures = {}
         for split in manyway.SPLITS:
@@ -248,4 +248,24 @@ def test_bad_input():
         generate(PRESETS["easy"], 5, 0, split="dev")
     with pytest.raises(SkdError):
         score(["#### 1"], [])
+    with pytest.raises(SkdError):
+        ManywaySpec(split_cap=-1)
     assert ManywaySpec(**PRESETS["wide"].to_dict()) == PRESETS["wide"]
+    assert ManywaySpec(**PRESETS["short"].to_dict()) == PRESETS["short"]
+
+
+def test_split_cap_shrinks_splits_in_proportion_and_keeps_old_stamps():
+    spec = PRESETS["short"]
+    sizes = {split: len(make_split(spec, split)) for split in ("validation", "test")}
+    assert sizes == {"validation": spec.split_cap * 500 // 50_000, "test": spec.split_cap * 1_000 // 50_000}
+    assert len(make_split(spec, "test", 30)) == 30  # an explicit smaller n still wins
+    # no cap: the spec's dict (and so every task cache stamp made from it) has no split_cap key
+    assert "split_cap" not in PRESETS["default"].to_dict() and PRESETS["short"].to_dict()["split_cap"] == 12_000
+
+
+def test_short_preset_is_one_digit_facts():
+    for row in _rows("short", n=80):
+        problem = parse_question(row["question"])
+        assert not problem.groups and all(1 <= q <= 9 for q in problem.gains + problem.losses)
+        assert 3 <= len(problem.gains) + len(problem.losses) <= 5
+        assert check_solution(problem, row["answer"])["is_valid"]

@@ -17,7 +17,7 @@ def prompt_ids(task, tokenizer, examples) -> list[list[int]]:
     return [t.prompt_ids for t in tokenize_examples(examples, tokenizer, task.render_prompt)]
 
 
-GRADED_KEYS = ("partial_credit", "graded")  # arith tasks' partial credit; manyway's share of valid lines
+GRADED_KEYS = ("graded", "partial_credit")  # manyway's share of valid lines (first); arith's partial credit
 
 
 def task_scores(model, tokenizer, task, examples, *, max_new_tokens: int, batch_size: int = 64) -> dict:

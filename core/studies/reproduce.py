@@ -49,7 +49,7 @@ from skd.core.studies.report import correction_summary
 
 SCHEMA = "skd-reproduce-v1"
 STUDY_METHODS = ("sft", "supervised", "on-policy", "imitkd", "two-stage", "skd")
-INITS = ("weak", "strong")
+INITS = ("weak", "mid", "strong")
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,11 @@ class ReproConfig:
     teacher: str | None = None                    # a checkpoint folder instead of the demo's teacher stage
     methods: tuple[str, ...] = STUDY_METHODS
     regimes: tuple[str, ...] = ("1k", "100")      # the paper's two training-set sizes
-    inits: tuple[str, ...] = INITS
+    inits: tuple[str, ...] = ("weak", "strong")
     ks: tuple[str, ...] = ("1", "3", "25", "V")   # SKD top-K sweep; "V" = the vocabulary size (on-policy KD)
     seeds: tuple[int, ...] = (0, 1, 2)
     weak_steps: int = 300                         # SFT on the prompt set alone, ~0% accuracy (the demo: 400)
+    mid_steps: int = 600                          # between the two: a student that is partly right
     strong_steps: int = 1000                      # 3.3x longer on the same data: the "task-SFT" start
     init_lr: float = 1e-3                         # tiny models from scratch (demo), not the paper's 1e-5
     distill_steps: int = 100
@@ -85,7 +86,7 @@ class ReproConfig:
 
 
 # Smoke scale for --quick (numbers mean nothing); explicit CLI options still override these.
-QUICK = dict(regimes=("1k", "100"), ks=("1", "V"), seeds=(0,), weak_steps=2, strong_steps=4, distill_steps=3,
+QUICK = dict(regimes=("1k", "100"), ks=("1", "V"), seeds=(0,), weak_steps=2, mid_steps=3, strong_steps=4, distill_steps=3,
              batch_size=4, eval_examples=8, spec_prompts=4, max_new_tokens=24, dtype="float32")
 
 
@@ -126,11 +127,16 @@ def variant_name(method: str, k: str | None) -> str:
     return method if k is None else f"{method}-k{k}"
 
 
+def init_sft_steps(cfg: ReproConfig, init: str) -> int:
+    """SFT steps of a student init ('weak', 'mid' or 'strong')."""
+    return {"weak": cfg.weak_steps, "mid": cfg.mid_steps, "strong": cfg.strong_steps}[init]
+
+
 def plan(cfg: ReproConfig) -> dict:
     """Counts shown before the study starts."""
     cells = len(cfg.regimes) * len(cfg.inits) * len(cfg.seeds)
     runs = variants(cfg)
-    init_steps = {"weak": cfg.weak_steps, "strong": cfg.strong_steps}
+    init_steps = {i: init_sft_steps(cfg, i) for i in INITS}
     return {"cells": cells, "variants": [variant_name(m, k) for m, k in runs], "runs": cells * len(runs),
             "inits": cells, "distill_steps_total": cells * len(runs) * cfg.distill_steps,
             "init_steps_total": len(cfg.regimes) * len(cfg.seeds) * sum(init_steps[i] for i in cfg.inits)}
@@ -146,7 +152,7 @@ def check_config(cfg: ReproConfig) -> None:
             raise SkdError(f"unknown study method {m!r}", f"use some of: {', '.join(STUDY_METHODS)}")
     for i in cfg.inits:
         if i not in INITS:
-            raise SkdError(f"unknown student init {i!r}", "use weak, strong or both")
+            raise SkdError(f"unknown student init {i!r}", f"use some of: {', '.join(INITS)}")
     for r in cfg.regimes:
         parse_regime(r)
     from skd.core.tasks import get_task
@@ -259,7 +265,7 @@ class Study:
 
     # ---- student initialisations (cached per regime, init, seed)
     def init_stamp(self, regime: str, init: str, seed: int) -> str:
-        steps = self.cfg.weak_steps if init == "weak" else self.cfg.strong_steps
+        steps = init_sft_steps(self.cfg, init)
         return self.cfg.stamp("task", "init_lr", "batch_size", "dtype", "data_seed", "max_new_tokens",
                               regime=parse_regime(regime), init=init, steps=steps, seed=seed)
 
@@ -272,7 +278,7 @@ class Study:
         cfg = self.cfg
         folder = self.root / regime / init / f"seed{seed}" / "init"
         stamp = self.init_stamp(regime, init, seed)
-        steps = cfg.weak_steps if init == "weak" else cfg.strong_steps
+        steps = init_sft_steps(cfg, init)
         student_seed = PRESETS["tiny-student"]["seed"] + seed
         run = RunConfig(model=ModelConfig(teacher=None, student="tiny-student", dtype=cfg.dtype),
                         data=DataConfig(task=cfg.task, limit=parse_regime(regime), val_limit=0, seed=cfg.data_seed),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from skd.core.studies.engine import write_json_atomic
 from skd.core.studies.report import fmt_pm, markdown_table, mean_std, save_plot, start_end_text
-from skd.core.studies.reproduce import ReproConfig, parse_regime, variant_name, variants
+from skd.core.studies.reproduce import ReproConfig, init_sft_steps, parse_regime, variant_name, variants
 
 
 def aggregate(runs: list[dict], cfg: ReproConfig, inits: list[dict] | None = None) -> list[dict]:
@@ -70,7 +70,7 @@ def render_markdown(result: dict) -> str:
              f"Teacher test accuracy: **{teacher['eval']['test_accuracy']:.3f}** on "
              f"{teacher['eval']['test_examples']} held-out problems (greedy, exact match).", "",
              f"Settings: regimes {', '.join(f'{r} ({parse_regime(r)} prompts)' for r in cfg.regimes)}; "
-             f"inits weak = {cfg.weak_steps} SFT steps, strong = {cfg.strong_steps} SFT steps (lr {cfg.init_lr}); "
+             f"inits {', '.join(f'{i} = {init_sft_steps(cfg, i)}' for i in cfg.inits)} SFT steps (lr {cfg.init_lr}); "
              f"{cfg.distill_steps} distillation steps, batch {cfg.batch_size}, lr {cfg.lr}, linear decay; "
              f"SKD gamma {cfg.gamma}, K in {{{', '.join(cfg.ks)}}} (V = whole vocabulary = on-policy KD); "
              f"seeds {', '.join(map(str, cfg.seeds))}; {cfg.eval_examples} test problems; draft = greedy "
