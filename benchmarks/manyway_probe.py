@@ -3,8 +3,8 @@ solutions a problem has, the entropy of the answer distribution, the character l
 many answer characters more than one next character is valid (where a teacher's soft target
 carries more than the reference; 0% on arith).
 
-Public: probe(preset, n) -> dict, main(). Run: python -m skd.benchmarks.manyway_probe [n]   (default n = 2000:
-the first n problems of each preset's train split; seconds per preset).
+Public: probe(preset, n) -> dict, main(). Run: python -m skd.benchmarks.manyway_probe [n [preset ...]]
+(default n = 2000: the first n problems of each preset's train split, every preset; seconds per preset).
 The valid next lines are enumerated here by a second, independent reading of the rules, and its
 solution counts are checked against manyway.count_solutions.
 """
@@ -125,9 +125,9 @@ def _fmt(q: dict) -> str:
 
 
 def main() -> None:
-    """Print the probe for every preset."""
+    """Print the probe for every preset, or for the presets named after n."""
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    for preset in manyway.PRESETS:
+    for preset in sys.argv[2:] or manyway.PRESETS:
         r = probe(preset, n)
         print(f"## {preset} (n={n}; second count agreed on {r['counts_checked']})")
         print(f"terms per problem: {r['terms']}; with a group {r['with_group']:.0%}, "

@@ -31,7 +31,7 @@ def demo(run_dir, methods, distill_steps, quick):
     from rich.table import Table
 
     from skd.core.overrides import with_overrides
-    from skd.core.studies.demo import QUICK_OVERRIDES, DemoConfig, run_demo
+    from skd.core.studies.demo import QUICK_OVERRIDES, DemoConfig, lead_score, run_demo
     from skd.core.studies.report import start_end_text
 
     cfg = with_overrides(DemoConfig(run_dir=run_dir, methods=tuple(methods)), QUICK_OVERRIDES if quick else None,
@@ -49,20 +49,28 @@ def demo(run_dir, methods, distill_steps, quick):
                           f"· {p['elapsed']:.0f}s")
 
     res = run_demo(cfg, on_event=on_event)
+    lead = res["lead_metric"]
+    second = "valid" if "valid" in res["init"] else "accuracy"   # whole valid solutions, or exact match
     table = Table(title=f"skd demo · task {cfg.task} · {cfg.limit} distillation prompts · "
-                        f"teacher accuracy {res['teacher_accuracy']:.3f}")
-    for col in ("model", "test accuracy", "correction rate start → end", "draft acceptance", "draft speedup",
-                "wall time"):
+                        f"{cfg.eval_examples} test problems")
+    for col in ("model", f"{lead} (test)", second, "correction rate start → end", "draft acceptance",
+                "draft speedup", "wall time"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    table.add_row("teacher", f"{res['teacher_accuracy']:.3f}", "-", "-", "1.00x (itself)",
-                  f"{res['timings_s'].get('teacher', 0):.0f}s" if "teacher" in res["timings_s"] else "cached")
-    table.add_row("student init", f"{res['init_accuracy']:.3f}", "-", "-", "-",
-                  f"{res['timings_s'].get('student_init', 0):.0f}s" if "student_init" in res["timings_s"] else "cached")
+
+    def wall(stage: str) -> str:
+        return f"{res['timings_s'][stage]:.0f}s" if stage in res["timings_s"] else "cached"
+
+    table.add_row("teacher", f"{lead_score(res['teacher']):.3f}", f"{res['teacher'][second]:.3f}", "-", "-",
+                  "1.00x (itself)", wall("teacher"))
+    table.add_row("student init", f"{lead_score(res['init']):.3f}", f"{res['init'][second]:.3f}", "-", "-", "-",
+                  wall("student_init"))
     for m, r in res["methods"].items():
         corr = (start_end_text(r["correction_rate_start"], r["correction_rate_end"], digits=2, missing="-")
                 if m in ("skd", "mixed-skd") else "-")
-        table.add_row(m, f"{r['test_accuracy']:.3f}", corr, f"{r['draft']['acceptance_rate']:.3f}",
-                      f"{r['draft']['speedup']:.2f}x", f"{r['train_wall_s']:.0f}s")
+        table.add_row(m, f"{lead_score(r['test']):.3f}", f"{r['test'][second]:.3f}", corr,
+                      f"{r['draft']['acceptance_rate']:.3f}", f"{r['draft']['speedup']:.2f}x", wall(m))
     Console().print(table)
+    for line in res["reading"]:
+        Console().print(line)
     console.print(f"total {res['timings_s']['total']:.0f}s · {run_dir}/results.json"
                   + (f" · {res['plot']}" if res.get("plot") else ""))

@@ -50,7 +50,7 @@ def test_every_knob_reaches_the_study_config_over_quick(tmp_path, monkeypatch):
     monkeypatch.setattr(rep, "run", capture)
     args = ["--quick", "--run-dir", str(tmp_path / "r"), "--output-dir", str(tmp_path / "o"),
             "--methods", "sft,skd", "--regimes", "12", "--inits", "weak", "--ks", "2,V", "--seeds", "3,4",
-            "--weak-steps", "7", "--strong-steps", "9", "--init-lr", "0.002", "--distill-steps", "5",
+            "--weak-steps", "7", "--mid-steps", "8", "--strong-steps", "9", "--init-lr", "0.002", "--distill-steps", "5",
             "--batch-size", "3", "--lr", "0.0007", "--gamma", "2", "--eval-examples", "11", "--spec-prompts", "6",
             "--spec-gamma", "3", "--max-new-tokens", "33", "--dtype", "float32"]
     with pytest.raises(_Captured):
@@ -59,7 +59,7 @@ def test_every_knob_reaches_the_study_config_over_quick(tmp_path, monkeypatch):
     assert cfg.quick and cfg.run_dir == str(tmp_path / "r") and cfg.output_dir == str(tmp_path / "o")
     assert (cfg.methods, cfg.regimes, cfg.inits, cfg.seeds) == (("sft", "skd"), ("12",), ("weak",), (3, 4))
     assert cfg.ks == rep.parse_ks("2,V")
-    assert (cfg.weak_steps, cfg.strong_steps, cfg.init_lr, cfg.distill_steps) == (7, 9, 0.002, 5)
+    assert (cfg.weak_steps, cfg.mid_steps, cfg.strong_steps, cfg.init_lr, cfg.distill_steps) == (7, 8, 9, 0.002, 5)
     assert (cfg.batch_size, cfg.lr, cfg.gamma, cfg.eval_examples) == (3, 0.0007, 2, 11)
     assert (cfg.spec_prompts, cfg.spec_gamma, cfg.max_new_tokens, cfg.dtype) == (6, 3, 33, "float32")
     assert "reproduce" in CliRunner().invoke(main, ["bench", "--help"]).output   # listed under `skd bench`
