@@ -48,18 +48,26 @@ at::Tensor speculative_accept_cuda(const at::Tensor& p_target, const at::Tensor&
                                    const at::Tensor& draft, const at::Tensor& u);
 #endif
 
-// ---- order-preserving 16-bit keys -----------------------------------------------------------
-// bfloat16 and float16 are sign-magnitude: turning the bits into a two's-complement int16
-// (negate the magnitude when the sign bit is set) gives an integer whose order is the float
-// order, with -0 and +0 both mapped to 0 (they compare equal as floats too). NaNs land above
-// +inf (positive sign) or below -inf (negative sign), so "greater than a finite x" is
-// `key > kx && key <= key(+inf)`. Branch-free, so it vectorises on CPU and GPU alike.
+// ---- helpers compiled for host and device -------------------------------------------------
+// SKD_HOST_DEVICE marks a header function that both ops_cpu.cpp (host compiler) and
+// ops_cuda.cu (nvcc: host and device code) call; for the host compiler it is plain `inline`.
 #if defined(__CUDACC__)
 #define SKD_HOST_DEVICE __host__ __device__ __forceinline__
 #else
 #define SKD_HOST_DEVICE inline
 #endif
 
+// v clipped to [lo, hi] (lo <= hi); std::clamp is not callable from device code.
+SKD_HOST_DEVICE int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// ---- order-preserving 16-bit keys -----------------------------------------------------------
+// bfloat16 and float16 are sign-magnitude: turning the bits into a two's-complement int16
+// (negate the magnitude when the sign bit is set) gives an integer whose order is the float
+// order, with -0 and +0 both mapped to 0 (they compare equal as floats too). NaNs land above
+// +inf (positive sign) or below -inf (negative sign), so "greater than a finite x" is
+// `key > kx && key <= key(+inf)`. Branch-free, so it vectorises on CPU and GPU alike.
 SKD_HOST_DEVICE int16_t order_key16(uint16_t bits) {
   const int16_t mag = static_cast<int16_t>(bits & 0x7FFF);
   const int16_t neg = static_cast<int16_t>(-static_cast<int16_t>(bits >> 15));  // 0 or -1
