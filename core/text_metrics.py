@@ -1,7 +1,8 @@
 """Text metrics: ROUGE / BLEU / chrF through `evaluate`, and COMET (the summarisation and translation tasks).
 
 Public: rouge(preds, refs), bleu(preds, refs), chrf(preds, refs), comet(srcs, preds, refs) -> CometResult,
-CometResult, text_metric_info(...) (the MetricInfo of the metric modules), load_metric(name), METRIC_MODULES_DIR, COMET_MODEL.
+CometResult, load_metric(name), METRIC_MODULES_DIR, COMET_MODEL; for the metric modules themselves:
+text_metric_module(...) (their class decorator), text_metric_info(...) (their MetricInfo), acl_citation(...).
 
 ROUGE/BLEU/chrF run through `evaluate`, from metric modules shipped in core/metric_modules/ (its hub
 scripts cannot be fetched offline), so the numbers are the same online and offline. Scales: ROUGE in
@@ -34,6 +35,29 @@ def text_metric_info(*, description: str, citation: str, inputs: str, url: str):
                  for ref in (datasets.Value("string"), datasets.Sequence(datasets.Value("string"))))
     return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs,
                                features=[many, one], reference_urls=[url])
+
+
+def text_metric_module(*, description: str, citation: str, inputs: str, url: str):
+    """Class decorator of the `evaluate.Metric` classes in metric_modules/: gives the class the
+    docstring `evaluate` documents it by (description + inputs, through add_start_docstrings) and an
+    `_info` returning text_metric_info of these texts, so a module states its texts and `_compute` only."""
+    def decorate(cls):
+        from evaluate.utils.file_utils import add_start_docstrings
+
+        def _info(self):
+            return text_metric_info(description=description, citation=citation, inputs=inputs, url=url)
+
+        cls._info = _info
+        return add_start_docstrings(description, inputs)(cls)
+    return decorate
+
+
+def acl_citation(key: str, title: str, author: str, booktitle: str, year: int) -> str:
+    """The BibTeX entry of a paper in the ACL Anthology (what the metric modules cite), in the
+    Anthology's layout; `title` and `author` are BibTeX text (braces and accents kept as given)."""
+    return (f'@inproceedings{{{key},\n  title = "{title}",\n  author = "{author}",\n'
+            f'  booktitle = "{booktitle}",\n  year = "{year}",\n'
+            '  publisher = "Association for Computational Linguistics",\n}')
 
 
 def load_metric(name: str):

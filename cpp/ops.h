@@ -28,25 +28,39 @@ void check_splice(const at::Tensor& seq, const at::Tensor& length, const at::Ten
 void check_speculative_accept(const at::Tensor& p_target, const at::Tensor& q_draft,
                               const at::Tensor& draft, const at::Tensor& u);
 
-// ---- CPU kernels (ops_cpu.cpp) ------------------------------------------------------------
-at::Tensor topk_rank_accept_cpu(const at::Tensor& logits, const at::Tensor& tokens, int64_t k);
-at::Tensor accept_prefix_cpu(const at::Tensor& accepted, const at::Tensor& draft_len);
-void splice_cpu(at::Tensor& seq, at::Tensor& length, const at::Tensor& draft,
-                const at::Tensor& n_accept, const at::Tensor& replacement, at::Tensor& provenance,
-                at::Tensor& finished, int64_t eos_id);
-at::Tensor speculative_accept_cpu(const at::Tensor& p_target, const at::Tensor& q_draft,
-                                  const at::Tensor& draft, const at::Tensor& u);
+// ---- kernels: <op>_cpu (ops_cpu.cpp) and, with SKD_WITH_CUDA, <op>_cuda (ops_cuda.cu) --------
+// Every backend implements every op with the same signature, so the signatures are written once
+// here and declared for each backend by pasting its suffix onto the names: the CPU and CUDA
+// declarations cannot drift apart, and adding an op means adding one line.
+#define SKD_DECLARE_KERNELS(backend)                                                               \
+  at::Tensor topk_rank_accept_##backend(const at::Tensor& logits, const at::Tensor& tokens,        \
+                                        int64_t k);                                                \
+  at::Tensor accept_prefix_##backend(const at::Tensor& accepted, const at::Tensor& draft_len);     \
+  void splice_##backend(at::Tensor& seq, at::Tensor& length, const at::Tensor& draft,              \
+                        const at::Tensor& n_accept, const at::Tensor& replacement,                 \
+                        at::Tensor& provenance, at::Tensor& finished, int64_t eos_id);             \
+  at::Tensor speculative_accept_##backend(const at::Tensor& p_target, const at::Tensor& q_draft,   \
+                                          const at::Tensor& draft, const at::Tensor& u);
 
+SKD_DECLARE_KERNELS(cpu)
 #ifdef SKD_WITH_CUDA
-// ---- CUDA kernels (ops_cuda.cu) -----------------------------------------------------------
-at::Tensor topk_rank_accept_cuda(const at::Tensor& logits, const at::Tensor& tokens, int64_t k);
-at::Tensor accept_prefix_cuda(const at::Tensor& accepted, const at::Tensor& draft_len);
-void splice_cuda(at::Tensor& seq, at::Tensor& length, const at::Tensor& draft,
-                 const at::Tensor& n_accept, const at::Tensor& replacement, at::Tensor& provenance,
-                 at::Tensor& finished, int64_t eos_id);
-at::Tensor speculative_accept_cuda(const at::Tensor& p_target, const at::Tensor& q_draft,
-                                   const at::Tensor& draft, const at::Tensor& u);
+SKD_DECLARE_KERNELS(cuda)
 #endif
+#undef SKD_DECLARE_KERNELS
+
+// ---- helpers compiled for host and device -------------------------------------------------
+// SKD_HOST_DEVICE marks a header function that both ops_cpu.cpp (host compiler) and
+// ops_cuda.cu (nvcc: host and device code) call; for the host compiler it is plain `inline`.
+#if defined(__CUDACC__)
+#define SKD_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define SKD_HOST_DEVICE inline
+#endif
+
+// v clipped to [lo, hi] (lo <= hi); std::clamp is not callable from device code.
+SKD_HOST_DEVICE int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
 
 // ---- order-preserving 16-bit keys -----------------------------------------------------------
 // bfloat16 and float16 are sign-magnitude: turning the bits into a two's-complement int16
@@ -54,12 +68,6 @@ at::Tensor speculative_accept_cuda(const at::Tensor& p_target, const at::Tensor&
 // order, with -0 and +0 both mapped to 0 (they compare equal as floats too). NaNs land above
 // +inf (positive sign) or below -inf (negative sign), so "greater than a finite x" is
 // `key > kx && key <= key(+inf)`. Branch-free, so it vectorises on CPU and GPU alike.
-#if defined(__CUDACC__)
-#define SKD_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SKD_HOST_DEVICE inline
-#endif
-
 SKD_HOST_DEVICE int16_t order_key16(uint16_t bits) {
   const int16_t mag = static_cast<int16_t>(bits & 0x7FFF);
   const int16_t neg = static_cast<int16_t>(-static_cast<int16_t>(bits >> 15));  // 0 or -1

@@ -6,6 +6,7 @@
 // L sequence capacity. The semantics are defined by the pure-torch references in
 // skd/core/ops.py; tests compare both bit for bit.
 #include "ops.h"
+#include "splice_row.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -326,75 +327,20 @@ at::Tensor accept_prefix_cpu(const at::Tensor& accepted_in, const at::Tensor& dr
 
 // ---- splice ---------------------------------------------------------------------------------
 //
-// Row b (skipped when finished): write draft[b, :n_accept[b]] then replacement[b] (none when
-// negative) at seq[b, length[b]:], provenance 2 for student and 3 for teacher tokens. Writing
-// stops right after an EOS (the row finishes; the rest of the draft and the replacement are
-// dropped) or at capacity L (the row finishes). length and n_accept are clipped to [0, L] and
-// [0, D]: a kernel cannot raise on data without a device sync, so all backends clip alike.
-
-namespace {
-
-template <typename prov_t>
-void splice_kernel(at::Tensor& seq, at::Tensor& length, const at::Tensor& draft,
-                   const at::Tensor& n_accept, const at::Tensor& replacement,
-                   at::Tensor& provenance, at::Tensor& finished, int64_t eos_id) {
-  const int64_t B = seq.size(0), L = seq.size(1), D = draft.size(1);
-  int64_t* s = seq.data_ptr<int64_t>();
-  const int64_t ss0 = seq.stride(0), ss1 = seq.stride(1);
-  prov_t* pv = provenance.data_ptr<prov_t>();
-  const int64_t ps0 = provenance.stride(0), ps1 = provenance.stride(1);
-  const int64_t* dr = draft.data_ptr<int64_t>();
-  const int64_t ds0 = draft.stride(0), ds1 = draft.stride(1);
-  int64_t* len = length.data_ptr<int64_t>();
-  const int64_t ls = length.stride(0);
-  const int64_t* na = n_accept.data_ptr<int64_t>();
-  const int64_t nas = n_accept.stride(0);
-  const int64_t* rp = replacement.data_ptr<int64_t>();
-  const int64_t rps = replacement.stride(0);
-  bool* fin = finished.data_ptr<bool>();
-  const int64_t fs = finished.stride(0);
-
-  at::parallel_for(0, B, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (D + 1)),
-                   [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      if (fin[b * fs]) continue;  // finished rows are never written
-      int64_t pos = std::clamp<int64_t>(len[b * ls], 0, L);
-      const int64_t n = std::clamp<int64_t>(na[b * nas], 0, D);
-      bool eos = false;
-      // Candidates in order: n draft tokens, then the replacement.
-      for (int64_t j = 0; j <= n && !eos && pos < L; ++j) {
-        int64_t token;
-        prov_t prov;
-        if (j < n) {
-          token = dr[b * ds0 + j * ds1];
-          prov = static_cast<prov_t>(kProvStudent);
-        } else {
-          token = rp[b * rps];
-          if (token < 0) break;  // -1: no teacher token this round
-          prov = static_cast<prov_t>(kProvTeacher);
-        }
-        s[b * ss0 + pos * ss1] = token;
-        pv[b * ps0 + pos * ps1] = prov;
-        ++pos;
-        eos = eos_id >= 0 && token == eos_id;
-      }
-      len[b * ls] = pos;
-      if (eos || pos >= L) fin[b * fs] = true;
-    }
-  });
-}
-
-}  // namespace
+// The per-row semantics are in splice_row.h (shared with the CUDA kernel); rows are independent,
+// so they are split across threads.
 
 void splice_cpu(at::Tensor& seq, at::Tensor& length, const at::Tensor& draft,
                 const at::Tensor& n_accept, const at::Tensor& replacement, at::Tensor& provenance,
                 at::Tensor& finished, int64_t eos_id) {
   check_splice(seq, length, draft, n_accept, replacement, provenance, finished);
-  if (provenance.scalar_type() == at::kChar) {
-    splice_kernel<int8_t>(seq, length, draft, n_accept, replacement, provenance, finished, eos_id);
-  } else {
-    splice_kernel<uint8_t>(seq, length, draft, n_accept, replacement, provenance, finished, eos_id);
-  }
+  with_splice_args(seq, length, draft, n_accept, replacement, provenance, finished, eos_id,
+                   [](const auto& a) {
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.D + 1));
+    at::parallel_for(0, a.B, grain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) splice_row(a, b);
+    });
+  });
 }
 
 // ---- speculative_accept -------------------------------------------------------------------

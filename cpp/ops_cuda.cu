@@ -7,6 +7,7 @@
 // nothing here synchronises with the host: data-dependent cases (out-of-range ids, lengths)
 // are clipped or rejected on the device instead of raising.
 #include "ops.h"
+#include "splice_row.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,9 +35,6 @@ namespace {
 // approach HBM bandwidth.
 constexpr int kThreads = 512;
 
-__device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
-}
 constexpr int kUnroll = 4;
 constexpr int kWarp = 32;
 
@@ -187,38 +185,11 @@ __global__ void accept_prefix_kernel(const bool* __restrict__ acc, int64_t as0, 
   out[b] = i;
 }
 
+// One thread per row; the row's work is splice_row (splice_row.h), the code the CPU runs too.
 template <typename prov_t>
-__global__ void splice_kernel(int64_t* __restrict__ seq, int64_t ss0, int64_t ss1,
-                              int64_t* __restrict__ length, int64_t ls,
-                              const int64_t* __restrict__ draft, int64_t ds0, int64_t ds1,
-                              const int64_t* __restrict__ n_accept, int64_t nas,
-                              const int64_t* __restrict__ replacement, int64_t rps,
-                              prov_t* __restrict__ prov, int64_t ps0, int64_t ps1,
-                              bool* __restrict__ finished, int64_t fs, int64_t B, int64_t L,
-                              int64_t D, int64_t eos_id) {
+__global__ void splice_kernel(const SpliceArgs<prov_t> args) {
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (b >= B || finished[b * fs]) return;  // finished rows are never written
-  int64_t pos = clamp64(length[b * ls], 0, L);
-  const int64_t n = clamp64(n_accept[b * nas], 0, D);
-  bool eos = false;
-  for (int64_t j = 0; j <= n && !eos && pos < L; ++j) {
-    int64_t token;
-    prov_t code;
-    if (j < n) {
-      token = draft[b * ds0 + j * ds1];
-      code = static_cast<prov_t>(kProvStudent);
-    } else {
-      token = replacement[b * rps];
-      if (token < 0) break;  // -1: no teacher token this round
-      code = static_cast<prov_t>(kProvTeacher);
-    }
-    seq[b * ss0 + pos * ss1] = token;
-    prov[b * ps0 + pos * ps1] = code;
-    ++pos;
-    eos = eos_id >= 0 && token == eos_id;
-  }
-  length[b * ls] = pos;
-  if (eos || pos >= L) finished[b * fs] = true;
+  if (b < args.B) splice_row(args, b);
 }
 
 template <typename scalar_t>
@@ -289,22 +260,13 @@ void splice_cuda(at::Tensor& seq, at::Tensor& length, const at::Tensor& draft,
                  at::Tensor& finished, int64_t eos_id) {
   check_splice(seq, length, draft, n_accept, replacement, provenance, finished);
   const c10::cuda::OptionalCUDAGuard guard(seq.device());
-  const int64_t B = seq.size(0), L = seq.size(1), D = draft.size(1);
+  const int64_t B = seq.size(0);
   if (B == 0) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  auto launch = [&](auto* prov) {
-    splice_kernel<<<row_blocks(B), kRowThreads, 0, stream>>>(
-        seq.data_ptr<int64_t>(), seq.stride(0), seq.stride(1), length.data_ptr<int64_t>(),
-        length.stride(0), draft.data_ptr<int64_t>(), draft.stride(0), draft.stride(1),
-        n_accept.data_ptr<int64_t>(), n_accept.stride(0), replacement.data_ptr<int64_t>(),
-        replacement.stride(0), prov, provenance.stride(0), provenance.stride(1),
-        finished.data_ptr<bool>(), finished.stride(0), B, L, D, eos_id);
-  };
-  if (provenance.scalar_type() == at::kChar) {
-    launch(provenance.data_ptr<int8_t>());
-  } else {
-    launch(provenance.data_ptr<uint8_t>());
-  }
+  with_splice_args(seq, length, draft, n_accept, replacement, provenance, finished, eos_id,
+                   [&](const auto& args) {
+    splice_kernel<<<row_blocks(B), kRowThreads, 0, stream>>>(args);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -22,14 +22,17 @@ MATH_SOLUTION = (r"We have $\frac{2}{4} = \boxed{\frac{1}{2}}$ after cancelling,
 
 # ---- extraction -------------------------------------------------------------------------------
 
-def test_gsm8k_answer_is_the_number_after_the_last_marker():
-    assert extract_gsm8k_answer(GSM8K_ANSWER) == "72"
-    assert extract_gsm8k_answer("#### 1\nthen again\n#### 2") == "2"
-    assert extract_gsm8k_answer("so\n#### $1,200.50.") == "1200.5"
-    assert extract_gsm8k_answer("#### 18 dollars") == "18"
-    assert extract_gsm8k_answer("#### -3") == "-3"
-    assert extract_gsm8k_answer("#### 5.0") == "5"
-    assert extract_gsm8k_answer("#### 40%") == "40"
+@pytest.mark.parametrize("text, expected", [
+    (GSM8K_ANSWER, "72"),
+    ("#### 1\nthen again\n#### 2", "2"),
+    ("so\n#### $1,200.50.", "1200.5"),
+    ("#### 18 dollars", "18"),
+    ("#### -3", "-3"),
+    ("#### 5.0", "5"),
+    ("#### 40%", "40"),
+])
+def test_gsm8k_answer_is_the_number_after_the_last_marker(text, expected):
+    assert extract_gsm8k_answer(text) == expected
 
 
 def test_gsm8k_answer_missing_unless_fallback():
@@ -39,27 +42,34 @@ def test_gsm8k_answer_missing_unless_fallback():
     assert extract_gsm8k_answer("") is None and extract_gsm8k_answer(None) is None
 
 
-def test_boxed_keeps_nested_braces_and_takes_the_last_box():
-    assert extract_boxed(MATH_SOLUTION) == r"\frac{1}{2}"
-    assert extract_boxed(r"\boxed{1} and finally \boxed{\dfrac{\sqrt{3}}{2}}") == r"\dfrac{\sqrt{3}}{2}"
-    assert extract_boxed(r"\fbox{7}") == "7"
-    assert extract_boxed(r"so \boxed 5$.") == "5"
-    assert extract_boxed(r"\boxed{unclosed {x}") is None
-    assert extract_boxed("no box here") is None
+@pytest.mark.parametrize("text, expected", [
+    (MATH_SOLUTION, r"\frac{1}{2}"),
+    (r"\boxed{1} and finally \boxed{\dfrac{\sqrt{3}}{2}}", r"\dfrac{\sqrt{3}}{2}"),
+    (r"\fbox{7}", "7"),
+    (r"so \boxed 5$.", "5"),
+    (r"\boxed{unclosed {x}", None),
+    ("no box here", None),
+])
+def test_boxed_keeps_nested_braces_and_takes_the_last_box(text, expected):
+    assert extract_boxed(text) == expected  # None: no (complete) box
 
 
-def test_normalize_number_forms():
-    assert normalize_number("1,000") == "1000"
-    assert normalize_number("1{,}000") == "1000"
-    assert normalize_number("$18") == "18"
-    assert normalize_number("18.") == "18"
-    assert normalize_number("7.50") == "7.5"
-    assert normalize_number("-0.0") == "0"
-    assert normalize_number("+007") == "7"
-    assert normalize_number(51.0) == "51"
-    assert normalize_number(1e-5) == "0.00001"
-    assert normalize_number("1,2") is None and normalize_number("abc") is None
-    assert normalize_number(True) is None
+@pytest.mark.parametrize("value, expected", [
+    ("1,000", "1000"),
+    ("1{,}000", "1000"),
+    ("$18", "18"),
+    ("18.", "18"),
+    ("7.50", "7.5"),
+    ("-0.0", "0"),
+    ("+007", "7"),
+    (51.0, "51"),
+    (1e-5, "0.00001"),
+    ("1,2", None),
+    ("abc", None),
+    (True, None),
+])
+def test_normalize_number_forms(value, expected):
+    assert normalize_number(value) == expected  # None: not a number
 
 
 # ---- equality -----------------------------------------------------------------------------------

@@ -10,18 +10,8 @@ sentences on newlines only, as the hub metric does.
 Keep one import per line: evaluate's dependency scanner misreads `import a, b`.
 """
 import evaluate
-from skd.core.text_metrics import text_metric_info
+from skd.core.text_metrics import acl_citation, text_metric_module
 from rouge_score import rouge_scorer
-
-_DESCRIPTION = "ROUGE-1/2/L/Lsum F-measure (mean over examples) through the rouge_score package."
-
-_CITATION = """@inproceedings{lin-2004-rouge,
-  title = "{ROUGE}: A Package for Automatic Evaluation of Summaries",
-  author = "Lin, Chin-Yew",
-  booktitle = "Text Summarization Branches Out",
-  year = "2004",
-  publisher = "Association for Computational Linguistics",
-}"""
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -36,12 +26,12 @@ Returns:
 DEFAULT_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+@text_metric_module(
+    description="ROUGE-1/2/L/Lsum F-measure (mean over examples) through the rouge_score package.",
+    citation=acl_citation("lin-2004-rouge", "{ROUGE}: A Package for Automatic Evaluation of Summaries",
+                          "Lin, Chin-Yew", "Text Summarization Branches Out", 2004),
+    inputs=_KWARGS_DESCRIPTION, url="https://github.com/google-research/google-research/tree/master/rouge")
 class SkdRouge(evaluate.Metric):
-    def _info(self):
-        return text_metric_info(description=_DESCRIPTION, citation=_CITATION, inputs=_KWARGS_DESCRIPTION,
-                                url="https://github.com/google-research/google-research/tree/master/rouge")
-
     def _compute(self, predictions, references, rouge_types=DEFAULT_TYPES, use_stemmer=False):
         rouge_types = list(rouge_types)
         scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=use_stemmer)

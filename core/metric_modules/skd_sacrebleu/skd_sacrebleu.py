@@ -11,26 +11,9 @@ Note: the paper's released MT evaluation printed the hub metric "bleu" (another 
 Keep one import per line: evaluate's dependency scanner misreads `import a, b`.
 """
 import evaluate
-from skd.core.text_metrics import text_metric_info
+from skd.core.text_metrics import acl_citation, text_metric_module
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics import CHRF
-
-_DESCRIPTION = "Corpus-level BLEU and chrF (0-100) computed by sacrebleu."
-
-_CITATION = """@inproceedings{post-2018-call,
-  title = "A Call for Clarity in Reporting {BLEU} Scores",
-  author = "Post, Matt",
-  booktitle = "Proceedings of the Third Conference on Machine Translation: Research Papers",
-  year = "2018",
-  publisher = "Association for Computational Linguistics",
-}
-@inproceedings{popovic-2015-chrf,
-  title = "chr{F}: character n-gram {F}-score for automatic {MT} evaluation",
-  author = "Popovi{\\'c}, Maja",
-  booktitle = "Proceedings of the Tenth Workshop on Statistical Machine Translation",
-  year = "2015",
-  publisher = "Association for Computational Linguistics",
-}"""
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -51,12 +34,17 @@ def reference_streams(references):
     return [[row[i] if i < len(row) else None for row in rows] for i in range(width)]
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+@text_metric_module(
+    description="Corpus-level BLEU and chrF (0-100) computed by sacrebleu.",
+    citation="\n".join([
+        acl_citation("post-2018-call", "A Call for Clarity in Reporting {BLEU} Scores", "Post, Matt",
+                     "Proceedings of the Third Conference on Machine Translation: Research Papers", 2018),
+        acl_citation("popovic-2015-chrf", "chr{F}: character n-gram {F}-score for automatic {MT} evaluation",
+                     r"Popovi{\'c}, Maja", "Proceedings of the Tenth Workshop on Statistical Machine Translation",
+                     2015),
+    ]),
+    inputs=_KWARGS_DESCRIPTION, url="https://github.com/mjpost/sacrebleu")
 class SkdSacrebleu(evaluate.Metric):
-    def _info(self):
-        return text_metric_info(description=_DESCRIPTION, citation=_CITATION, inputs=_KWARGS_DESCRIPTION,
-                                url="https://github.com/mjpost/sacrebleu")
-
     def _compute(self, predictions, references, tokenize="13a", lowercase=False, chrf_word_order=0):
         predictions = list(predictions)
         streams = reference_streams(references)
