@@ -39,6 +39,8 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--methods", default=None, help="Comma-separated, of: sft, supervised, on-policy, imitkd, two-stage, "
               "skd  [default: all six]")
 @click.option("--regimes", default=None, help="Training prompt sets, e.g. 1k,100 (the paper's)  [default: 1k,100]")
+@click.option("--init-regime", default=None, help="Prompt set every student init is SFT'd on, e.g. 1k  "
+              "[default: each cell's own regime]")
 @click.option("--inits", default=None, help="Student initialisations: weak (brief SFT), mid, strong (long SFT)  "
               "[default: weak,strong]")
 @click.option("--ks", default=None, help="SKD top-K sweep; V = the vocabulary size (on-policy KD)  "
@@ -71,7 +73,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
               "nothing. Options given explicitly still apply.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the whole result as one JSON line to this file.")
-def reproduce(run_dir, output_dir, task, teacher, methods, regimes, inits, ks, seeds, weak_steps, mid_steps, strong_steps, init_lr,
+def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime, inits, ks, seeds, weak_steps, mid_steps, strong_steps, init_lr,
               distill_steps, batch_size, lr, gamma, eval_examples, spec_prompts, spec_gamma, max_new_tokens, dtype,
               device, threads, quick, output):
     """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
@@ -103,7 +105,8 @@ def reproduce(run_dir, output_dir, task, teacher, methods, regimes, inits, ks, s
         raise click.BadParameter("CUDA is not available to this torch build; use --device cpu", param_hint="--device")
     if threads is not None:
         torch.set_num_threads(threads)
-    given = dict(task=task, methods=_csv(methods), regimes=_csv(regimes), inits=_csv(inits),
+    given = dict(task=task, methods=_csv(methods), regimes=_csv(regimes), init_regime=init_regime,
+                 inits=_csv(inits),
                  ks=rep.parse_ks(ks) if ks is not None else None, weak_steps=weak_steps, mid_steps=mid_steps,
                  strong_steps=strong_steps,
                  init_lr=init_lr, distill_steps=distill_steps, batch_size=batch_size, lr=lr, gamma=gamma,

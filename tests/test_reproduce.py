@@ -49,7 +49,7 @@ def test_every_knob_reaches_the_study_config_over_quick(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rep, "run", capture)
     args = ["--quick", "--run-dir", str(tmp_path / "r"), "--output-dir", str(tmp_path / "o"),
-            "--methods", "sft,skd", "--regimes", "12", "--inits", "weak", "--ks", "2,V", "--seeds", "3,4",
+            "--methods", "sft,skd", "--regimes", "12", "--init-regime", "30", "--inits", "weak", "--ks", "2,V", "--seeds", "3,4",
             "--weak-steps", "7", "--mid-steps", "8", "--strong-steps", "9", "--init-lr", "0.002", "--distill-steps", "5",
             "--batch-size", "3", "--lr", "0.0007", "--gamma", "2", "--eval-examples", "11", "--spec-prompts", "6",
             "--spec-gamma", "3", "--max-new-tokens", "33", "--dtype", "float32"]
@@ -58,6 +58,7 @@ def test_every_knob_reaches_the_study_config_over_quick(tmp_path, monkeypatch):
     cfg = seen["cfg"]
     assert cfg.quick and cfg.run_dir == str(tmp_path / "r") and cfg.output_dir == str(tmp_path / "o")
     assert (cfg.methods, cfg.regimes, cfg.inits, cfg.seeds) == (("sft", "skd"), ("12",), ("weak",), (3, 4))
+    assert cfg.init_regime == "30" and rep.init_prompts(cfg, "12") == 30
     assert cfg.ks == rep.parse_ks("2,V")
     assert (cfg.weak_steps, cfg.mid_steps, cfg.strong_steps, cfg.init_lr, cfg.distill_steps) == (7, 8, 9, 0.002, 5)
     assert (cfg.batch_size, cfg.lr, cfg.gamma, cfg.eval_examples) == (3, 0.0007, 2, 11)
@@ -176,3 +177,19 @@ def test_bad_values_are_one_line_errors(tmp_path):
     for args in (["--ks", "1,x"], ["--regimes", "lots"], ["--methods", "gkd"], ["--seeds", "a"]):
         r = CliRunner().invoke(main, ["bench", "reproduce", "--run-dir", str(tmp_path), *args])
         assert r.exit_code != 0 and "error" in r.output.lower(), (args, r.output)
+
+
+def test_init_regime_trains_every_init_on_its_prompt_set(tmp_path, teacher_dir):
+    """--init-regime: the cell distils on its own prompts, but its init was SFT'd on the named set."""
+    run_dir = tmp_path / "runs"
+    args = ["--run-dir", str(run_dir), "--output-dir", str(tmp_path / "out"), "--teacher", str(teacher_dir),
+            "--regimes", "6", "--init-regime", "14", "--inits", "mid", "--mid-steps", "1", "--methods", "sft",
+            "--seeds", "0", "--distill-steps", "1", "--batch-size", "2", "--eval-examples", "2",
+            "--spec-prompts", "1", "--max-new-tokens", "4", "--dtype", "float32"]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    cell = run_dir / "reproduce" / "6" / "mid" / "seed0"
+    init_cfg = json.loads((cell / "init" / "run_config.json").read_text())
+    sft_cfg = json.loads((cell / "sft" / "run_config.json").read_text())
+    assert (init_cfg["data"]["limit"], init_cfg["train"]["max_steps"]) == (14, 1)
+    assert sft_cfg["data"]["limit"] == 6

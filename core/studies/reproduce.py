@@ -61,6 +61,7 @@ class ReproConfig:
     methods: tuple[str, ...] = STUDY_METHODS
     regimes: tuple[str, ...] = ("1k", "100")      # the paper's two training-set sizes
     inits: tuple[str, ...] = ("weak", "strong")
+    init_regime: str | None = None                # the prompt set every init is SFT'd on; None: the cell's own
     ks: tuple[str, ...] = ("1", "3", "25", "V")   # SKD top-K sweep; "V" = the vocabulary size (on-policy KD)
     seeds: tuple[int, ...] = (0, 1, 2)
     weak_steps: int = 300                         # SFT on the prompt set alone, ~0% accuracy (the demo: 400)
@@ -132,6 +133,12 @@ def init_sft_steps(cfg: ReproConfig, init: str) -> int:
     return {"weak": cfg.weak_steps, "mid": cfg.mid_steps, "strong": cfg.strong_steps}[init]
 
 
+def init_prompts(cfg: ReproConfig, regime: str) -> int:
+    """How many training prompts a student init of `regime`'s cell is SFT'd on: the cell's own regime,
+    or cfg.init_regime for every cell (the same seed-`data_seed` shuffle, so "100" is a prefix of "1k")."""
+    return parse_regime(cfg.init_regime or regime)
+
+
 def plan(cfg: ReproConfig) -> dict:
     """Counts shown before the study starts."""
     cells = len(cfg.regimes) * len(cfg.inits) * len(cfg.seeds)
@@ -153,7 +160,7 @@ def check_config(cfg: ReproConfig) -> None:
     for i in cfg.inits:
         if i not in INITS:
             raise SkdError(f"unknown student init {i!r}", f"use some of: {', '.join(INITS)}")
-    for r in cfg.regimes:
+    for r in (*cfg.regimes, *([cfg.init_regime] if cfg.init_regime else [])):
         parse_regime(r)
     from skd.core.tasks import get_task
 
@@ -267,7 +274,7 @@ class Study:
     def init_stamp(self, regime: str, init: str, seed: int) -> str:
         steps = init_sft_steps(self.cfg, init)
         return self.cfg.stamp("task", "init_lr", "batch_size", "dtype", "data_seed", "max_new_tokens",
-                              regime=parse_regime(regime), init=init, steps=steps, seed=seed)
+                              regime=init_prompts(self.cfg, regime), init=init, steps=steps, seed=seed)
 
     def ensure_init(self, regime: str, init: str, seed: int) -> dict:
         """SFT a freshly initialised student on the regime's ground truth; then measure it once."""
@@ -281,7 +288,8 @@ class Study:
         steps = init_sft_steps(cfg, init)
         student_seed = PRESETS["tiny-student"]["seed"] + seed
         run = RunConfig(model=ModelConfig(teacher=None, student="tiny-student", dtype=cfg.dtype),
-                        data=DataConfig(task=cfg.task, limit=parse_regime(regime), val_limit=0, seed=cfg.data_seed),
+                        data=DataConfig(task=cfg.task, limit=init_prompts(cfg, regime), val_limit=0,
+                                        seed=cfg.data_seed),
                         train=TrainConfig(method="sft", lr=cfg.init_lr, max_steps=steps, batch_size=cfg.batch_size,
                                           eval_every=0, save_every=0, seed=seed, output_dir=str(folder),
                                           overwrite=True),

@@ -68,9 +68,12 @@ def render_markdown(result: dict) -> str:
              f"V = {result['vocab_size']}. Device {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"transformers {env['transformers']}, skd {env['skd']}, ops {env['ops_backend']}, {env['time']}.", "",
              f"Teacher test accuracy: **{teacher['eval']['test_accuracy']:.3f}** on "
-             f"{teacher['eval']['test_examples']} held-out problems (greedy, exact match).", "",
+             f"{teacher['eval']['test_examples']} held-out problems (greedy, exact match)"
+             + (f"; graded {teacher['eval']['test_graded']:.3f}" if teacher["eval"].get("test_graded") is not None
+                else "") + ".", "",
              f"Settings: regimes {', '.join(f'{r} ({parse_regime(r)} prompts)' for r in cfg.regimes)}; "
-             f"inits {', '.join(f'{i} = {init_sft_steps(cfg, i)}' for i in cfg.inits)} SFT steps (lr {cfg.init_lr}); "
+             f"inits {', '.join(f'{i} = {init_sft_steps(cfg, i)}' for i in cfg.inits)} SFT steps (lr {cfg.init_lr}) on "
+             f"{f'the {cfg.init_regime} prompt set in every cell' if cfg.init_regime else 'the cell’s own prompt set'}; "
              f"{cfg.distill_steps} distillation steps, batch {cfg.batch_size}, lr {cfg.lr}, linear decay; "
              f"SKD gamma {cfg.gamma}, K in {{{', '.join(cfg.ks)}}} (V = whole vocabulary = on-policy KD); "
              f"seeds {', '.join(map(str, cfg.seeds))}; {cfg.eval_examples} test problems; draft = greedy "
