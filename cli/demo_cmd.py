@@ -1,4 +1,4 @@
-"""`skd demo`: SFT a tiny teacher, distil a weak tiny student three ways, compare (skd.core.studies.demo).
+"""`skd demo`: SFT a tiny teacher, distil a tiny student three ways, compare (skd.core.studies.demo).
 
 Public: demo (the click command). Options -> DemoConfig -> run_demo -> one table.
 """
@@ -18,9 +18,11 @@ import click
 def demo(run_dir, methods, distill_steps, quick):
     """Show what SKD is for, offline on a CPU, in minutes.
 
-    Trains the tiny teacher on the built-in arithmetic task (cached), starts a weak tiny student,
-    distils it with supervised KD, on-policy KD and SKD on the same 1,000 prompts, then scores
-    every model on the test split and every student as a speculative-decoding draft.
+    Trains the tiny teacher on the built-in manyway-short task (word problems with many valid
+    worked solutions), SFTs a tiny student on 1,000 of them (a partly right start), distils it with
+    supervised KD, on-policy KD and SKD on the same prompts, then scores every model on the test
+    split (graded: share of valid lines; valid: whole valid solutions) and every student as a
+    speculative-decoding draft. Every stage is cached in --run-dir: a rerun re-measures nothing.
 
     \b
     Examples:

@@ -42,3 +42,22 @@ def test_demo_quick_leads_with_graded_and_reuses_every_stage(tmp_path):
     third = _demo(tmp_path, "--distill-steps", "3")
     res3 = json.loads((tmp_path / "results.json").read_text())
     assert set(res3["timings_s"]) == {"supervised", "on-policy", "skd", "total"}, third.output
+
+
+def _results(skd, supervised, on_policy, corr=(0.2, 0.1)):
+    method = lambda g, c=(None, None): {"test": {"graded": g, "accuracy": 0.0},  # noqa: E731
+                                        "correction_rate_start": c[0], "correction_rate_end": c[1]}
+    return {"lead_metric": "graded", "config": {"k": 3, "eval_examples": 200},
+            "teacher": {"graded": 0.6, "accuracy": 0.4}, "init": {"graded": 0.3, "accuracy": 0.1},
+            "methods": {"supervised": method(supervised), "on-policy": method(on_policy), "skd": method(skd, corr)}}
+
+
+def test_reading_says_plainly_whether_skd_is_ahead():
+    from skd.core.studies.demo import reading
+
+    ahead = reading(_results(0.42, 0.35, 0.38))
+    assert "SKD ahead of every other method by 0.040" in ahead[0] and "top-3" in ahead[0]
+    assert "0.20 at the start -> 0.10 at the end: the teacher had to repair less" in ahead[1]
+    behind = reading(_results(0.33, 0.35, 0.38, corr=(0.1, 0.12)))
+    assert "SKD is not ahead of every other method (-0.050 against the best)" in behind[0]
+    assert "it did not fall in this run" in behind[1]

@@ -242,25 +242,32 @@ def _method_stage(cfg: DemoConfig, method: str, base_stamp: str, init_dir: Path,
 
 
 def reading(results: dict) -> list[str]:
-    """Two lines for a newcomer: what SKD did differently from the two baselines, and where the
-    correction rate went (only the methods that ran are named)."""
+    """Two lines for a newcomer: what SKD did differently from the baselines and whether it came out
+    ahead on the lead metric, then where its correction rate went (only methods that ran are named)."""
     methods, lead = results["methods"], results["lead_metric"]
     k = results["config"]["k"]
-    parts = [f"{m} {lead_score(r['test']):.3f}" for m, r in methods.items()]
-    first = (f"{lead} on {results['config']['eval_examples']} held-out problems: " + ", ".join(parts) +
-             f" (teacher {lead_score(results['teacher']):.3f}, init {lead_score(results['init']):.3f}). "
-             f"SKD trains on the student's own samples with every token outside the teacher's top-{k} replaced "
-             f"by the teacher; supervised KD trains on the reference solutions, on-policy KD on the student's "
-             f"samples unrepaired.")
+    score = {m: lead_score(r["test"]) for m, r in methods.items()}
+    others = {m: v for m, v in score.items() if m != "skd"}
+    first = (f"SKD trains on the student's own samples with every token outside the teacher's top-{k} replaced by "
+             f"the teacher's; supervised KD trains on the reference solutions, on-policy KD on the student's samples "
+             f"as they are. {lead} on {results['config']['eval_examples']} test problems: "
+             + ", ".join(f"{m} {v:.3f}" for m, v in score.items())
+             + f" (teacher {lead_score(results['teacher']):.3f}, init {lead_score(results['init']):.3f})")
+    if "skd" in score and others:
+        gap = score["skd"] - max(others.values())
+        first += (f": SKD ahead of every other method by {gap:.3f}" if gap > 0 else
+                  f": SKD is not ahead of every other method ({gap:+.3f} against the best)")
+        first += " in this one seed (the study's 3 seeds say how large the noise is)."
+    else:
+        first += "."
     skd = methods.get("skd")
     if skd is None or skd["correction_rate_start"] is None:
         second = "Correction rate: SKD did not run, so no token was replaced."
     else:
         second = (f"Correction rate (teacher replacements / student tokens) during SKD: "
-                  f"{skd['correction_rate_start']:.2f} at the start -> {skd['correction_rate_end']:.2f} at the end: "
-                  + ("the teacher had to repair less as the student improved."
-                     if skd["correction_rate_end"] < skd["correction_rate_start"] else
-                     "it did not fall in this run."))
+                  f"{skd['correction_rate_start']:.2f} at the start -> {skd['correction_rate_end']:.2f} at the end"
+                  + (": the teacher had to repair less as the student improved."
+                     if skd["correction_rate_end"] < skd["correction_rate_start"] else ": it did not fall in this run."))
     return [first, second]
 
 
