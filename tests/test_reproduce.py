@@ -127,6 +127,9 @@ def test_study_end_to_end_records_failures_and_resumes(tmp_path, teacher_dir, mo
     assert "| regime | init | method | K | n | graded (test) | test accuracy |" in md
     assert md.count("\n| 12 | ") == len(res["summary"]) == 10
     assert "V=103" in md and "## Failed runs" in md and "injected failure" in md
+    # the claims compare SKD with the init and every baseline on each metric, graded first
+    assert md.index("**graded**") < md.index("**test accuracy**") < md.index("**draft acceptance**")
+    assert "- 12 / weak / K = 1: init " in md and ", sft " in md
     assert (run_dir / "reproduce" / "12" / "weak" / "seed0" / "skd-k1" / "result.json").exists()
     if res["plots"]["accuracy"] is not None:      # matplotlib installed
         assert (out_dir / "accuracy.png").stat().st_size > 0 and (out_dir / "correction_rate.png").exists()
