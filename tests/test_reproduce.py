@@ -165,7 +165,7 @@ def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
                           regimes=("8",), inits=("weak",), ks=("V",), seeds=(0,), weak_steps=1, distill_steps=1,
                           batch_size=2, eval_examples=2, spec_prompts=1, max_new_tokens=4, dtype="float32")
     res = rep.run(cfg, teacher_stage=stage)
-    full = dataclasses.replace(DemoConfig(run_dir=cfg.run_dir), teacher_steps=PRESET_SFT_RECIPES["tiny-teacher"]["max_steps"],
+    full = dataclasses.replace(DemoConfig(run_dir=cfg.run_dir, task=cfg.task), teacher_steps=PRESET_SFT_RECIPES["tiny-teacher"]["max_steps"],
                                teacher_folder="teacher-full")
     assert seen == [full] and full.teacher_steps == 700 and DemoConfig().teacher_steps < 700
     assert res["teacher"]["source"] == "demo teacher stage" and len(res["runs"]) == 1
