@@ -69,13 +69,15 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's setting; 1 is steadier on a loaded machine).")
+@click.option("--report-only", is_flag=True, help="Write the report from the stages already finished in --run-dir "
+              "(the rest is listed as not run); trains nothing and measures no student.")
 @click.option("--quick", is_flag=True, help="Smoke scale (a few steps per run, 1 seed, K in {1, V}); numbers mean "
               "nothing. Options given explicitly still apply.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the whole result as one JSON line to this file.")
 def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime, inits, ks, seeds, weak_steps, mid_steps, strong_steps, init_lr,
               distill_steps, batch_size, lr, gamma, eval_examples, spec_prompts, spec_gamma, max_new_tokens, dtype,
-              device, threads, quick, output):
+              device, threads, report_only, quick, output):
     """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
 
     Distils the tiny teacher (SFT'd with its full recipe, cached) into tiny students with sft (no teacher), supervised KD,
@@ -120,7 +122,7 @@ def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime,
     run_dir = run_dir or ("runs/reproduce-quick" if quick else "runs/demo")
     output_dir = output_dir or (str(Path(run_dir) / "results") if quick else "benchmarks/results/reproduce")
     cfg = with_overrides(rep.ReproConfig(run_dir=run_dir, output_dir=output_dir, teacher=teacher, device=device,
-                                         quick=quick), rep.QUICK if quick else None, given)
+                                         quick=quick, report_only=report_only), rep.QUICK if quick else None, given)
     rep.check_config(cfg)
 
     console = Console(stderr=True)

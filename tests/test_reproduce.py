@@ -196,3 +196,28 @@ def test_init_regime_trains_every_init_on_its_prompt_set(tmp_path, teacher_dir):
     sft_cfg = json.loads((cell / "sft" / "run_config.json").read_text())
     assert (init_cfg["data"]["limit"], init_cfg["train"]["max_steps"]) == (14, 1)
     assert sft_cfg["data"]["limit"] == 6
+
+
+def test_report_only_reads_finished_stages_and_trains_nothing(tmp_path, teacher_dir, monkeypatch):
+    from skd.core.studies import reproduce as rep
+
+    base = ["--run-dir", str(tmp_path / "runs"), "--teacher", str(teacher_dir), "--regimes", "6", "--inits", "weak",
+            "--weak-steps", "1", "--seeds", "0", "--distill-steps", "1", "--batch-size", "2", "--eval-examples", "2",
+            "--spec-prompts", "1", "--max-new-tokens", "4", "--dtype", "float32"]
+    assert _invoke([*base, "--output-dir", str(tmp_path / "a"), "--methods", "sft"]).exit_code == 0
+
+    def no_training(*a, **k):
+        raise AssertionError("--report-only trained something")
+
+    monkeypatch.setattr(rep.Study, "distil", no_training)
+    r = _invoke([*base, "--output-dir", str(tmp_path / "b"), "--methods", "sft,supervised", "--seeds", "0,1",
+                 "--report-only"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "b" / "reproduce.json").read_text())
+    status = {(x["seed"], x["variant"]): x["status"] for x in res["runs"]}
+    assert status == {(0, "sft"): "ok", (0, "supervised"): "not run", (1, "sft"): "not run",
+                      (1, "supervised"): "not run"}
+    assert [i["status"] for i in res["inits"]] == ["ok", "not run"]
+    assert all(row["n_failed"] == 0 for row in res["summary"])
+    md = (tmp_path / "b" / "reproduce.md").read_text()
+    assert "Not run yet (--report-only): 3 of 4 runs" in md and "## Failed runs" not in md

@@ -80,6 +80,7 @@ class ReproConfig:
     device: str = "cpu"
     data_seed: int = 20                           # paper seed: fixes the prompt sets and test problems
     quick: bool = False                           # smoke scale: the demo's --quick teacher recipe
+    report_only: bool = False                     # write the report from finished stages; train and measure nothing
 
     def stamp(self, *fields: str, **extra: Any) -> str:
         """The study's stamp of `fields` and `extra` (engine.config_stamp under this study's SCHEMA)."""
@@ -126,6 +127,10 @@ def variants(cfg: ReproConfig) -> list[tuple[str, str | None]]:
 def variant_name(method: str, k: str | None) -> str:
     """A run's name within its cell: the method, with its K for `skd` ('skd-k3', 'skd-kV')."""
     return method if k is None else f"{method}-k{k}"
+
+
+class NotRun(Exception):
+    """A stage that --report-only finds unfinished (reported as "not run", never trained)."""
 
 
 def init_sft_steps(cfg: ReproConfig, init: str) -> int:
@@ -213,6 +218,10 @@ class Study:
         else:
             demo = with_overrides(study_teacher_config(cfg.run_dir, cfg.task), QUICK_OVERRIDES if cfg.quick else None)
             stage = self.teacher_stage or ensure_teacher
+            if cfg.report_only and self.teacher_stage is None and not sft_done(
+                    Path(demo.run_dir) / demo.teacher_folder, config_stamp(demo, *TEACHER_RECIPE_FIELDS)):
+                raise SkdError("--report-only: the study's teacher has not been trained in this --run-dir",
+                               "run the study once without --report-only (or pass --teacher)")
             teacher_dir, wall = stage(demo, self.emit)
             stamp = (Path(teacher_dir).parent / "recipe.txt")
             self.teacher_info = {"source": "demo teacher stage", "path": str(teacher_dir),
@@ -296,6 +305,11 @@ class Study:
                         sample=SampleConfig(max_new_tokens=cfg.max_new_tokens))
         info: dict = {"regime": regime, "init": init, "seed": seed, "steps": steps, "student_seed": student_seed,
                       "stamp": stamp, "path": str(folder / "final")}
+        mpath = folder / "measure.json"
+        mstamp = stamp + "/" + cfg.stamp("eval_examples", "spec_prompts", "spec_gamma", "max_new_tokens", "device",
+                                         teacher=self.teacher_info["id"])
+        if cfg.report_only and not (sft_done(folder, stamp) and cached_result(mpath, mstamp)):
+            raise NotRun(f"init {regime}/{init}/seed{seed} not trained yet")
         models = None
         if not sft_done(folder, stamp):   # build the fresh student only when it will be trained
             import tempfile
@@ -307,9 +321,6 @@ class Study:
         final, wall = cached_sft(folder, stamp, run, name=f"init {regime}/{init}/seed{seed}", emit=self.emit,
                                  models=models, examples=(self.train_examples(regime), []) if models else None)
         info["train_wall_s"] = wall
-        mpath = folder / "measure.json"
-        mstamp = stamp + "/" + cfg.stamp("eval_examples", "spec_prompts", "spec_gamma", "max_new_tokens", "device",
-                                         teacher=self.teacher_info["id"])
         hit = cached_result(mpath, mstamp)
         if hit is None:
             model = model_lib.load_model(str(final), dtype="float32", device=cfg.device)
@@ -404,6 +415,8 @@ def run(cfg: ReproConfig, *, on_event: Emit | None = None, teacher_stage=None) -
                     init_info["status"] = "ok"
                 except (KeyboardInterrupt, TrainingInterrupted):
                     raise
+                except NotRun as e:     # --report-only: a stage that has not run is reported as such
+                    init_info = {"regime": regime, "init": init, "seed": seed, "status": "not run", "error": str(e)}
                 except Exception as e:  # recorded, and the cell's runs are recorded as failed too
                     init_info = {"regime": regime, "init": init, "seed": seed, "status": "error",
                                  "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
@@ -427,13 +440,16 @@ def _one_run(study: Study, regime: str, init: str, seed: int, method: str, k: st
     study.emit("run_start", {**base, "index": index, "total": total})
     folder = study.run_folder(regime, init, seed, method, k)
     if init_info["status"] != "ok":
-        rec = {**base, "status": "error", "error": f"student init failed: {init_info['error']}", "cached": False}
+        status = "not run" if init_info["status"] == "not run" else "error"
+        rec = {**base, "status": status, "error": f"student init: {init_info['error']}", "cached": False}
         study.emit("run_done", {**rec, "index": index, "total": total})
         return rec
     stamp = study.run_stamp(regime, init, seed, method, k)
     hit = cached_result(folder / "result.json", stamp)
     if hit is not None:
         rec = {**hit, "cached": True}
+    elif study.cfg.report_only:
+        rec = {**base, "status": "not run", "error": "not run yet", "cached": False}
     else:
         try:
             rec = {**base, "stamp": stamp, "status": "ok", **study.distil(regime, init, seed, method, k,

@@ -24,12 +24,13 @@ def aggregate(runs: list[dict], cfg: ReproConfig, inits: list[dict] | None = Non
             if cell_inits:
                 ok = [i for i in cell_inits if i.get("status") == "ok"]
                 rows.append(_row(regime, init, "init", None, None, [i["measure"] for i in ok],
-                                 len(cell_inits) - len(ok)))
+                                 sum(i.get("status") == "error" for i in cell_inits)))
             for method, k in variants(cfg):
                 mine = [r for r in runs if (r["regime"], r["init"], r["variant"]) == (regime, init,
                                                                                       variant_name(method, k))]
                 ok = [r for r in mine if r.get("status") == "ok"]
-                rows.append(_row(regime, init, method, k, ok[0]["k"] if ok else None, ok, len(mine) - len(ok)))
+                rows.append(_row(regime, init, method, k, ok[0]["k"] if ok else None, ok,
+                                 sum(r.get("status") == "error" for r in mine)))
     return rows
 
 
@@ -93,7 +94,12 @@ def render_markdown(result: dict) -> str:
     lines += markdown_table(["regime", "init", "method", "K", "n", "graded (test)", "test accuracy",
                              "draft acceptance", "teacher passes / token", "corr. start → end"], rows)
     lines += ["", *_claims(result["summary"], cfg)]
-    failed = [r for r in result["runs"] if r.get("status") != "ok"]
+    failed = [r for r in result["runs"] if r.get("status") == "error"]
+    not_run = [r for r in result["runs"] if r.get("status") == "not run"]
+    if not_run:
+        lines += ["", f"Not run yet (--report-only): {len(not_run)} of {len(result['runs'])} runs, e.g. "
+                  + ", ".join(f"{r['regime']}/{r['init']}/seed{r['seed']}/{r['variant']}" for r in not_run[:6])
+                  + (" …" if len(not_run) > 6 else "") + "."]
     if failed:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {r['regime']}/{r['init']}/seed{r['seed']}/{r['variant']}: {r.get('error', '?')}" for r in failed]
