@@ -182,8 +182,18 @@ def test_bad_values_are_one_line_errors(tmp_path):
         assert r.exit_code != 0 and "error" in r.output.lower(), (args, r.output)
 
 
-def test_init_regime_trains_every_init_on_its_prompt_set(tmp_path, teacher_dir):
+def test_init_regime_trains_every_init_on_its_prompt_set(tmp_path, teacher_dir, monkeypatch):
     """--init-regime: the cell distils on its own prompts, but its init was SFT'd on the named set."""
+    from skd.core import train as train_lib
+
+    seen = []
+    real_train = train_lib.train
+
+    def spy(run, *a, examples=None, **k):
+        seen.append((run.train.method, len(examples[0])))
+        return real_train(run, *a, examples=examples, **k)
+
+    monkeypatch.setattr(train_lib, "train", spy)
     run_dir = tmp_path / "runs"
     args = ["--run-dir", str(run_dir), "--output-dir", str(tmp_path / "out"), "--teacher", str(teacher_dir),
             "--regimes", "6", "--init-regime", "14", "--inits", "mid", "--mid-steps", "1", "--methods", "sft",
@@ -196,6 +206,7 @@ def test_init_regime_trains_every_init_on_its_prompt_set(tmp_path, teacher_dir):
     sft_cfg = json.loads((cell / "sft" / "run_config.json").read_text())
     assert (init_cfg["data"]["limit"], init_cfg["train"]["max_steps"]) == (14, 1)
     assert sft_cfg["data"]["limit"] == 6
+    assert seen == [("sft", 14), ("sft", 6)]   # the examples each stage really trained on
 
 
 def test_report_only_reads_finished_stages_and_trains_nothing(tmp_path, teacher_dir, monkeypatch):

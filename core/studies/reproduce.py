@@ -319,7 +319,8 @@ class Study:
                 student = model_lib.load_model(str(fresh), dtype="float32", device=cfg.device)
             models = (None, student, self.tok)
         final, wall = cached_sft(folder, stamp, run, name=f"init {regime}/{init}/seed{seed}", emit=self.emit,
-                                 models=models, examples=(self.train_examples(regime), []) if models else None)
+                                 models=models,
+                                 examples=(self.train_examples(cfg.init_regime or regime), []) if models else None)
         info["train_wall_s"] = wall
         hit = cached_result(mpath, mstamp)
         if hit is None:
