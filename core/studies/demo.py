@@ -26,8 +26,8 @@ from pathlib import Path
 
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from skd.core.presets import PRESET_SFT_RECIPES
-from skd.core.studies.engine import (Emit, cached_result, cached_sft, config_stamp, read_metrics, stage_done,
-                                     write_json_atomic)
+from skd.core.studies.engine import (Emit, cached_result, cached_sft, config_stamp, read_json, read_metrics,
+                                     stage_done, write_json_atomic)
 from skd.core.studies.measure import draft_stats, graded_score, prompt_ids, task_scores
 from skd.core.studies.report import correction_summary, save_plot
 
@@ -220,8 +220,8 @@ def _method_stage(cfg: DemoConfig, method: str, base_stamp: str, init_dir: Path,
     """One method's training and measurements, cached in <run_dir>/<method>/result.json."""
     folder = Path(cfg.run_dir) / method
     stamp = config_stamp(cfg, *_METHOD_FIELDS, method=method, base=base_stamp)
-    done = cached_result(folder / "result.json", stamp) if stage_done(folder, stamp) else None
-    if done is not None:
+    if stage_done(folder, stamp):
+        done = read_json(folder / "result.json")
         emit("cached", {"stage": f"distill {method}", "path": str(folder / "final")})
         return {k: v for k, v in done.items() if k not in ("stamp", "status")}
     student, curve, train_s = _distil(cfg, method, init_dir, teacher, tok, task, train_ex, curve_ex,
