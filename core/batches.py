@@ -1,6 +1,6 @@
 """Training batches: the method's sequences (CONTRACT.md §4) and the teacher logits they are scored with.
 
-Public: sequence_sources(method, B, ...) -> ["gt" | "student" | "skd", ...]; build_training_batch(method,
+Public: sequence_sources(method, B, ...) -> ["gt" | "student" | "skd" | "adaswitch", ...]; build_training_batch(method,
 batch, ...) -> Samples; sample_rank_batch(...) -> (Samples, teacher_flat, seconds) (one process's rows,
 chunk by chunk); ground_truth_samples(batch, pad_id, max_new_tokens) / merge_samples(parts, B, pad_id)
 -> Samples; response_positions(s); teacher_logits_flat(teacher, s, vocab_size) -> [N, V];
@@ -56,6 +56,12 @@ def merge_samples(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -
     prov = torch.zeros(B, L, dtype=torch.int8)
     P = torch.zeros(B, dtype=torch.long)
     lengths = torch.zeros(B, dtype=torch.long)
+    extras = {}   # per-row extras of the parts ([B, ...] tensors), where every part has them
+    for name, fill in (("student_argmax", 0), ("loss_weights", 0.0), ("switch_at", -1)):
+        vals = [getattr(s, name) for _, s in parts]
+        if all(v is not None for v in vals):
+            width = max(v.shape[1] for v in vals) if vals[0].dim() == 2 else None
+            extras[name] = torch.full((B, width) if width else (B,), fill, dtype=vals[0].dtype)
     tl = None
     if any(s.teacher_logits is not None for _, s in parts):
         if not all(s.teacher_logits is not None for _, s in parts):
@@ -75,21 +81,27 @@ def merge_samples(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -
         lengths[idx] = s.lengths
         if tl is not None:
             tl[idx.to(tl.device), : s.teacher_logits.shape[1]] = s.teacher_logits
+        for name, full in extras.items():
+            v = getattr(s, name)
+            if v.dim() == 2:
+                full[idx, : v.shape[1]] = v
+            else:
+                full[idx] = v
     keys = ("proposed", "accepted", "replaced", "generated", "rounds", "row_rounds")
     tot = {k: sum(getattr(s, k) for _, s in parts) for k in keys}
     return Samples(tokens=tokens, attention_mask=attn, response_mask=rmask, provenance=prov,
-                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot)
+                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot, **extras)
 
 
 def sequence_sources(method: str, B: int, *, step: int, total_steps: int, coin: torch.Generator,
                      gkd_lambda: float) -> list[str]:
-    """Where each of the B sequences of a (global) batch comes from: "gt", "student" or "skd"."""
+    """Where each of the B sequences of a (global) batch comes from: "gt", "student", "skd" or "adaswitch"."""
     if method in ("sft", "seqkd", "supervised"):
         return ["gt"] * B
-    if method == "on-policy":
+    if method in ("on-policy", "speckd"):   # SpecKD gates the loss of on-policy samples (skd.core.gating)
         return ["student"] * B
-    if method == "skd":
-        return ["skd"] * B
+    if method in ("skd", "adaswitch"):
+        return [method] * B
     if method == "imitkd":      # per prompt, 50/50 (released code: "mixed")
         return ["student" if u < 0.5 else "gt" for u in torch.rand(B, generator=coin).tolist()]
     if method == "mixed-skd":
@@ -116,7 +128,7 @@ def build_training_batch(method: str, batch: list[TokenizedExample], *, step: in
     gt_rows = [i for i, u in enumerate(use) if u == "gt"]
     if gt_rows:
         parts.append((gt_rows, ground_truth_samples([batch[i] for i in gt_rows], pad_id, scfg.max_new_tokens)))
-    for mode in ("student", "skd"):
+    for mode in ("student", "skd", "adaswitch"):
         rows = [i for i, u in enumerate(use) if u == mode]
         if not rows:
             continue

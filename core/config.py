@@ -1,8 +1,8 @@
 """Run configuration: small frozen dataclasses, validated on creation, saved as JSON per run.
 
 Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, ConfigValueError, METHODS,
-DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, FLAT_KEYS, run_config_to_dict(cfg),
-resolve_dtype(dtype, device_type).
+DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES, FLAT_KEYS,
+run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
 
 Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; CONTRACT.md §2-§5);
 each default carries its reason on its line. __post_init__ is the one place values are range-checked
@@ -25,6 +25,8 @@ METHODS = (
     "imitkd",      # ground truth or student sample, 50/50 per prompt ("mixed" in the released code)
     "two-stage",   # ground truth for the first half of the steps, then student samples ("mixed_train")
     "mixed-skd",   # ground truth or SKD sequence, 50/50 per prompt
+    "speckd",      # SpecKD: student samples; the loss only on tokens the teacher's top-K test accepts
+    "adaswitch",   # AdaSwitch: the student writes until its divergence from the teacher jumps, then the teacher
     "gkd",         # student sample with probability lambda (per batch), else ground truth; generalised JSD
     "seqkd",       # cross-entropy on teacher-generated responses (the data's response field)
     "sft",         # cross-entropy on ground-truth responses
@@ -36,7 +38,9 @@ GKD_DIVERGENCES = ("jsd", "jsd-normalized")  # gkd IS the generalised-JSD method
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 LOSS_NORMS = ("sequence", "token")
 SEMANTICS = ("paper", "code")
-SAMPLE_MODES = ("skd", "student", "teacher")
+SAMPLE_MODES = ("skd", "student", "teacher", "adaswitch")
+SPECKD_VERIFICATIONS = ("sampled", "greedy")   # which student proposal the top-K test judges (SpecKD)
+SWITCH_DIVERGENCES = ("fkl", "rkl", "tvd", "jsd")   # AdaSwitch's switch test (jsd at beta 0.5)
 
 
 class ConfigValueError(SkdError):
@@ -69,6 +73,10 @@ class SampleConfig:
     max_new_tokens: int = 256          # response budget per prompt
     stop_strings: tuple[str, ...] = () # task stop strings; EOS comes from the models' config
     keep_teacher_logits: bool = True   # return the verification logits so the loss needs no second teacher pass
+    speckd_verification: str = "sampled"  # speckd: the top-K test judges the sampled token (or the student's argmax)
+    switch_threshold: float = 3.0      # adaswitch: switch when d_i >= threshold x mean of the window's d (inf: never)
+    switch_window: int = 8             # adaswitch: positions in the running mean of the divergence
+    switch_divergence: str = "fkl"     # adaswitch: divergence of the switch test, on the raw logits
 
     def __post_init__(self):
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
@@ -92,6 +100,19 @@ class SampleConfig:
                    name)
         _check(self.teacher_top_k >= 0, f"teacher_top_k must be >= 0 (got {self.teacher_top_k})",
                "pass 0 to disable top-k filtering", "teacher_top_k")
+        _check(self.speckd_verification in SPECKD_VERIFICATIONS,
+               f"unknown SpecKD verification {self.speckd_verification!r}",
+               "use --speckd-verification sampled (the token the student wrote) or greedy (its argmax)",
+               "speckd_verification")
+        _check(not math.isnan(self.switch_threshold) and self.switch_threshold >= 0,
+               f"switch threshold must be >= 0 (got {self.switch_threshold})",
+               "pass --switch-threshold 0 (the teacher from the second token) up to inf (never switch)",
+               "switch_threshold")
+        _check(isinstance(self.switch_window, int) and self.switch_window >= 1,
+               f"switch window must be >= 1 (got {self.switch_window})", "pass --switch-window 1 or more",
+               "switch_window")
+        _check(self.switch_divergence in SWITCH_DIVERGENCES, f"unknown switch divergence {self.switch_divergence!r}",
+               f"use one of: {', '.join(SWITCH_DIVERGENCES)}", "switch_divergence")
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,7 @@ class TrainConfig:
     fsdp: bool = False                 # multi-process: shard the student (FSDP) instead of replicating it (DDP)
     sample_chunk: int | None = None    # rows sampled with one seeded generator pair (None: the per-process
                                        # batch); equal values give equal runs at any process count
+    rejected_weight: float = 0.0       # speckd: loss weight of a token the teacher's test rejected (0: masked out)
 
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}",
@@ -214,6 +236,11 @@ class TrainConfig:
                f"sample chunk {sc} must divide the batch size {self.batch_size}",
                "pass a --sample-chunk that divides the per-process batch (--batch-size / processes)",
                "sample_chunk", "batch_size")
+        _check(0.0 <= self.rejected_weight <= 1.0, f"rejected weight must be in [0, 1] (got {self.rejected_weight})",
+               "pass --rejected-weight 0 (mask rejected tokens out, SpecKD) up to 1 (on-policy KD)", "rejected_weight")
+        _check(self.rejected_weight == 0.0 or self.method == "speckd",
+               f"--rejected-weight is a SpecKD setting; --method {self.method} has no rejected tokens",
+               "drop --rejected-weight, or pass --method speckd", "rejected_weight", "method")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (got {self.keep_checkpoints})",
                "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)", "keep_checkpoints")
 
@@ -224,6 +251,19 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        # Settings that only one method reads are refused with the others (a silent no-op hides a typo).
+        method, sc, default = self.train.method, self.sample, SampleConfig()
+        _check(method == "speckd" or sc.speckd_verification == default.speckd_verification,
+               f"--speckd-verification is a SpecKD setting; --method {method} verifies nothing",
+               "drop --speckd-verification, or pass --method speckd", "speckd_verification", "method")
+        for name in ("switch_threshold", "switch_window", "switch_divergence"):
+            _check(method == "adaswitch" or getattr(sc, name) == getattr(default, name),
+                   f"--{name.replace('_', '-')} is an AdaSwitch setting; --method {method} never switches",
+                   f"drop --{name.replace('_', '-')}, or pass --method adaswitch", name, "method")
+        _check(method != "speckd" or sc.k >= 1, "--method speckd with --k 0 rejects every token: nothing to train on",
+               "pass --k 1 or more (--k at the vocabulary size accepts every token: on-policy KD)", "k", "method")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "sample": SampleConfig}

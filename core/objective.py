@@ -1,6 +1,7 @@
 """The training objective over a batch of Samples (CONTRACT.md §3): loss, gradients, validation loss.
 
-Public: CE_METHODS (methods trained with cross-entropy, no teacher); sequence_weights(s, norm) -> [B];
+Public: CE_METHODS (methods trained with cross-entropy, no teacher); sequence_weights(s, norm) -> [B] (with
+per-token weights, Samples.loss_weights, when a method sets them);
 distill_loss(...) -> (sum, count) of one micro-batch; accumulate_gradients(...) -> float (the one place
 the loss is normalised); evaluate_loss(...) -> float (the validation loss on ground-truth responses).
 """
@@ -35,6 +36,10 @@ def distill_loss(student, s: Samples, teacher_flat: torch.Tensor | None, rows: t
         logits = student(input_ids=tokens, attention_mask=attn).logits[..., :vocab_size]
     student_flat = logits[pred]                                          # [N, V]
     w = weights_per_row[rows].to(dev)[:, None].expand_as(pred)[pred]     # [N]
+    if s.loss_weights is not None:   # per-token weights (SpecKD's gate), moved to the predicting position
+        lw = torch.zeros(len(rows), Lm, dtype=w.dtype, device=dev)
+        lw[:, :-1] = s.loss_weights[rows][:, 1:Lm].to(dev, w.dtype)
+        w = w * lw[pred]
     if divergence is None:  # cross-entropy on the response tokens (sft / seqkd)
         labels = torch.zeros_like(tokens)
         labels[:, :-1] = tokens[:, 1:]
@@ -60,7 +65,11 @@ def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None,
     # The count the weights stand for, as an exact integer (a float32 sum of 1/n over n positions is
     # not exactly 1, and would make the count depend on how rows are split across processes).
     n = s.response_lengths
-    local_count = float(int(n.sum()) if loss_norm == "token" else int((n > 0).sum()))
+    if s.loss_weights is not None:   # weighted tokens: the count is their total weight
+        n_w = _response_weight(s)
+        local_count = float(n_w.double().sum()) if loss_norm == "token" else float(int((n_w > 0).sum()))
+    else:
+        local_count = float(int(n.sum()) if loss_norm == "token" else int((n > 0).sum()))
     total_count = dist.sum_floats([local_count])[0] if dist is not None else local_count
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), ridx.sum(1).cumsum(0)])
     starts = list(range(0, B, micro_batch_size))
@@ -81,9 +90,17 @@ def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None,
     return loss_sum / total_count if total_count > 0 else 0.0
 
 
+def _response_weight(s: Samples) -> torch.Tensor:
+    """[B] the summed per-token loss weights of each response (its length when every weight is 1)."""
+    return (s.loss_weights * s.response_mask).sum(1)
+
+
 def sequence_weights(s: Samples, norm: str) -> torch.Tensor:
-    """Per-row loss weights: 1 per token ("token") or 1 / response length ("sequence")."""
-    n = s.response_lengths.float()
+    """Per-row loss weights: 1 per token ("token") or 1 / response length ("sequence").
+
+    With per-token weights (s.loss_weights) "sequence" divides by the row's summed weight instead: the
+    weighted mean over the tokens the loss keeps (a row whose tokens are all masked out contributes 0)."""
+    n = s.response_lengths.float() if s.loss_weights is None else _response_weight(s)
     if norm == "token":
         return torch.ones_like(n)
     # Per-sequence token mean, then mean over sequences (the released code's reduction).

@@ -1,10 +1,12 @@
-"""Batched sampling of training sequences: SKD interleaved (CONTRACT.md §2), student-only, teacher-only.
+"""Batched sampling of training sequences: SKD interleaved (CONTRACT.md §2), student-only, teacher-only,
+AdaSwitch (the student, then the teacher from the position where their divergence jumps).
 
 Public: sample(teacher, student, prompt_ids, cfg, *, student_generator, teacher_generator, ...)
 -> Samples; Samples; SampleConfig (re-exported from skd.core.config); PROV_* provenance codes;
 share(num, den) (a rate, 0.0 over nothing).
 A round is one decoder's named steps (_OneModel: one token per row; _DraftVerify: draft, verify,
-commit); token choice and rules: skd.core.rules; KV caches: skd.core.kvcache; stops: skd.core.stops.
+commit; _Switch: both models one token per row, the switch test, one token per row); token choice
+and rules: skd.core.rules; KV caches: skd.core.kvcache; stops: skd.core.stops.
 """
 from __future__ import annotations
 
@@ -12,16 +14,18 @@ from dataclasses import dataclass
 
 import torch
 
-from skd.core import ops
+from skd.core import losses, ops
 from skd.core.config import SampleConfig
 from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
 from skd.core.rules import SkdRule, process_logits, sample_tokens, student_settings, teacher_settings
 from skd.core.stops import StopChecker, eos_ids
 
-__all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV_STUDENT", "PROV_TEACHER"]
+__all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV_STUDENT", "PROV_TEACHER",
+           "PROV_REJECTED"]
 
 PROV_PAD, PROV_PROMPT, PROV_STUDENT, PROV_TEACHER = 0, 1, 2, 3
+PROV_REJECTED = 4   # a student token left in the sequence although the teacher's test rejected it (SpecKD)
 
 # Shapes: B prompts, A rows still active, P prompt length, L sequence capacity, R max_new_tokens,
 # D draft length (gamma), V vocabulary (the tokenizer's; padded logit columns are cut).
@@ -49,6 +53,10 @@ class Samples:
     generated: int                # response tokens in total
     rounds: int                   # draft/verify rounds (skd) or decoding steps (student / teacher)
     row_rounds: int               # sum over rounds of the rows active in it
+    # Optional per-method extras (None where the method has none):
+    student_argmax: torch.Tensor | None = None  # [B, R] the student's argmax where it wrote response token i
+    loss_weights: torch.Tensor | None = None    # [B, L] float weight of each token's loss term (None: 1 each)
+    switch_at: torch.Tensor | None = None       # [B] response index of the first teacher token, -1: none
 
     # Rates of the whole batch; 0.0 where the denominator is 0 (nothing was proposed / generated).
     mean_accepted_prefix = property(lambda self: share(self.accepted, self.row_rounds),
@@ -91,6 +99,8 @@ class _Batch:
         self.pend = torch.tensor([p[-1] for p in prompt_ids], dtype=torch.long)  # last committed, unconsumed
         self.active = torch.arange(B)
         self.t_logits: torch.Tensor | None = None  # [B, R, V] kept teacher logits, when asked for
+        self.s_argmax: torch.Tensor | None = None  # [B, R] the student's argmax per response token, when asked for
+        self.switch_at: torch.Tensor | None = None  # [B] AdaSwitch's switch positions
         self.resp_len = self.remaining = None       # [A] at the start of the round
         self.proposed = self.accepted = self.replaced = self.rounds = self.row_rounds = 0
 
@@ -111,6 +121,11 @@ class _Batch:
         rows_b = self.active[:, None].expand(A, W)[take]
         dest = (self.resp_len[:, None] + J).expand(A, W)[take]
         self.t_logits[rows_b.to(dev), dest.to(dev)] = t_logits[take.to(dev)].to(self.t_logits.dtype)
+
+    def keep_student_argmax(self, argmax: torch.Tensor) -> None:
+        """Store argmax[a] as the student's argmax at the response token each active row writes now."""
+        if self.s_argmax is not None:
+            self.s_argmax[self.active, self.resp_len] = argmax.cpu()
 
     def commit(self, draft: torch.Tensor, n: torch.Tensor, replacement: torch.Tensor) -> None:
         """Append each active row's first n drafted tokens, then its replacement token (-1: none)."""
@@ -161,7 +176,8 @@ class _Batch:
                        provenance=self.prov[:, :Lmax].contiguous(), prompt_lengths=P, lengths=length.clone(),
                        teacher_logits=self.t_logits, proposed=self.proposed, accepted=self.accepted,
                        replaced=generated if all_teacher else self.replaced, generated=generated,
-                       rounds=self.rounds, row_rounds=self.row_rounds)
+                       rounds=self.rounds, row_rounds=self.row_rounds, student_argmax=self.s_argmax,
+                       switch_at=self.switch_at)
 
 
 def _draw(generator: torch.Generator | None, B: int, active: torch.Tensor, device) -> torch.Tensor:
@@ -195,6 +211,7 @@ class _OneModel:
             b.keep_teacher_logits(logits[:, None], torch.ones(A, 1, dtype=torch.bool))
             b.commit(torch.full((A, 1), b.pad, dtype=torch.long), torch.zeros(A, dtype=torch.long), tok)
         else:
+            b.keep_student_argmax(logits.argmax(-1))
             b.commit(tok[:, None], torch.ones(A, dtype=torch.long), torch.full((A,), -1, dtype=torch.long))
         b.pend = tok
         return torch.ones(A, dtype=torch.long)
@@ -328,14 +345,80 @@ class _DraftVerify:
         self.s_extra = self.s_extra[keep]
 
 
+class _Switch:
+    """Mode adaswitch (AdaSwitch, Peng et al., arXiv 2510.07842): each row is written by the student until
+    the divergence between the two models at the next position jumps to `switch_threshold` times its
+    running mean over the row's last `switch_window` positions; from there the teacher writes the rest.
+
+    A round feeds both models the last committed token (one forward each; the teacher's logits are kept
+    for the loss), computes d_i = D(p_teacher || q_student) on the raw logits (temperature 1) for the rows
+    not yet switched, and samples token i from the student (its settings, a student draw) or, in a row that
+    has switched, from the teacher (its settings, a teacher draw). A row can switch from response token 1
+    on (token 0 has no history to compare with). Draws: B student uniforms every round and B teacher
+    uniforms every round but the first, so an infinite threshold reproduces mode "student" token for token
+    and threshold 0 reproduces mode "teacher" continuing the student's first token. Once every active row
+    has switched the student is no longer run."""
+
+    all_teacher = False
+
+    def __init__(self, s: KVStream, t: KVStream, cfg: SampleConfig, B: int, student_generator, teacher_generator):
+        self.s, self.t, self.teacher, self.streams = s, t, t, (s, t)
+        self.st, self.tt = student_settings(cfg, drafting=False), teacher_settings(cfg)
+        self.s_gen, self.t_gen = student_generator, teacher_generator
+        self.threshold, self.kind = cfg.switch_threshold, cfg.switch_divergence
+        self.hist = torch.zeros(B, cfg.switch_window, dtype=torch.float64)  # newest divergence at the right
+        self.seen = torch.zeros(B, dtype=torch.long)                         # divergences in the window
+        self.switched = torch.zeros(B, dtype=torch.bool)
+        self.student_done = False
+
+    def round(self, b: _Batch) -> torch.Tensor:
+        """One token per active row: the student's, or the teacher's in rows that have switched."""
+        A = b.active.numel()
+        t_logits = self.t.forward(b.pend[:, None])[:, -1]                    # [A, V]
+        u_s = _draw(self.s_gen, b.B, b.active, self.s.device)                # drawn every round
+        u_t = _draw(self.t_gen, b.B, b.active, self.t.device) if b.rounds > 1 else None
+        tok_s = None
+        if not self.student_done:
+            s_logits = self.s.forward(b.pend[:, None])[:, -1]
+            tok_s = sample_tokens(s_logits, u_s, **self.st).cpu()
+            self.test(b, s_logits, t_logits)
+        tok = tok_s if tok_s is not None else torch.zeros(A, dtype=torch.long)
+        if bool(self.switched.any()):
+            tok = torch.where(self.switched, sample_tokens(t_logits, u_t, **self.tt).cpu(), tok)
+        b.keep_teacher_logits(t_logits[:, None], torch.ones(A, 1, dtype=torch.bool))
+        b.commit(tok[:, None], (~self.switched).long(), torch.where(self.switched, tok, torch.full_like(tok, -1)))
+        b.replaced += int(self.switched.sum())
+        b.pend = tok
+        self.student_done = bool(self.switched.all())
+        return torch.ones(A, dtype=torch.long)
+
+    def test(self, b: _Batch, s_logits: torch.Tensor, t_logits: torch.Tensor) -> None:
+        """The switch test of the rows not yet switched, then their divergence joins the window."""
+        d = losses.divergence_per_token(s_logits.to(t_logits.device), t_logits, self.kind).double().cpu()  # [A]
+        if self.threshold != float("inf"):
+            mean = self.hist.sum(1) / self.seen.clamp(min=1)
+            fire = ~self.switched & (self.seen > 0) & (d >= self.threshold * mean)
+            if bool(fire.any()):
+                self.switched |= fire
+                b.switch_at[b.active[fire]] = b.resp_len[fire]
+        self.hist = torch.cat([self.hist[:, 1:], d[:, None]], 1)
+        self.seen = (self.seen + 1).clamp(max=self.hist.shape[1])
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the active rows `keep`."""
+        for s in self.streams:
+            s.select(keep)
+        self.hist, self.seen, self.switched = self.hist[keep], self.seen[keep], self.switched[keep]
+
+
 def _check_inputs(teacher, student, prompt_ids, cfg: SampleConfig, tokenizer) -> None:
     """Refuse, with the fix, what the sampler cannot serve."""
     if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
         raise SkdError("every prompt needs at least one token", "check the prompt template / tokenizer")
     mode = cfg.mode
-    if mode in ("skd", "teacher") and teacher is None:
+    if mode in ("skd", "teacher", "adaswitch") and teacher is None:
         raise SkdError(f"sampling mode {mode!r} needs a teacher model", "pass --teacher")
-    if mode in ("skd", "student") and student is None:
+    if mode in ("skd", "student", "adaswitch") and student is None:
         raise SkdError(f"sampling mode {mode!r} needs a student model", "pass --student")
     if cfg.stop_strings and tokenizer is None:
         raise SkdError("stop strings need the tokenizer", "pass tokenizer= to sample()")
@@ -364,6 +447,8 @@ def _decoder(teacher, student, prompt_ids, cfg: SampleConfig, rule, V: int, pad:
         return _OneModel(stream(student), student_generator, student_settings(cfg, drafting=False), False)
     if cfg.mode == "teacher":
         return _OneModel(stream(teacher), teacher_generator, teacher_settings(cfg), True)
+    if cfg.mode == "adaswitch":
+        return _Switch(stream(student), stream(teacher), cfg, len(prompt_ids), student_generator, teacher_generator)
     s = stream(student)
     return _DraftVerify(s, stream(teacher), rule if rule is not None else SkdRule(cfg), cfg, len(prompt_ids), V,
                         student_generator, teacher_generator)
@@ -386,6 +471,10 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
     if cfg.keep_teacher_logits and decoder.teacher is not None:
         w = next(decoder.teacher.model.parameters())
         batch.t_logits = torch.zeros(batch.B, cfg.max_new_tokens, V, dtype=w.dtype, device=w.device)
+    if cfg.mode == "student" and cfg.speckd_verification == "greedy":   # SpecKD judges the student's argmax
+        batch.s_argmax = torch.zeros(batch.B, cfg.max_new_tokens, dtype=torch.long)
+    if cfg.mode == "adaswitch":
+        batch.switch_at = torch.full((batch.B,), -1, dtype=torch.long)
     while batch.active.numel() > 0:
         batch.begin_round()
         new_tokens = decoder.round(batch)

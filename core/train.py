@@ -49,6 +49,7 @@ from skd.core.batches import RNG_SCHEME, derive_seed, sample_rank_batch, sequenc
 from skd.core.config import RunConfig, SampleConfig, resolve_dtype, run_config_to_dict
 from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
+from skd.core.gating import speckd_gate
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 from skd.core.torch_names import parse_device
@@ -321,6 +322,18 @@ class _Run:
                        "lower --lr (the paper uses 1e-5) or keep --grad-clip on, and check the data for "
                        "empty or garbled responses")
 
+    def switch_metrics(self, s, first_row: int) -> dict:
+        """AdaSwitch: the global batch's switch positions (response index of the first teacher token,
+        -1: the student wrote the whole response) and their summary."""
+        B = self.cfg.train.batch_size
+        code = [0.0] * B   # position + 2 in this process's rows (0: another process's row), summed over all
+        for i, p in enumerate(s.switch_at.tolist()):
+            code[first_row + i] = float(p + 2)
+        positions = [int(c) - 2 for c in self.dist.sum_floats(code)]
+        switched = [p for p in positions if p >= 0]
+        return {"switch_positions": positions, "switch_rate": len(switched) / B,
+                "mean_switch_position": sum(switched) / len(switched) if switched else None}
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict:
@@ -379,6 +392,9 @@ class _Run:
                 total_steps=self.total_steps, teacher=self.teacher, student=plain, scfg=self.scfg,
                 tokenizer=self.tokenizer, pad_id=self.pad_id, vocab_size=self.vocab_size,
                 gkd_lambda=tc.gkd_lambda, need_teacher=self.divergence is not None)
+            if self.method == "speckd":   # the loss keeps only the tokens the teacher's top-K test accepts
+                s = speckd_gate(s, teacher_flat, k=self.scfg.k, verification=self.scfg.speckd_verification,
+                                rejected_weight=tc.rejected_weight)
         t2 = time.perf_counter()
         # ---- 4. loss over the global batch, normalised once
         self.train_model.train()
@@ -413,6 +429,8 @@ class _Run:
                "tokens_per_s": resp_tokens / max(t3 - t0, 1e-9),
                "time_sampling": t2 - t0 - t_teacher, "time_teacher": t_teacher, "time_loss_backward": t3 - t2,
                "time_step": t3 - t0, "elapsed": t3 - self.t_start}
+        if s.switch_at is not None:
+            rec.update(self.switch_metrics(s, first_row))
         if self.val_ex and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
             with distributed.full_student(self.train_model, self.dist) as plain:
                 if dist.is_main:

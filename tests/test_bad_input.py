@@ -109,6 +109,15 @@ CASES = [
     ("unknown-device", "--student-device tpu:9", "unknown device"),
     ("batch-not-divisible-by-processes", "", "multiple of 3"),
     ("fsdp-in-one-process", "--fsdp", "single process"),
+    ("negative-switch-threshold", "--method adaswitch --switch-threshold -1", "switch threshold must be >= 0"),
+    ("switch-window-zero", "--method adaswitch --switch-window 0", "switch window must be >= 1"),
+    ("unknown-switch-divergence", "--method adaswitch --switch-divergence kl2",
+     "Invalid value for '--switch-divergence'"),
+    ("switch-option-without-adaswitch", "--switch-threshold 1.5", "is an AdaSwitch setting"),
+    ("rejected-weight-above-1", "--method speckd --rejected-weight 2", "rejected weight must be in [0, 1]"),
+    ("rejected-weight-without-speckd", "--method on-policy --rejected-weight 0.5", "is a SpecKD setting"),
+    ("verification-without-speckd", "--speckd-verification greedy", "is a SpecKD setting"),
+    ("speckd-with-k-zero", "--method speckd --k 0", "rejects every token"),
 ]
 
 # The environment variables of the cases that need some (set for that case only).
