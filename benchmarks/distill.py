@@ -21,7 +21,7 @@ import torch
 from skd.benchmarks.common import load_model_and_tokenizer
 from skd.core.environment import env_info
 
-METHODS = ("supervised", "on-policy", "skd", "imitkd", "gkd", "sft")
+METHODS = ("supervised", "on-policy", "skd", "imitkd", "gkd", "sft")   # also: speckd, adaswitch, two-stage, ...
 
 
 def _rss_bytes() -> int:
@@ -73,6 +73,7 @@ def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", bat
     from skd.core.config import SampleConfig
     from skd.core.tasks import get_task
     from skd.core.batches import build_training_batch, teacher_logits_flat
+    from skd.core.gating import speckd_gate
     from skd.core.data import tokenize_examples
     from skd.core.objective import accumulate_gradients
 
@@ -103,6 +104,8 @@ def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", bat
                                          vocab_size=V, gkd_lambda=0.5)
                 t1 = time.perf_counter()
                 tf = teacher_logits_flat(t_model, s, V) if div is not None else None
+                if method == "speckd":   # SpecKD's loss gate, as the training loop applies it
+                    s = speckd_gate(s, tf, k=k, verification=scfg.speckd_verification, rejected_weight=0.0)
                 t2 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 s_model.train()

@@ -37,7 +37,8 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False), default=None,
               help="Use this teacher checkpoint folder instead of training (and caching) one.")
 @click.option("--methods", default=None, help="Comma-separated, of: sft, supervised, on-policy, imitkd, two-stage, "
-              "skd  [default: all six]")
+              "skd, speckd (swept over --ks like skd), adaswitch  [default: the paper's six, without speckd / "
+              "adaswitch]")
 @click.option("--regimes", default=None, help="Training prompt sets, e.g. 1k,100 (the paper's)  [default: 1k,100]")
 @click.option("--init-regime", default=None, help="Prompt set every student init is SFT'd on, e.g. 1k  "
               "[default: each cell's own regime]")
@@ -172,7 +173,7 @@ def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime,
         table.add_column(col, justify="left" if col in ("regime", "init", "method") else "right")
     for r in result["summary"]:
         k = "-" if r["k_label"] is None else (f"V={r['k']}" if r["k_label"] == "V" else r["k_label"])
-        corr = "-" if r["method"] != "skd" else start_end_text(
+        corr = "-" if r["method"] not in rep.CORRECTING else start_end_text(
             r["correction_rate_start"]["mean"], r["correction_rate_end"]["mean"], digits=2, arrow="→", missing="-")
         table.add_row(r["regime"], r["init"], r["method"], k, f"{r['n_ok']}" + (f" ({r['n_failed']}✗)" if r["n_failed"]
                                                                                  else ""),

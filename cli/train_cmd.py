@@ -13,7 +13,8 @@ import sys
 import click
 
 from skd.cli.options import config_file_values, given_values, setting_option
-from skd.core.config import DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS
+from skd.core.config import (DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS, SPECKD_VERIFICATIONS,
+                             SWITCH_DIVERGENCES)
 from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
 
 
@@ -172,7 +173,10 @@ def sft(ctx, **params):
 
 @click.command(cls=_AliasHelp)
 @setting_option("method", choices=tuple(m for m in METHODS if m != "sft"),
-                help="Where training sequences come from (CONTRACT.md §4).")
+                help="Where training sequences come from: skd (interleaved), supervised, on-policy, imitkd, "
+                     "two-stage, mixed-skd, gkd, speckd (on-policy samples, loss only on tokens inside the "
+                     "teacher's top --k), adaswitch (the student, then the teacher once their divergence jumps), "
+                     "seqkd.")
 @setting_option("student", help="Student: alias, hub id or folder.")
 @setting_option("teacher", help="Teacher: alias, hub id or folder.")
 @setting_option("teacher_device", help="auto, cpu, cuda, cuda:N.")
@@ -195,6 +199,17 @@ def sft(ctx, **params):
 @setting_option("beta", help="Generalised JSD beta (0 FKL, 1 RKL).")
 @setting_option("alpha", help="Skew of skew-fkl / skew-rkl.")
 @setting_option("gkd_lambda", help="gkd: probability of an on-policy batch.")
+@setting_option("speckd_verification", choices=SPECKD_VERIFICATIONS,
+                help="speckd: the student proposal tested against the teacher's top --k at each position: the "
+                     "token it sampled (sampled: SpecKD's non-greedy verification) or its argmax (greedy).")
+@setting_option("rejected_weight", help="speckd: loss weight of a token that fails the test (0: masked out, "
+                                        "SpecKD's default; 1: on-policy KD).")
+@setting_option("switch_threshold", help="adaswitch: a row switches to the teacher at the first position whose "
+                                         "divergence is >= this times its mean over the last --switch-window "
+                                         "positions (0: the teacher from the second token; inf: never).")
+@setting_option("switch_window", help="adaswitch: positions in the running mean of the divergence.")
+@setting_option("switch_divergence", choices=SWITCH_DIVERGENCES,
+                help="adaswitch: divergence of the switch test, on the raw logits (jsd at beta 0.5).")
 @_common_options
 @click.pass_context
 def distill(ctx, **params):

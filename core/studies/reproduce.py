@@ -1,6 +1,6 @@
 """`skd bench reproduce`: the paper's comparison (Xu et al., ICLR 2025, CONTRACT.md §7) at tiny scale.
 
-Public: ReproConfig, QUICK, SCHEMA, STUDY_METHODS, INITS, parse_regime(name) -> int, parse_ks(text),
+Public: ReproConfig, QUICK, SCHEMA, STUDY_METHODS, K_METHODS, CORRECTING, INITS, parse_regime(name) -> int, parse_ks(text),
 variants(cfg), variant_name(method, k), plan(cfg) -> dict, check_config(cfg), study_teacher_config(run_dir,
 task), Study, run(cfg, *, on_event=None, teacher_stage=None) -> dict. The summary, the markdown and
 the plots are skd.core.studies.reproduce_report.
@@ -48,7 +48,9 @@ from skd.core.studies.measure import draft_stats, graded_score, prompt_ids, task
 from skd.core.studies.report import correction_summary
 
 SCHEMA = "skd-reproduce-v1"
-STUDY_METHODS = ("sft", "supervised", "on-policy", "imitkd", "two-stage", "skd")
+STUDY_METHODS = ("sft", "supervised", "on-policy", "imitkd", "two-stage", "skd", "speckd", "adaswitch")
+K_METHODS = ("skd", "speckd")   # swept over --ks (SpecKD's gate is the same top-K test)
+CORRECTING = ("skd", "adaswitch")   # methods in which the teacher writes some tokens (a correction rate)
 INITS = ("weak", "mid", "strong")
 
 
@@ -58,7 +60,7 @@ class ReproConfig:
     output_dir: str = "benchmarks/results/reproduce"
     task: str = "arith"
     teacher: str | None = None                    # a checkpoint folder instead of the demo's teacher stage
-    methods: tuple[str, ...] = STUDY_METHODS
+    methods: tuple[str, ...] = STUDY_METHODS[:6]    # the paper's methods; speckd / adaswitch when asked for
     regimes: tuple[str, ...] = ("1k", "100")      # the paper's two training-set sizes
     inits: tuple[str, ...] = ("weak", "strong")
     init_regime: str | None = None                # the prompt set every init is SFT'd on; None: the cell's own
@@ -117,15 +119,15 @@ def parse_ks(text: str) -> tuple[str, ...]:
 
 
 def variants(cfg: ReproConfig) -> list[tuple[str, str | None]]:
-    """(method, K label) for each run of one (regime, init, seed) cell: `skd` once per K."""
+    """(method, K label) for each run of one (regime, init, seed) cell: `skd` and `speckd` once per K."""
     out: list[tuple[str, str | None]] = []
     for m in cfg.methods:
-        out.extend([(m, k) for k in cfg.ks] if m == "skd" else [(m, None)])
+        out.extend([(m, k) for k in cfg.ks] if m in K_METHODS else [(m, None)])
     return out
 
 
 def variant_name(method: str, k: str | None) -> str:
-    """A run's name within its cell: the method, with its K for `skd` ('skd-k3', 'skd-kV')."""
+    """A run's name within its cell: the method, with its K for `skd` / `speckd` ('skd-k3', 'speckd-kV')."""
     return method if k is None else f"{method}-k{k}"
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from skd.core.studies.engine import write_json_atomic
 from skd.core.studies.report import fmt_pm, markdown_table, mean_std, save_plot, start_end_text
-from skd.core.studies.reproduce import ReproConfig, init_sft_steps, parse_regime, variant_name, variants
+from skd.core.studies.reproduce import (CORRECTING, K_METHODS, ReproConfig, init_sft_steps, parse_regime,
+                                        variant_name, variants)
 
 
 def aggregate(runs: list[dict], cfg: ReproConfig, inits: list[dict] | None = None) -> list[dict]:
@@ -82,11 +83,12 @@ def render_markdown(result: dict) -> str:
              f"Tiny models from scratch: lrs are not the paper's 1e-5 (deviation).", "",
              "Mean ± sample std over seeds (n = successful seeds; `init` = the starting checkpoint, untrained further). "
              "`corr.` = correction rate (teacher replacements / generated tokens), mean of the first and last 10% "
-             "of steps (SKD only: the other methods never replace tokens; their per-step zeros are in the JSON).", ""]
+             "of steps (SKD, and AdaSwitch, where it is the share the teacher wrote after the switch; the other methods "
+             "never replace tokens, their per-step zeros are in the JSON).", ""]
     rows = []
     for r in result["summary"]:
         k = "—" if r["k_label"] is None else (f"V={r['k']}" if r["k_label"] == "V" else r["k_label"])
-        corr = "—" if r["method"] != "skd" else \
+        corr = "—" if r["method"] not in CORRECTING else \
             start_end_text(r["correction_rate_start"]["mean"], r["correction_rate_end"]["mean"])
         n = f"{r['n_ok']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
         rows.append([r["regime"], r["init"], r["method"], k, n, fmt_pm(r["test_graded"]), fmt_pm(r["test_accuracy"]),
@@ -140,7 +142,7 @@ def _claims(summary: list[dict], cfg: ReproConfig) -> list[str]:
                         continue
                     parts = []
                     for m in ("init", *cfg.methods):
-                        other = by.get((regime, init, m))
+                        other = by.get((regime, init, variant_name(m, ck) if m in K_METHODS else m))
                         if m == "skd" or _mean(other, key) is None:
                             continue
                         a, b = skd[key], other[key]
