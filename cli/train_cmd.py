@@ -124,6 +124,8 @@ def _run(cfg) -> dict:
             info = f"loss {p['loss']:.4f}"
             if p.get("proposed"):
                 info += f" · corr {p['correction_rate']:.2f} · acc {p['acceptance_rate']:.2f}"
+            if "switch_rate" in p:   # adaswitch: rows handed to the teacher, and the teacher's share of tokens
+                info += f" · switched {p['switch_rate']:.2f} · teacher {p['correction_rate']:.2f}"
             if "val_loss" in p:
                 info += f" · val {p['val_loss']:.4f}"
             info += f" · {p['tokens_per_s']:.0f} tok/s"
