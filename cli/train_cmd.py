@@ -81,6 +81,15 @@ def _common_options(f):
         setting_option("sample_chunk",
                        help="Sequences sampled with one seeded generator pair (default: the per-process batch). "
                             "Equal values draw the same sequences at any process count."),
+        setting_option("lora_r", help="Train LoRA adapters of this rank instead of every student weight (needs "
+                                      "skd[peft]); step checkpoints hold the adapters (PEFT format), final/ a merged "
+                                      "Hugging Face folder plus final/adapter/."),
+        setting_option("lora_alpha", help="LoRA scale: the update is alpha / r * B A."),
+        setting_option("lora_dropout", help="Dropout on the adapters' input in the training forward."),
+        setting_option("lora_target_modules", default_text="the attention and MLP projections of the architecture "
+                                                           "(q/k/v/o, gate/up/down; gpt2: c_attn, c_proj, c_fc; "
+                                                           "others: every linear layer but the head)",
+                       help="Module names to adapt, repeatable or comma-separated."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML/JSON file of option values (flat option names, or sections model/data/train/"
                           "sample), checked like the options; command-line options override it."),

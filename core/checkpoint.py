@@ -129,18 +129,22 @@ def restore_rng(state: dict) -> None:
 
 def save_checkpoint(path: Path, student, tokenizer, cfg, state: dict, optimizer=None, scheduler=None, *,
                     state_dict: dict | None = None, optimizer_state: dict | None = None,
-                    rng: dict | None = None) -> None:
+                    rng: dict | None = None, write_model: Callable[[Path], None] | None = None) -> None:
     """HF folder (safetensors + config + tokenizer) + run config + training state + marker, atomically.
 
     `state_dict` / `optimizer_state` override the ones read from `student` / `optimizer` (FSDP
-    gathers them first); `rng` defaults to the process's RNG states now.
+    gathers them first); `rng` defaults to the process's RNG states now; `write_model(folder)`
+    replaces the student's save_pretrained (LoRA runs write their adapters, skd.core.lora).
     """
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
     rng = capture_rng() if rng is None else rng
 
     def write(tmp: Path):
-        student.save_pretrained(tmp, state_dict=state_dict)  # safetensors (transformers' only format)
+        if write_model is not None:
+            write_model(tmp)
+        else:
+            student.save_pretrained(tmp, state_dict=state_dict)  # safetensors (transformers' only format)
         tokenizer.save_pretrained(tmp)
         (tmp / RUN_CONFIG).write_text(json.dumps(run_config_to_dict(cfg), indent=2))
         if optimizer_state is not None:

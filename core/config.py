@@ -185,6 +185,10 @@ class TrainConfig:
     sample_chunk: int | None = None    # rows sampled with one seeded generator pair (None: the per-process
                                        # batch); equal values give equal runs at any process count
     rejected_weight: float = 0.0       # speckd: loss weight of a token the teacher's test rejected (0: masked out)
+    lora_r: int = 0                    # LoRA rank of the student's adapters (0: train every weight)
+    lora_alpha: float = 16.0           # LoRA scale alpha (the update is alpha / r * B A); peft's examples use 16
+    lora_dropout: float = 0.0          # dropout on the adapters' input during the training forward
+    lora_target_modules: tuple[str, ...] = ()  # module names to adapt (empty: attention + MLP projections)
 
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}",
@@ -241,6 +245,21 @@ class TrainConfig:
         _check(self.rejected_weight == 0.0 or self.method == "speckd",
                f"--rejected-weight is a SpecKD setting; --method {self.method} has no rejected tokens",
                "drop --rejected-weight, or pass --method speckd", "rejected_weight", "method")
+        _check(isinstance(self.lora_r, int) and self.lora_r >= 0, f"LoRA rank must be >= 0 (got {self.lora_r})",
+               "pass --lora-r 8 (or 0 to train every weight)", "lora_r")
+        _check(math.isfinite(self.lora_alpha) and self.lora_alpha > 0, f"LoRA alpha must be > 0 (got {self.lora_alpha})",
+               "pass e.g. --lora-alpha 16", "lora_alpha")
+        _check(0.0 <= self.lora_dropout < 1.0, f"LoRA dropout must be in [0, 1) (got {self.lora_dropout})",
+               "pass e.g. --lora-dropout 0.05", "lora_dropout")
+        object.__setattr__(self, "lora_target_modules",   # repeatable and/or comma-separated
+                           tuple(n.strip() for item in self.lora_target_modules for n in item.split(",") if n.strip()))
+        lora_default = TrainConfig.__dataclass_fields__
+        _check(self.lora_r > 0 or all(getattr(self, n) == lora_default[n].default for n in
+                                      ("lora_alpha", "lora_dropout", "lora_target_modules")),
+               "--lora-alpha / --lora-dropout / --lora-target-modules need --lora-r", "pass --lora-r 8 (a LoRA rank)",
+               "lora_r")
+        _check(not (self.lora_r > 0 and self.fsdp), "--lora-r with --fsdp is not supported",
+               "drop --fsdp: the adapters are small, plain data parallelism (DDP) replicates them", "lora_r", "fsdp")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (got {self.keep_checkpoints})",
                "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)", "keep_checkpoints")
 

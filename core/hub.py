@@ -129,6 +129,8 @@ def _resolve_local(path: Path, name: str) -> ModelSource:
                        "pass the directory that holds config.json and the weights (or a .gguf file)")
     if (path / "config.json").is_file():
         return ModelSource("local", str(path.resolve()), name)
+    if (path / "adapter_config.json").is_file():   # PEFT adapters (a LoRA step checkpoint): base + adapters
+        return ModelSource("adapter", str(path.resolve()), name)
     ggufs = sorted(p.name for p in path.glob("*.gguf"))
     if len(ggufs) == 1:
         return ModelSource("local", str(path.resolve()), name, gguf_file=ggufs[0])

@@ -52,6 +52,11 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = "auto", device: 
     dev = parse_device(device)
     source = resolve(name_or_path)
     kwargs = dict(trust_remote_code=trust_remote_code, **dtype_kwarg(torch_dtype))
+    if source.kind == "adapter":   # LoRA adapters: their base model with the adapters merged in
+        from .lora import load_adapted
+
+        return load_adapted(Path(source.location), load_base=load_model, dtype=dtype, device=device,
+                            trust_remote_code=trust_remote_code, role=role)
     if source.kind == "hub":
         model = hub_call(AutoModelForCausalLM.from_pretrained, source.location, role, **kwargs)
     else:

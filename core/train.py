@@ -213,6 +213,14 @@ class _Run:
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
+        # LoRA: adapters injected into the student's own modules (sampling, evaluation and the loss all
+        # run through them); only they train.
+        self.peft_model = None
+        if tc.lora_r > 0:
+            from skd.core import lora
+
+            self.peft_model = lora.add_adapters(student, r=tc.lora_r, alpha=tc.lora_alpha, dropout=tc.lora_dropout,
+                                                targets=tc.lora_target_modules, base=lora.absolute_base(mc.student))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
         if examples is None:
@@ -244,7 +252,12 @@ class _Run:
             if resume_state is None:
                 raise SkdError(f"checkpoint {resume_from} disappeared while starting", "run the command again")
             saved = ckpt.load_training_state(resume_from)
-            ckpt.load_weights(resume_from, student)    # before wrapping: every rank starts from these weights
+            if self.peft_model is not None:
+                from skd.core import lora
+
+                lora.load_adapter_weights(self.peft_model, resume_from)
+            else:
+                ckpt.load_weights(resume_from, student)    # before wrapping: every rank starts from these weights
 
         # ---- every input is valid: from here on the run folder changes
         if dist.is_main:
@@ -253,7 +266,8 @@ class _Run:
         dist.barrier()
 
         self.train_model = distributed.wrap_student(student, dist, tc.fsdp)
-        self.optimizer = torch.optim.AdamW(self.train_model.parameters(), lr=tc.lr,
+        trainable = [p for p in self.train_model.parameters() if p.requires_grad]   # LoRA: the adapters only
+        self.optimizer = torch.optim.AdamW(trainable, lr=tc.lr,
                                            betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
                                            weight_decay=tc.weight_decay)
         total = self.total_steps
@@ -291,9 +305,25 @@ class _Run:
         osd = distributed.optimizer_state(self.train_model, self.optimizer)
         if self.dist.is_main:
             ckpt.save_checkpoint(path, self.student, self.tokenizer, self.cfg, dict(state), scheduler=self.scheduler,
-                            state_dict=sd, optimizer_state=osd, rng=rng)
+                                 state_dict=sd, optimizer_state=osd, rng=rng,
+                                 write_model=self.lora_writer(final=path.name == "final"))
             self.emit("checkpoint", {"path": str(path), "step": state["step"]})
         self.dist.barrier()
+
+    def lora_writer(self, final: bool):
+        """How a LoRA run writes the student into a checkpoint folder (None: the full weights, as usual):
+        step checkpoints hold the adapters (PEFT format); `final` a merged plain folder plus adapter/."""
+        if self.peft_model is None:
+            return None
+        from skd.core import lora
+
+        def write(folder: Path) -> None:
+            if final:
+                self.student.save_pretrained(folder, state_dict=lora.merged_state_dict(self.student))
+                lora.save_adapters(self.peft_model, folder / lora.ADAPTER_DIR)
+            else:
+                lora.save_adapters(self.peft_model, folder)
+        return write
 
     def step_checkpoint(self, state: dict, rng: dict | None = None) -> Path:
         path = self.out / "checkpoints" / f"step-{state['step']:06d}"
@@ -350,6 +380,8 @@ class _Run:
         self.emit("start", {"total_steps": total_steps, "start_step": start_step,
                             "train_examples": len(self.train_ex), "val_examples": len(self.val_ex),
                             "method": self.method, "vocab_size": self.vocab_size, "world_size": dist.world_size,
+                            "trainable_parameters": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
+                            "parameters": sum(p.numel() for p in self.student.parameters()),
                             "resumed_from": str(self.resume_from) if self.resume_from else None})
         metrics_f = open(metrics_path, "a") if dist.is_main else None
         last_rec = None
@@ -368,6 +400,7 @@ class _Run:
                    "wall_time_s": time.perf_counter() - t_start, "world_size": dist.world_size,
                    "resumed_from": str(self.resume_from) if self.resume_from else None,
                    "fsdp_units": distributed.fsdp_units(self.train_model),
+                   "trainable_parameters": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
                    "first": first_rec, "last": last_rec}
         if dist.is_main:
             ckpt.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
