@@ -48,9 +48,12 @@ def check_output_dir(out: Path, cfg: RunConfig) -> Path | None:
 def _option_diffs(cfg: RunConfig, saved: dict) -> list[str]:
     """The options of `cfg` that differ from a saved run config, ignoring those free to change on resume."""
     now = json.loads(json.dumps(run_config_to_dict(cfg)))  # tuples -> lists, as saved
-    return [f"{key} {saved.get(sec, {}).get(key)!r} -> {value!r}"
+    # A setting added after the run was saved is absent from its file: it ran with that setting's default.
+    default = json.loads(json.dumps(run_config_to_dict(RunConfig())))
+    was = lambda sec, key: saved.get(sec, {}).get(key, default[sec][key])  # noqa: E731
+    return [f"{key} {was(sec, key)!r} -> {value!r}"
             for sec, fields in now.items() for key, value in fields.items()
-            if key not in _RESUME_FREE.get(sec, ()) and saved.get(sec, {}).get(key) != value]
+            if key not in _RESUME_FREE.get(sec, ()) and was(sec, key) != value]
 
 
 def _check_same_run(cfg: RunConfig, out: Path) -> None:

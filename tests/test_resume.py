@@ -197,6 +197,24 @@ def test_resume_with_different_options_is_refused_and_changes_nothing(char_token
         _cfg(out, resume=True, overwrite=True)
 
 
+def test_resume_of_a_run_saved_before_a_setting_existed_takes_that_settings_default(char_tokenizer, tmp_path):
+    from skd.core.train import train
+
+    out = tmp_path / "run"
+    ex = (_examples(char_tokenizer, 4), [])
+    train(_cfg(out, max_steps=3, keep_checkpoints=3), models=_models(char_tokenizer), examples=ex)
+    ckpt.discard(out / "final")
+    for f in [out / "run_config.json", *out.glob("checkpoints/*/" + ckpt.RUN_CONFIG)]:   # as an older skd wrote it
+        saved = json.loads(f.read_text())
+        del saved["train"]["lora_r"], saved["sample"]["switch_window"]
+        f.write_text(json.dumps(saved))
+    summary = train(_cfg(out, max_steps=3, keep_checkpoints=3, resume=True), models=_models(char_tokenizer),
+                    examples=ex)
+    assert summary["resumed_from"].endswith("step-000002")
+    with pytest.raises(SkdError, match=r"options differ.*lora_r 0 -> 2"):
+        train(_cfg(out, max_steps=3, resume=True, lora_r=2), models=_models(char_tokenizer), examples=ex)
+
+
 def test_resume_without_any_checkpoint_starts_from_scratch(char_tokenizer, tmp_path):
     from skd.core.train import train
 
