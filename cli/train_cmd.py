@@ -43,7 +43,10 @@ def _common_options(f):
         setting_option("data_seed", help="Seed of the data order and of the --limit subset (paper: 20)."),
         setting_option("val_data", type=click.Path(dir_okay=False), help="Local validation file."),
         setting_option("val_limit", help="Validation examples scored every --eval-every steps (0: none)."),
-        setting_option("dtype", choices=DTYPES, help="Weights dtype (auto: bf16 on CUDA, fp32 on CPU)."),
+        setting_option("dtype", choices=DTYPES,
+                       help="Compute dtype (auto: bf16 on CUDA, fp32 on CPU). With bf16/fp16 the trained model keeps "
+                            "fp32 master weights loaded at full precision from what is stored, and computes under "
+                            "autocast."),
         setting_option("student_device", help="auto, cpu, cuda, cuda:N."),
         setting_option("trust_remote_code", help="Allow model code from the hub (off: never run it)."),
         setting_option("lr", help="AdamW learning rate (paper 1e-5)."),
@@ -190,7 +193,11 @@ def sft(ctx, **params):
                      "seqkd.")
 @setting_option("student", help="Student: alias, hub id or folder.")
 @setting_option("teacher", help="Teacher: alias, hub id or folder.")
-@setting_option("teacher_device", help="auto, cpu, cuda, cuda:N.")
+@setting_option("teacher_device", help="auto, cpu, cuda, cuda:N (cpu: the teacher's forwards run on the CPU beside a "
+                                        "GPU student; every verification and teacher pass then crosses the bus).")
+@setting_option("teacher_dtype", choices=DTYPES, default_text="--dtype",
+                help="The teacher's weights dtype, independent of the student's (e.g. a bf16 7B teacher beside an "
+                     "fp32-master 2B student on one GPU).")
 @setting_option("k", help="SKD: teacher top-K a student token must be in.")
 @setting_option("gamma", help="SKD: student draft length per round.")
 @setting_option("semantics", choices=SEMANTICS,

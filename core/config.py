@@ -119,13 +119,16 @@ class SampleConfig:
 class ModelConfig:
     teacher: str | None = "tiny-teacher"  # alias, hub id or local folder; unused by sft/seqkd
     student: str = "tiny-student"
-    dtype: str = "auto"                    # auto: bf16 on CUDA, fp32 on CPU (resolve_dtype)
+    dtype: str = "auto"                    # auto: bf16 on CUDA, fp32 on CPU (resolve_dtype); the compute dtype
+    teacher_dtype: str | None = None       # the teacher's weights dtype (None: --dtype), e.g. bf16 beside an fp32 student
     teacher_device: str = "auto"           # auto: cuda if available, else cpu
     student_device: str = "auto"
     trust_remote_code: bool = False        # never run hub code unless asked
 
     def __post_init__(self):
         _check(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}", "dtype")
+        _check(self.teacher_dtype is None or self.teacher_dtype in DTYPES, f"unknown teacher dtype {self.teacher_dtype!r}",
+               f"use one of: {', '.join(DTYPES)}", "teacher_dtype")
 
 
 def resolve_dtype(dtype: str, device_type: str) -> str:
@@ -291,8 +294,8 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "sam
 # file -- and the (section, field) each one sets. A field missing here has no option (`mode` is set
 # per method, `keep_teacher_logits` is internal).
 FLAT_KEYS: dict[str, tuple[str, str]] = {
-    **{name: ("model", name) for name in ("teacher", "student", "dtype", "teacher_device", "student_device",
-                                          "trust_remote_code")},
+    **{name: ("model", name) for name in ("teacher", "student", "dtype", "teacher_dtype", "teacher_device",
+                                          "student_device", "trust_remote_code")},
     "model": ("model", "student"),  # `skd sft --model`: the one model it trains
     **{name: ("data", name) for name in ("task", "data", "limit", "val_data", "val_limit")},
     "field": ("data", "fields"), "data_seed": ("data", "seed"),

@@ -181,17 +181,24 @@ class _Run:
                 val_split = "validation" if "validation" in task.splits else "test"
                 val_raw = task.load(val_split, data_path=dc.val_data, fields=dc.fields, limit=dc.val_limit,
                                     seed=dc.seed)
+        half = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+        compute = mc.dtype
         if models is None:
             s_dev = parse_device(distributed.resolve_rank_device(mc.student_device, dist))
             t_dev = parse_device(distributed.resolve_rank_device(mc.teacher_device, dist))
-            dtype = resolve_dtype(mc.dtype, s_dev.type)
+            compute = resolve_dtype(mc.dtype, s_dev.type)
+            # The student is loaded at full precision when it computes in a half dtype: fp32 master weights
+            # come from the stored weights, not from a bf16 copy of them (a bf16 load would round every
+            # fp32 weight first). The teacher is loaded in --teacher-dtype (default: the compute dtype).
+            s_dtype = "float32" if compute in half else compute
+            t_dtype = mc.teacher_dtype or compute
             if needs_teacher:
                 teacher, student, tokenizer = model_lib.load_pair(
-                    mc.teacher, mc.student, dtype=dtype, teacher_device=str(t_dev), student_device=str(s_dev),
-                    trust_remote_code=mc.trust_remote_code)
+                    mc.teacher, mc.student, dtype=compute, teacher_dtype=t_dtype, student_dtype=s_dtype,
+                    teacher_device=str(t_dev), student_device=str(s_dev), trust_remote_code=mc.trust_remote_code)
             else:
                 teacher = None
-                student = model_lib.load_model(mc.student, dtype=dtype, device=str(s_dev),
+                student = model_lib.load_model(mc.student, dtype=s_dtype, device=str(s_dev),
                                                trust_remote_code=mc.trust_remote_code, role="student")
                 tokenizer = model_lib.load_tokenizer(mc.student, trust_remote_code=mc.trust_remote_code,
                                                      role="student")
@@ -200,16 +207,19 @@ class _Run:
         self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
         self.vocab_size = len(tokenizer)
         # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (CONTRACT.md §5).
-        # The half dtype comes from the loaded weights, or from cfg.model.dtype when models are passed in.
+        # The half dtype comes from the (resolved) --dtype, or from the weights of a student passed in half.
         self.autocast_dtype = None
         s_param_dtype = next(student.parameters()).dtype
-        half = {"bfloat16": torch.bfloat16, "float16": torch.float16}
         if s_param_dtype in (torch.bfloat16, torch.float16):
             self.autocast_dtype = s_param_dtype
-        elif models is not None and mc.dtype in half:
-            self.autocast_dtype = half[mc.dtype]
+        elif compute in half:
+            self.autocast_dtype = half[compute]
         if self.autocast_dtype is not None:
             student.float()
+        self.dtypes = {"student_weights": str(next(student.parameters()).dtype).replace("torch.", ""),
+                       "compute": str(self.autocast_dtype or next(student.parameters()).dtype).replace("torch.", ""),
+                       "teacher": (str(next(teacher.parameters()).dtype).replace("torch.", "")
+                                   if teacher is not None else None)}
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
@@ -380,6 +390,7 @@ class _Run:
         self.emit("start", {"total_steps": total_steps, "start_step": start_step,
                             "train_examples": len(self.train_ex), "val_examples": len(self.val_ex),
                             "method": self.method, "vocab_size": self.vocab_size, "world_size": dist.world_size,
+                            "dtypes": self.dtypes,
                             "trainable_parameters": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
                             "parameters": sum(p.numel() for p in self.student.parameters()),
                             "resumed_from": str(self.resume_from) if self.resume_from else None})

@@ -131,3 +131,46 @@ def test_group_by_length_stream_is_a_seeded_permutation_of_aligned_similar_lengt
     got = [d.next(8) for _ in range(30)]
     flat = [j for b in got for j in b]
     assert flat == (d.order(0) + d.order(1))[:240]
+
+
+@pytest.mark.parametrize("dtype,teacher_dtype,expect_teacher", [("bfloat16", None, torch.bfloat16),
+                                                                ("bfloat16", "float32", torch.float32),
+                                                                ("float32", "bfloat16", torch.bfloat16)])
+def test_the_student_keeps_its_stored_precision_and_the_teacher_its_own_dtype(tmp_path, char_tokenizer, monkeypatch,
+                                                                              dtype, teacher_dtype, expect_teacher):
+    from safetensors.torch import load_file
+
+    from skd.core import models as model_lib
+
+    teacher, student = _pair()
+    for name, m in (("teacher", teacher), ("student", student)):
+        m.save_pretrained(tmp_path / name)
+        char_tokenizer.save_pretrained(tmp_path / name)
+    stored = load_file(str(tmp_path / "student" / "model.safetensors"))
+    assert any(not torch.equal(v, v.to(torch.bfloat16).float()) for v in stored.values())  # bf16 would round
+    seen = {}
+    real = model_lib.load_pair
+
+    def spy(*a, **kw):
+        seen["pair"] = real(*a, **kw)
+        return seen["pair"]
+
+    def on_event(kind, p):
+        if kind == "start":   # after set-up, before the first step: the weights as loaded
+            s = seen["pair"].student
+            seen["student"] = {k: v.detach().clone() for k, v in s.state_dict().items()}
+            seen["dtypes"] = p["dtypes"]
+
+    monkeypatch.setattr(model_lib, "load_pair", spy)
+    cfg = RunConfig(model=ModelConfig(teacher=str(tmp_path / "teacher"), student=str(tmp_path / "student"),
+                                      dtype=dtype, teacher_dtype=teacher_dtype),
+                    data=DataConfig(task="arith", limit=4, val_limit=0),
+                    train=TrainConfig(method="supervised", max_steps=1, batch_size=2, eval_every=0, save_every=0,
+                                      output_dir=str(tmp_path / "run")),
+                    sample=SampleConfig(max_new_tokens=6))
+    train(cfg, on_event=on_event)
+    for k, v in stored.items():
+        assert seen["student"][k].dtype == torch.float32 and torch.equal(seen["student"][k], v), k
+    assert next(seen["pair"].teacher.parameters()).dtype == expect_teacher
+    assert seen["dtypes"] == {"student_weights": "float32", "compute": dtype,
+                              "teacher": str(expect_teacher).replace("torch.", "")}
