@@ -1,7 +1,7 @@
 """click options built from config dataclass fields, so every default has one source: the dataclass.
 
 Public: field_option(cls, name, *decls, ...), setting_option(key, *decls, ...), given_values(params),
-config_file_values(ctx, path).
+config_file_values(ctx, path), AUTO_OR_INT (a click type: "auto" or an integer).
 
 An option takes its type (int, float, text, flag, choice, repeatable) from the field's annotation and
 shows the field's default in its help; its click default is None, so a value that is not None was
@@ -19,6 +19,26 @@ import click
 from skd.core.config import FLAT_KEYS, SECTIONS
 
 _TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+class AutoOrInt(click.ParamType):
+    """The word "auto" or an integer (e.g. --gamma); ranges are the dataclass's to check."""
+
+    name = "auto|INTEGER"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither auto nor an integer", param, ctx)
+
+
+AUTO_OR_INT = AutoOrInt()
 
 
 def _field(cls, name: str) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from skd.cli.options import config_file_values, given_values, setting_option
+from skd.cli.options import AUTO_OR_INT, config_file_values, given_values, setting_option
 from skd.core.config import (DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS, SPECKD_VERIFICATIONS,
                              SWITCH_DIVERGENCES)
 from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
@@ -199,7 +199,12 @@ def sft(ctx, **params):
                 help="The teacher's weights dtype, independent of the student's (e.g. a bf16 7B teacher beside an "
                      "fp32-master 2B student on one GPU).")
 @setting_option("k", help="SKD: teacher top-K a student token must be in.")
-@setting_option("gamma", help="SKD: student draft length per round.")
+@setting_option("gamma", type=AUTO_OR_INT,
+                help="SKD: student draft length per round: auto (each round's from the acceptance so far and the "
+                     "teacher/student size ratio, the length with the most tokens per unit of cost; 1 for a weak "
+                     "student) or a fixed N (the released code: 5). The sequences' distribution does not depend "
+                     "on it; the exact tokens of a seed do.")
+@setting_option("gamma_max", help="SKD with --gamma auto: the longest draft.")
 @setting_option("semantics", choices=SEMANTICS,
                 help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
 @setting_option("keep_bonus", help="SKD: keep the teacher's bonus token on full acceptance.")

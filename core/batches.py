@@ -89,8 +89,10 @@ def merge_samples(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -
                 full[idx] = v
     keys = ("proposed", "accepted", "replaced", "generated", "rounds", "row_rounds")
     tot = {k: sum(getattr(s, k) for _, s in parts) for k in keys}
+    drafts = [s.draft_lengths for _, s in parts if s.draft_lengths is not None]
     return Samples(tokens=tokens, attention_mask=attn, response_mask=rmask, provenance=prov,
-                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot, **extras)
+                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot, **extras,
+                   draft_lengths=tuple(g for d in drafts for g in d) if drafts else None)
 
 
 def sequence_sources(method: str, B: int, *, step: int, total_steps: int, coin: torch.Generator,

@@ -62,7 +62,9 @@ class SampleConfig:
 
     mode: str = "skd"                  # skd | student | teacher (set per method by the training loop)
     k: int = 25                        # top-K of the teacher that a student token must fall in (paper default)
-    gamma: int = 5                     # student draft length per verification round (released code)
+    gamma: int | str = "auto"          # student draft length per round: "auto" (adaptive, rules.adaptive_gamma)
+                                       # or a fixed N (the released code: 5)
+    gamma_max: int = 8                 # the longest draft "auto" may choose
     semantics: str = "paper"           # paper | code (CONTRACT.md §2)
     keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
     student_temperature: float = 0.5   # paper config for student proposals
@@ -78,16 +80,27 @@ class SampleConfig:
     switch_window: int = 8             # adaswitch: positions in the running mean of the divergence
     switch_divergence: str = "fkl"     # adaswitch: divergence of the switch test, on the raw logits
 
+    @property
+    def max_draft(self) -> int:
+        """The longest draft a round can have: gamma, or gamma_max under --gamma auto."""
+        return self.gamma_max if self.gamma == "auto" else self.gamma
+
     def __post_init__(self):
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        if isinstance(self.gamma, str) and self.gamma.strip().isdigit():   # "5" from a config file
+            object.__setattr__(self, "gamma", int(self.gamma))
         _check(self.mode in SAMPLE_MODES, f"unknown sampling mode {self.mode!r}",
                f"use one of: {', '.join(SAMPLE_MODES)}", "mode")
         _check(self.semantics in SEMANTICS, f"unknown SKD semantics {self.semantics!r}",
                "use --semantics paper (default) or code", "semantics")
         _check(isinstance(self.k, int) and self.k >= 0, f"k must be >= 0 (got {self.k})",
                "pass --k 0 (always take the teacher) up to the vocabulary size (always take the student)", "k")
-        _check(isinstance(self.gamma, int) and self.gamma >= 1, f"gamma must be >= 1 (got {self.gamma})",
-               "pass --gamma 1 or more (the paper uses 5)", "gamma")
+        _check(self.gamma == "auto" or (isinstance(self.gamma, int) and not isinstance(self.gamma, bool)
+                                        and self.gamma >= 1),
+               f"gamma must be auto or >= 1 (got {self.gamma})",
+               "pass --gamma auto (adaptive draft length) or a fixed --gamma 1 or more (the paper uses 5)", "gamma")
+        _check(isinstance(self.gamma_max, int) and self.gamma_max >= 1, f"gamma_max must be >= 1 (got {self.gamma_max})",
+               "pass --gamma-max 1 or more", "gamma_max")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1 (got {self.max_new_tokens})",
                "pass --max-new-tokens 1 or more", "max_new_tokens")
         for name in ("student_temperature", "teacher_temperature"):

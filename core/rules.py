@@ -2,7 +2,8 @@
 
 Public: process_logits(logits, temperature, top_k, top_p); sample_tokens(logits, u, ...);
 teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling arguments);
-SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's).
+SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's);
+adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`.
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from skd.core import ops
 from skd.core.config import SampleConfig
 
 __all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
-           "SpeculativeRule"]
+           "SpeculativeRule", "adaptive_gamma"]
 
 
 def teacher_settings(cfg: SampleConfig) -> dict:
@@ -62,6 +63,28 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, *, temperature: float, 
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
+# --------------------------------------------------------------------------- draft length
+
+def adaptive_gamma(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> int:
+    """The draft length that maximises expected tokens per unit of cost for one round.
+
+    With each drafted token kept with probability a (independently, the usual speculative-decoding
+    model, Leviathan et al. 2023, section 3), a round that drafts g tokens yields on average
+    (1 - a^g) / (1 - a) tokens (the kept prefix, then the teacher's token at the first rejection),
+    or (1 - a^(g+1)) / (1 - a) when a full acceptance also keeps the teacher's bonus token; it costs
+    g student forwards plus one teacher forward, i.e. g + cost_ratio student-forward units. The
+    smallest g in 1..gamma_max with the best ratio is returned (ties go to the shorter draft)."""
+    a = min(max(float(acceptance), 0.0), 1.0)
+    best, best_rate = 1, -1.0
+    for g in range(1, gamma_max + 1):
+        n = g + 1 if bonus else g
+        tokens = float(n) if a >= 1.0 else (1.0 - a ** n) / (1.0 - a)
+        rate = tokens / (g + cost_ratio)
+        if rate > best_rate * (1 + 1e-12):
+            best, best_rate = g, rate
+    return best
+
+
 # --------------------------------------------------------------------------- verification rules
 
 class SkdRule:
@@ -103,6 +126,7 @@ class SpeculativeRule:
     keep_bonus = True
 
     def __init__(self, temperature: float, top_p: float, gamma: int):
+        """gamma: the longest draft a round may have (with --gamma auto, the upper bound gamma_max)."""
         self.temperature, self.top_p = temperature, top_p
         self.needs_q = temperature > 0
         self.draws_per_round = gamma + 1

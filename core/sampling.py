@@ -18,7 +18,8 @@ from skd.core import losses, ops
 from skd.core.config import SampleConfig
 from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
-from skd.core.rules import SkdRule, process_logits, sample_tokens, student_settings, teacher_settings
+from skd.core.rules import (SkdRule, adaptive_gamma, process_logits, sample_tokens, student_settings,
+                            teacher_settings)
 from skd.core.stops import StopChecker, eos_ids
 
 __all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV_STUDENT", "PROV_TEACHER",
@@ -57,6 +58,7 @@ class Samples:
     student_argmax: torch.Tensor | None = None  # [B, R] the student's argmax where it wrote response token i
     loss_weights: torch.Tensor | None = None    # [B, L] float weight of each token's loss term (None: 1 each)
     switch_at: torch.Tensor | None = None       # [B] response index of the first teacher token, -1: none
+    draft_lengths: tuple[int, ...] | None = None  # skd: each round's draft length (varies under --gamma auto)
 
     # Rates of the whole batch; 0.0 where the denominator is 0 (nothing was proposed / generated).
     mean_accepted_prefix = property(lambda self: share(self.accepted, self.row_rounds),
@@ -255,7 +257,14 @@ class _DraftVerify:
     def __init__(self, s: KVStream, t: KVStream, rule, cfg: SampleConfig, B: int, V: int,
                  student_generator, teacher_generator):
         self.s, self.t, self.teacher, self.streams = s, t, t, (s, t)
-        self.rule, self.D, self.V = rule, cfg.gamma, V
+        self.rule, self.D, self.V = rule, cfg.max_draft, V
+        # --gamma auto: each round's draft length from the acceptance so far in this call and the cost of a
+        # teacher forward in student forwards, taken as the parameter ratio (deterministic, unlike a clock,
+        # so the same seeds give the same sequences and a resumed run stays exact).
+        self.auto = cfg.gamma == "auto"
+        self.cost_ratio = (sum(p.numel() for p in t.model.parameters())
+                           / max(1, sum(p.numel() for p in s.model.parameters()))) if self.auto else 0.0
+        self.gammas: list[int] = []   # the draft length of each round
         self.st = student_settings(cfg, drafting=True)
         self.s_gen, self.t_gen = student_generator, teacher_generator
         # A fully accepted draft followed by a bonus token leaves the last draft token unseen by the
@@ -268,9 +277,18 @@ class _DraftVerify:
         v = self.verify(b, d)
         return self.commit(b, d, v)
 
+    def draft_length(self, b: _Batch) -> int:
+        """This round's draft length: fixed, or (--gamma auto) rules.adaptive_gamma of the acceptance so far
+        (Laplace estimate (accepted + 1) / (proposed + 2), so the first round drafts for a coin flip)."""
+        if not self.auto:
+            return self.D
+        return adaptive_gamma((b.accepted + 1) / (b.proposed + 2), self.cost_ratio, self.D, self.rule.keep_bonus)
+
     def draft(self, b: _Batch) -> _Draft:
         """The student proposes up to D tokens per row, stopping a row at EOS or its budget."""
-        s, D, st, dev = self.s, self.D, self.st, self.s.device
+        s, st, dev = self.s, self.st, self.s.device
+        D = self.draft_length(b)
+        self.gammas.append(D)
         A = b.active.numel()
         draft = torch.full((A, D), b.pad, dtype=torch.long, device=dev)
         draft_len = torch.full((A,), D, dtype=torch.long, device=dev)
@@ -440,7 +458,7 @@ def _decoder(teacher, student, prompt_ids, cfg: SampleConfig, rule, V: int, pad:
     """The decoder of cfg.mode, its KV streams prefilled with every prompt but its last token."""
     def stream(model):
         s = KVStream(model, V)
-        s.prefill([p[:-1] for p in prompt_ids], pad, reserve=cfg.max_new_tokens + cfg.gamma + 1)
+        s.prefill([p[:-1] for p in prompt_ids], pad, reserve=cfg.max_new_tokens + cfg.max_draft + 1)
         return s
 
     if cfg.mode == "student":
@@ -484,4 +502,7 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
             batch.select(keep)
         for s in decoder.streams:
             s.maybe_compact()
-    return batch.samples(all_teacher=decoder.all_teacher)
+    out = batch.samples(all_teacher=decoder.all_teacher)
+    if isinstance(decoder, _DraftVerify):
+        out.draft_lengths = tuple(decoder.gammas)
+    return out

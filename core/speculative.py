@@ -44,15 +44,17 @@ class SpecStats:
         return d
 
 
-def speculative_generate(teacher, student, prompt_ids: list[list[int]], *, gamma: int, max_new_tokens: int,
+def speculative_generate(teacher, student, prompt_ids: list[list[int]], *, gamma: int | str, max_new_tokens: int,
                          temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
                          tokenizer=None, stop_strings: tuple[str, ...] = (), eos_token_id=None,
                          vocab_size: int | None = None) -> tuple[list[list[int]], SpecStats]:
-    """Generated ids per prompt (response only, EOS included) and acceptance statistics."""
+    """Generated ids per prompt (response only, EOS included) and acceptance statistics.
+
+    gamma: a fixed draft length, or "auto" (each round's from the acceptance so far, up to 8)."""
     cfg = SampleConfig(mode="skd", gamma=gamma, keep_bonus=True, max_new_tokens=max_new_tokens,
                        student_temperature=temperature, student_top_p=top_p, teacher_temperature=temperature,
                        teacher_top_p=top_p, stop_strings=tuple(stop_strings), keep_teacher_logits=False)
-    rule = SpeculativeRule(temperature, top_p, gamma)
+    rule = SpeculativeRule(temperature, top_p, cfg.max_draft)
     out = sample(teacher, student, prompt_ids, cfg, student_generator=generator, teacher_generator=generator,
                  tokenizer=tokenizer, eos_token_id=eos_token_id, vocab_size=vocab_size, rule=rule)
     stats = SpecStats(drafted=out.proposed, accepted=out.accepted, generated=out.generated, rounds=out.rounds,

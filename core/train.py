@@ -475,6 +475,9 @@ class _Run:
                "time_step": t3 - t0, "elapsed": t3 - self.t_start}
         if s.switch_at is not None:
             rec.update(self.switch_metrics(s, first_row))
+        if s.draft_lengths:   # skd: the mean draft length of the step's rounds (varies under --gamma auto)
+            total, n = dist.sum_floats([sum(s.draft_lengths), len(s.draft_lengths)])
+            rec["mean_draft_length"] = total / n
         if self.val_ex and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
             with distributed.full_student(self.train_model, self.dist) as plain:
                 if dist.is_main:

@@ -1,0 +1,100 @@
+"""--gamma auto: the adaptive draft length of the SKD sampler and of speculative decoding.
+
+The rule (skd.core.rules.adaptive_gamma) against a brute-force evaluation of its formula; the sampler's
+identities still hold under it (K >= V is on-policy sampling and K = 0 teacher sampling, token for token;
+greedy speculative decoding is the teacher's greedy output); kept student tokens still pass the top-K test;
+the draft length falls to 1 for a student whose tokens are rejected and rises for one whose are kept.
+"""
+import pytest
+import torch
+
+from skd.core.rules import adaptive_gamma
+from skd.core.sampling import PROV_STUDENT, SampleConfig, sample
+from skd.core.speculative import speculative_generate
+
+V = 40
+PROMPTS = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30]]
+NO_EOS = -1
+BASE = dict(max_new_tokens=20, student_temperature=0.9, student_top_p=0.95, teacher_temperature=0.8,
+            teacher_top_p=0.95, gamma="auto", gamma_max=6)
+
+
+def _gens():
+    return dict(student_generator=torch.Generator().manual_seed(100),
+                teacher_generator=torch.Generator().manual_seed(200))
+
+
+def _run(pair, mode, **kw):
+    teacher, student = pair
+    return sample(teacher, student, PROMPTS, SampleConfig(mode=mode, **{**BASE, **kw}), eos_token_id=NO_EOS,
+                  vocab_size=V, **_gens())
+
+
+@pytest.mark.parametrize("a", [0.0, 0.05, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize("ratio", [0.5, 2.4, 10.0])
+@pytest.mark.parametrize("bonus", [False, True])
+def test_adaptive_gamma_maximises_expected_tokens_per_cost(a, ratio, bonus):
+    def rate(g):   # expected tokens of a round, summed over its outcomes, per unit of cost
+        n = g + 1 if bonus else g
+        tokens = sum((k + 1) * a ** k * (1 - a) for k in range(g)) + (n * a ** g)
+        return tokens / (g + ratio)
+
+    g = adaptive_gamma(a, ratio, 8, bonus)
+    assert rate(g) == pytest.approx(max(rate(x) for x in range(1, 9)), rel=1e-9)
+    assert all(rate(x) < rate(g) * (1 - 1e-9) for x in range(1, g))   # the shortest of the best
+
+
+def test_adaptive_gamma_ends():
+    assert adaptive_gamma(0.0, 2.4, 8, False) == 1          # nothing is kept: one token per round anyway
+    assert adaptive_gamma(1.0, 2.4, 8, False) == 8          # everything is kept: the longest draft
+    gs = [adaptive_gamma(a / 100, 2.4, 8, False) for a in range(101)]
+    assert gs == sorted(gs)                                  # longer drafts for a better student
+
+
+def test_auto_with_k_at_least_vocab_is_on_policy_and_drafts_long(sharp_pair64):
+    skd = _run(sharp_pair64, "skd", k=V)
+    pol = _run(sharp_pair64, "student")
+    assert skd.responses() == pol.responses()
+    teacher, student = sharp_pair64
+    ratio = sum(p.numel() for p in teacher.parameters()) / sum(p.numel() for p in student.parameters())
+    assert skd.draft_lengths[0] == adaptive_gamma(0.5, ratio, 6, False)   # the first round: a coin-flip prior
+    assert max(skd.draft_lengths) == 6 and skd.draft_lengths[-2] == 6   # acceptance -> 1: the longest draft
+
+
+def test_auto_with_k_zero_is_teacher_sampling_and_drafts_one(sharp_pair64):
+    skd = _run(sharp_pair64, "skd", k=0)
+    tea = _run(sharp_pair64, "teacher")
+    assert skd.responses() == tea.responses()
+    assert set(skd.draft_lengths[2:]) == {1}                  # acceptance -> 0: one-token drafts
+
+
+def test_auto_keeps_only_student_tokens_inside_the_teachers_top_k(sharp_pair64):
+    teacher, _ = sharp_pair64
+    out = _run(sharp_pair64, "skd", k=3)
+    assert len(set(out.draft_lengths)) > 1                    # the length did adapt
+    with torch.no_grad():
+        logits = teacher(input_ids=out.tokens, attention_mask=out.attention_mask).logits[..., :V]
+    for b in range(len(PROMPTS)):
+        p, n = int(out.prompt_lengths[b]), int(out.lengths[b])
+        for i in range(p, n):
+            if out.provenance[b, i] == PROV_STUDENT:
+                row = logits[b, i - 1]
+                assert int((row > row[out.tokens[b, i]]).sum()) < 3
+
+
+def test_greedy_speculative_decoding_with_auto_is_the_teachers_greedy_output(sharp_pair64):
+    teacher, student = sharp_pair64
+    spec, stats = speculative_generate(teacher, student, PROMPTS, gamma="auto", max_new_tokens=20,
+                                       eos_token_id=NO_EOS, vocab_size=V)
+    greedy = sample(teacher, student, PROMPTS, SampleConfig(mode="teacher", teacher_temperature=0, max_new_tokens=20),
+                    eos_token_id=NO_EOS, vocab_size=V).responses()
+    assert spec == greedy and stats.drafted > 0
+
+
+def test_gamma_values_are_checked():
+    from skd.core.config import ConfigValueError
+
+    assert SampleConfig(gamma="7").gamma == 7                 # a number from a config file
+    for bad in (0, -1, "often", True):
+        with pytest.raises(ConfigValueError, match="gamma must be auto or >= 1"):
+            SampleConfig(gamma=bad)
