@@ -74,6 +74,7 @@ def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", bat
     from skd.core.tasks import get_task
     from skd.core.batches import build_training_batch, teacher_logits_flat
     from skd.core.gating import speckd_gate
+    from skd.core.timing import clock
     from skd.core.data import tokenize_examples
     from skd.core.objective import accumulate_gradients
 
@@ -98,24 +99,22 @@ def run(teacher: str, student: str, *, methods=METHODS, task: str = "arith", bat
         for step in range(steps + 1):  # step 0 is warm-up
             batch = examples[step * batch_size: (step + 1) * batch_size]
             with PeakMemory(dev) as mem:
-                t0 = time.perf_counter()
+                t0 = clock(dev)
                 s = build_training_batch(method, batch, step=step, total_steps=steps + 1, teacher=t_model,
                                          student=s_model, scfg=scfg, gens=gens, tokenizer=tok, pad_id=tok.pad_token_id,
                                          vocab_size=V, gkd_lambda=0.5)
-                t1 = time.perf_counter()
+                t1 = clock(dev)
                 tf = teacher_logits_flat(t_model, s, V) if div is not None else None
                 if method == "speckd":   # SpecKD's loss gate, as the training loop applies it
                     s = speckd_gate(s, tf, k=k, verification=scfg.speckd_verification, rejected_weight=0.0)
-                t2 = time.perf_counter()
+                t2 = clock(dev)
                 opt.zero_grad(set_to_none=True)
                 s_model.train()
                 accumulate_gradients(s_model, s, tf, divergence=div, micro_batch_size=batch_size,
                                      loss_norm="sequence", vocab_size=V)
-                t3 = time.perf_counter()
+                t3 = clock(dev)
                 opt.step()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                t4 = time.perf_counter()
+                t4 = clock(dev)
             if step == 0:
                 continue
             for key, v in (("sampling", t1 - t0), ("teacher", t2 - t1), ("loss_backward", t3 - t2),

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from skd.core.environment import env_info
+from skd.core.timing import clock
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -80,13 +80,13 @@ def run(steps: int = 1000, *, method: str = "skd", batch_size: int = 8, max_new_
                                       output_dir=str(Path(output_dir) / "run"), overwrite=True),
                     sample=SampleConfig(max_new_tokens=max_new_tokens))
     rss_start = rss_bytes()
-    t0 = time.perf_counter()
+    t0 = clock(next(student.parameters()).device)
     try:
         summary = train(cfg, on_event=on_event, models=(teacher, student, tok), examples=(train_ex, val_ex))
     finally:
         if tmp is not None:
             tmp.cleanup()
-    seconds = time.perf_counter() - t0
+    seconds = clock(next(student.parameters()).device) - t0
     by_step = dict(trace)
     at_warmup, at_end = by_step[warmup], by_step[steps]
     after = [r for s, r in trace if s >= warmup]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 
 import torch
 
@@ -19,6 +18,7 @@ from skd.core.config import SampleConfig
 from skd.core.data import TokenizedExample
 from skd.core.errors import SkdError
 from skd.core.sampling import PROV_PROMPT, PROV_TEACHER, Samples, sample
+from skd.core.timing import clock
 
 RNG_SCHEME = "seed-step-chunk-v1"   # recorded in checkpoints: how the sampling generators are derived
 
@@ -159,9 +159,13 @@ def chunk_generators(seed: int, step: int, chunk: int, *, student_device, teache
 
 def sample_rank_batch(method: str, batch: list[TokenizedExample], sources: list[str], *, first_row: int,
                       chunk: int, seed: int, step: int, total_steps: int, teacher, student, scfg: SampleConfig,
-                      tokenizer, pad_id: int, vocab_size: int, gkd_lambda: float, need_teacher: bool):
+                      tokenizer, pad_id: int, vocab_size: int, gkd_lambda: float, need_teacher: bool,
+                      forward_clock=None, timings: dict | None = None):
     """This process's b sequences, sampled chunk by chunk (global rows first_row ...), and the teacher
-    logits at their response positions. Returns (Samples, teacher_flat [N, V] or None, teacher seconds)."""
+    logits at their response positions. Returns (Samples, teacher_flat [N, V] or None, teacher seconds).
+
+    With a running skd.core.timing.ForwardClock, timings["teacher_pass_forward"] gets the model-forward
+    seconds of the teacher passes (so the sampling phase's own forward share can be told apart)."""
     s_dev = next(student.parameters()).device
     t_dev = next(teacher.parameters()).device if teacher is not None else torch.device("cpu")
     parts, flats, t_teacher = [], [], 0.0
@@ -173,9 +177,11 @@ def sample_rank_batch(method: str, batch: list[TokenizedExample], sources: list[
                                  pad_id=pad_id, vocab_size=vocab_size, gkd_lambda=gkd_lambda,
                                  sources=[sources[i] for i in rows])
         if need_teacher:
-            t0 = time.perf_counter()
+            t0, f0 = clock(t_dev), forward_clock.seconds if forward_clock is not None else 0.0
             flats.append(teacher_logits_flat(teacher, s, vocab_size))
-            t_teacher += time.perf_counter() - t0
+            t_teacher += clock(t_dev) - t0
+            if forward_clock is not None and timings is not None:
+                timings["teacher_pass_forward"] = timings.get("teacher_pass_forward", 0.0) + forward_clock.seconds - f0
         # The [C, R, V] verification logits are no longer needed: only their response rows (flats) are.
         parts.append((rows, dataclasses.replace(s, teacher_logits=None)))
     # Chunks are consecutive rows, so concatenating their row-major flats gives the merged batch's.

@@ -9,13 +9,13 @@ skd.core.evaluation.evaluate_model; with several models each gets its own sub-fo
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from skd.core.config import DTYPES, resolve_dtype
 from skd.core.errors import SkdError
+from skd.core.timing import clock
 
 _REPORTED = ("accuracy", "partial_credit", "valid", "graded", "rougeL", "rouge1", "rouge2", "bleu", "chrf",
              "comet", "teacher_logprob_per_token", "teacher_top1_agreement")
@@ -97,13 +97,13 @@ def evaluate_models(cfg: EvalConfig, on_event: Callable[[str, dict], None] | Non
         model = model_lib.load_model(name, dtype=dtype, device=str(dev), trust_remote_code=cfg.trust_remote_code)
         tok = model_lib.load_tokenizer(name, trust_remote_code=cfg.trust_remote_code)
         emit("model", {"name": name, "examples": len(examples)})
-        t0, tokens = time.perf_counter(), 0
+        t0, tokens = clock(dev), 0
 
         def on_batch(n: int, ntok: int) -> None:
             nonlocal tokens
             tokens += ntok
             emit("batch", {"name": name, "prompts": n, "tokens": tokens,
-                           "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
+                           "tokens_per_s": tokens / max(clock(dev) - t0, 1e-9)})
 
         metrics, preds = evaluate_model(model, tok, task, examples, batch_size=cfg.batch_size,
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,

@@ -10,12 +10,12 @@ batching so a batch carries little padding; results come back in the caller's or
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
 
 from skd.core.sampling import SampleConfig, sample
+from skd.core.timing import clock
 
 
 def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int = 32, max_new_tokens: int = 256,
@@ -54,12 +54,13 @@ def evaluate_model(model, tokenizer, task, examples, *, batch_size: int = 32, ma
 
     toks = tokenize_examples(examples, tokenizer, task.render_prompt)
     prompts = [t.prompt_ids for t in toks]
-    t0 = time.perf_counter()
+    dev = next(model.parameters()).device
+    t0 = clock(dev)
     responses = generate(model, tokenizer, prompts, batch_size=batch_size,
                          max_new_tokens=max_new_tokens or task.max_new_tokens,
                          stop_strings=tuple(task.eval_stop_strings), temperature=temperature, top_p=top_p,
                          seed=seed, on_batch=on_batch)
-    wall = time.perf_counter() - t0
+    wall = clock(dev) - t0
     outputs = [task.truncate(tokenizer.decode(r, skip_special_tokens=True)) for r in responses]
     refs = [ex.reference for ex in examples]
     metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)

@@ -15,6 +15,7 @@ from skd.core import distributed, losses
 from skd.core.batches import ground_truth_samples, response_positions, teacher_logits_flat
 from skd.core.data import TokenizedExample
 from skd.core.sampling import Samples
+from skd.core.timing import clock
 
 CE_METHODS = ("sft", "seqkd")
 
@@ -49,7 +50,7 @@ def distill_loss(student, s: Samples, teacher_flat: torch.Tensor | None, rows: t
 
 def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None, *, divergence,
                          micro_batch_size: int, loss_norm: str, vocab_size: int, autocast_dtype=None,
-                         dist: distributed.Dist | None = None) -> float:
+                         dist: distributed.Dist | None = None, timings: dict | None = None) -> float:
     """Backward over the batch in micro-batches; the loss is divided ONCE by the GLOBAL batch's count.
 
     The one place the loss is normalised. With `dist` (several processes) the count is summed over
@@ -60,6 +61,7 @@ def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None,
     """
     B = s.tokens.shape[0]
     world = dist.world_size if dist is not None else 1
+    dev = next(student.parameters()).device
     w_rows = sequence_weights(s, loss_norm)
     _, ridx = response_positions(s)
     # The count the weights stand for, as an exact integer (a float32 sum of 1/n over n positions is
@@ -83,7 +85,10 @@ def accumulate_gradients(student, s: Samples, teacher_flat: torch.Tensor | None,
                                    weights_per_row=w_rows, autocast_dtype=autocast_dtype)
             if total_count > 0:
                 loss = lsum / total_count
+                t0 = clock(dev) if timings is not None else 0.0
                 (loss * world if world > 1 else loss).backward()
+                if timings is not None:   # synced: the backward's own time, for the compute share
+                    timings["backward"] = timings.get("backward", 0.0) + clock(dev) - t0
         loss_sum += float(lsum.detach())
     if dist is not None:
         loss_sum = dist.sum_floats([loss_sum])[0]

@@ -37,7 +37,6 @@ import math
 import random
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +51,7 @@ from skd.core.errors import SkdError
 from skd.core.gating import speckd_gate
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
+from skd.core.timing import ForwardClock, clock
 from skd.core.torch_names import parse_device
 
 
@@ -205,6 +205,7 @@ class _Run:
         else:
             teacher, student, tokenizer = models
         self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
+        self.devices = [next(m.parameters()).device for m in (teacher, student) if m is not None]  # synced clocks
         self.vocab_size = len(tokenizer)
         # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (CONTRACT.md §5).
         # The half dtype comes from the (resolved) --dtype, or from the weights of a student passed in half.
@@ -396,7 +397,7 @@ class _Run:
                             "resumed_from": str(self.resume_from) if self.resume_from else None})
         metrics_f = open(metrics_path, "a") if dist.is_main else None
         last_rec = None
-        t_start = self.t_start = time.perf_counter()
+        t_start = self.t_start = clock(*self.devices)
         try:
             with _StopRequests() as stop:
                 for step in range(start_step, total_steps):
@@ -408,7 +409,7 @@ class _Run:
         final = out / "final"
         self.save(final, self.state)
         summary = {"method": self.method, "steps": self.state["step"], "final_checkpoint": str(final),
-                   "wall_time_s": time.perf_counter() - t_start, "world_size": dist.world_size,
+                   "wall_time_s": clock(*self.devices) - t_start, "world_size": dist.world_size,
                    "resumed_from": str(self.resume_from) if self.resume_from else None,
                    "fsdp_units": distributed.fsdp_units(self.train_model),
                    "trainable_parameters": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
@@ -421,7 +422,8 @@ class _Run:
     def _step(self, step: int, first_row: int, stop: _StopRequests, metrics_f) -> dict:
         tc, dist = self.cfg.train, self.dist
         b = self.local_batch
-        t0 = time.perf_counter()
+        devs = self.devices
+        t0 = clock(*devs)
         state_before, rng_before = dict(self.state), ckpt.capture_rng()   # for a stop inside this step
         # ---- 1. data: the global batch's indices; this process's rows [first_row, first_row + b)
         idx = self.data.next(tc.batch_size)
@@ -430,22 +432,28 @@ class _Run:
         sources = sequence_sources(self.method, tc.batch_size, step=step, total_steps=self.total_steps, coin=coin,
                                    gkd_lambda=tc.gkd_lambda)[first_row: first_row + b]
         # ---- 2./3. sample (FSDP: through the sharded student, in lockstep) and teacher logits
-        with distributed.full_student(self.train_model, self.dist) as plain:
+        fwd = ForwardClock(self.student, self.teacher)   # model compute inside each phase (synced)
+        timings: dict = {}
+        with distributed.full_student(self.train_model, self.dist) as plain, fwd:
             s, teacher_flat, t_teacher = sample_rank_batch(
                 self.method, batch, sources, first_row=first_row, chunk=self.chunk, seed=tc.seed, step=step,
                 total_steps=self.total_steps, teacher=self.teacher, student=plain, scfg=self.scfg,
                 tokenizer=self.tokenizer, pad_id=self.pad_id, vocab_size=self.vocab_size,
-                gkd_lambda=tc.gkd_lambda, need_teacher=self.divergence is not None)
+                gkd_lambda=tc.gkd_lambda, need_teacher=self.divergence is not None, forward_clock=fwd,
+                timings=timings)
             if self.method == "speckd":   # the loss keeps only the tokens the teacher's top-K test accepts
                 s = speckd_gate(s, teacher_flat, k=self.scfg.k, verification=self.scfg.speckd_verification,
                                 rejected_weight=tc.rejected_weight)
-        t2 = time.perf_counter()
+        t2 = clock(*devs)
+        fwd_sampling = fwd.seconds
         # ---- 4. loss over the global batch, normalised once
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(self.train_model, s, teacher_flat, divergence=self.divergence,
-                                    micro_batch_size=self.micro, loss_norm=tc.loss_norm, vocab_size=self.vocab_size,
-                                    autocast_dtype=self.autocast_dtype, dist=dist if dist.enabled else None)
+        with fwd:
+            loss = accumulate_gradients(self.train_model, s, teacher_flat, divergence=self.divergence,
+                                        micro_batch_size=self.micro, loss_norm=tc.loss_norm,
+                                        vocab_size=self.vocab_size, autocast_dtype=self.autocast_dtype,
+                                        dist=dist if dist.enabled else None, timings=timings)
         del teacher_flat
         if not math.isfinite(loss):
             self.stop_non_finite(step, "loss", loss, state_before, rng_before)
@@ -456,7 +464,7 @@ class _Run:
             self.stop_non_finite(step, "gradient norm", grad_norm, state_before, rng_before)
         self.optimizer.step()
         self.scheduler.step()
-        t3 = time.perf_counter()
+        t3 = clock(*devs)
         self.state.update(step=step + 1, data_cursor=self.data.cursor)
 
         # One reduction for the step's telemetry and for the stop requests (all processes agree to stop).
@@ -472,7 +480,13 @@ class _Run:
                "replaced": int(replaced), "response_tokens": int(resp_tokens),
                "tokens_per_s": resp_tokens / max(t3 - t0, 1e-9),
                "time_sampling": t2 - t0 - t_teacher, "time_teacher": t_teacher, "time_loss_backward": t3 - t2,
-               "time_step": t3 - t0, "elapsed": t3 - self.t_start}
+               "time_step": t3 - t0, "elapsed": t3 - self.t_start,
+               # Model compute against everything else: forwards of either model while sampling (the
+               # teacher pass excluded), and forwards + backward over the whole step.
+               "sampling_forward_share": ((fwd_sampling - timings.get("teacher_pass_forward", 0.0))
+                                          / max(t2 - t0 - t_teacher, 1e-12)),
+               "time_in_forward": fwd.seconds, "time_in_backward": timings.get("backward", 0.0),
+               "model_time_share": (fwd.seconds + timings.get("backward", 0.0)) / max(t3 - t0, 1e-12)}
         if s.switch_at is not None:
             rec.update(self.switch_metrics(s, first_row))
         if s.draft_lengths:   # skd: the mean draft length of the step's rounds (varies under --gamma auto)

@@ -174,3 +174,27 @@ def test_the_student_keeps_its_stored_precision_and_the_teacher_its_own_dtype(tm
     assert next(seen["pair"].teacher.parameters()).dtype == expect_teacher
     assert seen["dtypes"] == {"student_weights": "float32", "compute": dtype,
                               "teacher": str(expect_teacher).replace("torch.", "")}
+
+
+def test_forward_clock_counts_the_models_forwards_and_the_step_reports_compute_shares(tmp_path, char_tokenizer):
+    from skd.core.timing import ForwardClock, clock
+
+    teacher, student = _pair()
+    x = torch.tensor([[5, 9, 12]])
+    with ForwardClock(teacher, student) as fc:
+        with torch.no_grad():
+            teacher(input_ids=x)
+            student(input_ids=x)
+            student(input_ids=x)
+    with torch.no_grad():
+        student(input_ids=x)                                 # after the block: hooks removed, not counted
+    assert fc.calls == 3 and fc.seconds > 0
+    assert not student._forward_hooks and not student._forward_pre_hooks
+    a = clock(torch.device("cpu"))
+    assert clock(torch.device("cpu"), None) >= a
+    summary = train(_cfg(tmp_path, "skd", max_steps=2, eval_every=0, save_every=0),
+                    models=(teacher, student, char_tokenizer), examples=(addition_examples(char_tokenizer, 8), []))
+    rec = summary["last"]
+    assert 0 < rec["sampling_forward_share"] <= 1 and 0 < rec["model_time_share"] <= 1
+    assert rec["time_in_forward"] > 0 and rec["time_in_backward"] > 0
+    assert rec["time_in_forward"] + rec["time_in_backward"] <= rec["time_step"]
