@@ -192,7 +192,11 @@ def sft(ctx, **params):
 @setting_option("teacher_temperature", help="Teacher replacement temperature (0: greedy).")
 @setting_option("teacher_top_p")
 @setting_option("teacher_top_k", help="Only for --semantics code.")
-@setting_option("stop", help="Extra stop string (repeatable; default: the task's).")
+@setting_option("stop", help="Stop string added to the task's own (repeatable); with --no-task-stops, the only ones. "
+                             "run_config.json lists the resolved set under resolved.stop_strings.")
+@setting_option("task_stops", "--task-stops/--no-task-stops", default_text="task-stops",
+                help="Also stop at the task's own stop strings (--no-task-stops: only at --stop, or at EOS and "
+                     "--max-new-tokens when none is given).")
 @setting_option("divergence", choices=DIVERGENCE_NAMES, default_text="fkl; jsd for --method gkd",
                 help="Token-level divergence, at temperature 1 (p teacher, q student). jsd: the generalised JSD "
                      "of GKD as TRL computes it, beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q; "
