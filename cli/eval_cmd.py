@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from skd.cli.options import field_option, given_values
+from skd.cli.threads import set_threads, threads_option
 from skd.core.config import DTYPES
 from skd.core.evaluate_models import EvalConfig
 from skd.core.metrics import GRADERS
@@ -42,6 +43,7 @@ def _option(name: str, *decls: str, **kw):
               "lenient grader: within a relative 1e-4, and reference/100 or reference*100 count too, so "
               "'#### 0.42' is right for 42).  [default: the task's: exact for gsm8k and arith, paper for the "
               "held-out math sets]")
+@threads_option
 def eval_cmd(**params):
     """Score models on a task the way the paper does (greedy decoding, the task's metric).
 
@@ -70,6 +72,7 @@ def eval_cmd(**params):
     from skd.core.evaluate_models import evaluate_models, metric_columns
     from skd.core.tasks import get_task
 
+    set_threads(params.pop("threads"))   # before any model loads; a process setting, not in metrics.json
     cfg = EvalConfig(**given_values(params))
     console = Console(stderr=True)
     shown = {"progress": None, "task": None, "examples": 0}
