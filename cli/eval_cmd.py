@@ -8,8 +8,10 @@ from __future__ import annotations
 import click
 
 from skd.cli.options import field_option, given_values
+from skd.cli.threads import set_threads, threads_option
 from skd.core.config import DTYPES
 from skd.core.evaluate_models import EvalConfig
+from skd.core.metrics import GRADERS
 
 
 def _option(name: str, *decls: str, **kw):
@@ -35,8 +37,27 @@ def _option(name: str, *decls: str, **kw):
 @_option("output_dir", type=click.Path())
 @_option("teacher", help="Also report how this teacher (same tokenizer) judges each model's own outputs: "
          "its mean log-probability per response token and its top-1 agreement.")
+@_option("grader", choices=GRADERS, show_default=False,
+         help="How accuracy compares a final answer with the reference: exact (the same value: '#### 5.00' and "
+              "'#### $4,200' are 5 and 4200, 41.996 is not 42, every minus sign counts) or paper (the paper's "
+              "lenient grader: within a relative 1e-4, and reference/100 or reference*100 count too, so "
+              "'#### 0.42' is right for 42).  [default: the task's: exact for gsm8k and arith, paper for the "
+              "held-out math sets]")
+@threads_option
 def eval_cmd(**params):
     """Score models on a task the way the paper does (greedy decoding, the task's metric).
+
+    \b
+    GSM8K: three scores of the same outputs.
+      accuracy          skd's: the number after the last '####', compared exactly
+                        (--grader paper: the paper's lenient grader).
+      strict_match      lm-evaluation-harness's gsm8k 'strict-match': the first '#### <number>'.
+      flexible_extract  lm-evaluation-harness's gsm8k 'flexible-extract': the last number.
+    Compare with a published table that ran lm-evaluation-harness's `gsm8k` task: strict_match
+    when it reports strict-match or gives no filter (harness versions before Feb 2024 had only
+    that rule), flexible_extract when it says flexible-extract. Only the grading is the
+    harness's: skd prompts zero-shot with the paper's 'Q: ... A:' through the chat template,
+    the harness 5-shot with 'Question: ... Answer:', so a harness run can still differ.
 
     \b
     Examples:
@@ -51,6 +72,7 @@ def eval_cmd(**params):
     from skd.core.evaluate_models import evaluate_models, metric_columns
     from skd.core.tasks import get_task
 
+    set_threads(params.pop("threads"))   # before any model loads; a process setting, not in metrics.json
     cfg = EvalConfig(**given_values(params))
     console = Console(stderr=True)
     shown = {"progress": None, "task": None, "examples": 0}

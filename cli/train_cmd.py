@@ -13,6 +13,7 @@ import sys
 import click
 
 from skd.cli.options import AUTO_OR_INT, config_file_values, given_values, setting_option
+from skd.cli.threads import set_threads, threads_option
 from skd.core.config import (DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS, SPECKD_VERIFICATIONS,
                              SWITCH_DIVERGENCES)
 from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
@@ -168,6 +169,7 @@ def _run(cfg) -> dict:
 @click.command(cls=_AliasHelp)
 @setting_option("model", default_text=SFT_MODEL, help="Model to fine-tune: alias, hub id or local folder.")
 @_common_options
+@threads_option
 @click.pass_context
 def sft(ctx, **params):
     """Fine-tune a model with cross-entropy on a task's responses (SFT; SeqKD with teacher outputs).
@@ -182,6 +184,7 @@ def sft(ctx, **params):
       skd sft --model tiny-teacher --task arith --limit 20000 --epochs 2 --output-dir runs/teacher
       skd sft --model gemma-7b-it --task gsm8k --data gsm8k_train.jsonl --lr 1e-5
     """
+    set_threads(params.pop("threads"))   # a process setting, not a run setting: never in the RunConfig
     _run(sft_run_config(given_values(params), config_file_values(ctx, params["config_file"])))
 
 
@@ -213,7 +216,11 @@ def sft(ctx, **params):
 @setting_option("teacher_temperature", help="Teacher replacement temperature (0: greedy).")
 @setting_option("teacher_top_p")
 @setting_option("teacher_top_k", help="Only for --semantics code.")
-@setting_option("stop", help="Extra stop string (repeatable; default: the task's).")
+@setting_option("stop", help="Stop string added to the task's own (repeatable); with --no-task-stops, the only ones. "
+                             "run_config.json lists the resolved set under resolved.stop_strings.")
+@setting_option("task_stops", "--task-stops/--no-task-stops", default_text="task-stops",
+                help="Also stop at the task's own stop strings (--no-task-stops: only at --stop, or at EOS and "
+                     "--max-new-tokens when none is given).")
 @setting_option("divergence", choices=DIVERGENCE_NAMES, default_text="fkl; jsd for --method gkd",
                 help="Token-level divergence, at temperature 1 (p teacher, q student). jsd: the generalised JSD "
                      "of GKD as TRL computes it, beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q; "
@@ -234,6 +241,7 @@ def sft(ctx, **params):
 @setting_option("switch_divergence", choices=SWITCH_DIVERGENCES,
                 help="adaswitch: divergence of the switch test, on the raw logits (jsd at beta 0.5).")
 @_common_options
+@threads_option
 @click.pass_context
 def distill(ctx, **params):
     """Distil a teacher into a student with SKD or one of the paper's baselines.
@@ -250,4 +258,5 @@ def distill(ctx, **params):
     Several processes (torchrun / accelerate launch): the global --batch-size is split evenly
     across them; the loss is normalised over the global batch; only the first process writes.
     """
+    set_threads(params.pop("threads"))   # a process setting, not a run setting: never in the RunConfig
     _run(distill_run_config(given_values(params), config_file_values(ctx, params["config_file"])))

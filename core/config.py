@@ -73,7 +73,9 @@ class SampleConfig:
     teacher_top_p: float = 0.5         # paper config for teacher replacements
     teacher_top_k: int = 50            # only used by semantics="code" (HF default top-k 50 in the released code)
     max_new_tokens: int = 256          # response budget per prompt
-    stop_strings: tuple[str, ...] = () # task stop strings; EOS comes from the models' config
+    stop_strings: tuple[str, ...] = () # stop strings added to the task's (task_stops) or replacing them; EOS
+                                       # comes from the models' config
+    task_stops: bool = True            # the task's own stop strings too (False: stop_strings alone)
     keep_teacher_logits: bool = True   # return the verification logits so the loss needs no second teacher pass
     speckd_verification: str = "sampled"  # speckd: the top-K test judges the sampled token (or the student's argmax)
     switch_threshold: float = 3.0      # adaswitch: switch when d_i >= threshold x mean of the window's d (inf: never)

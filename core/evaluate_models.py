@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 from skd.core.config import DTYPES, resolve_dtype
 from skd.core.errors import SkdError
+from skd.core.metrics import GRADERS
 from skd.core.timing import clock
 
-_REPORTED = ("accuracy", "partial_credit", "valid", "graded", "rougeL", "rouge1", "rouge2", "bleu", "chrf",
-             "comet", "teacher_logprob_per_token", "teacher_top1_agreement")
+_REPORTED = ("accuracy", "strict_match", "flexible_extract", "partial_credit", "valid", "graded", "rougeL", "rouge1",
+             "rouge2", "bleu", "chrf", "comet", "teacher_logprob_per_token", "teacher_top1_agreement")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class EvalConfig:
     trust_remote_code: bool = False    # never run hub code unless asked
     output_dir: str = "runs/eval"
     teacher: str | None = None         # also report how this teacher judges each model's own outputs
+    grader: str | None = None          # accuracy's answer comparison (metrics.GRADERS); None: the task's
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(self.models))
@@ -54,6 +56,8 @@ class EvalConfig:
             (self.temperature >= 0, f"--temperature must be >= 0 (got {self.temperature})", "0 is greedy"),
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1] (got {self.top_p})", "1 keeps the whole distribution"),
             (self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}"),
+            (self.grader is None or self.grader in GRADERS, f"unknown grader {self.grader!r}",
+             f"use one of: {', '.join(GRADERS)}"),
         ]
         for ok, problem, fix in checks:
             if not ok:
@@ -84,6 +88,10 @@ def evaluate_models(cfg: EvalConfig, on_event: Callable[[str, dict], None] | Non
     if out_root.exists() and not out_root.is_dir():
         raise SkdError(f"output directory {out_root} is a file", "pass another --output-dir")
     task = get_task(cfg.task)
+    if cfg.grader is not None and (task.answer_format == "text" or task.manyway_preset is not None):
+        raise SkdError(f"--grader compares final answers; task '{cfg.task}' is scored by "
+                       f"{'validity' if task.manyway_preset else task.metric}, not by answer accuracy",
+                       "drop --grader for this task")
     examples = task.load(cfg.split, data_path=cfg.data, fields=cfg.fields, limit=cfg.limit, seed=cfg.seed)
     emit("data", {"examples": len(examples)})
     dev = parse_device(cfg.device)
@@ -107,7 +115,8 @@ def evaluate_models(cfg: EvalConfig, on_event: Callable[[str, dict], None] | Non
 
         metrics, preds = evaluate_model(model, tok, task, examples, batch_size=cfg.batch_size,
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, seed=cfg.seed, on_batch=on_batch, teacher=judge)
+                                        top_p=cfg.top_p, seed=cfg.seed, on_batch=on_batch, teacher=judge,
+                                        grader=cfg.grader)
         sub = out_root / (name.strip("/").replace("/", "__") if len(cfg.models) > 1 else "")
         metrics: dict[str, Any] = {"model": name, "task": cfg.task, "split": cfg.split, **metrics}
         atomic_write_text(sub / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in preds))

@@ -1,7 +1,13 @@
 """Answer metrics: final-answer extraction and lenient math equality (the accuracy tasks).
 
 Public: extract_gsm8k_answer(text, fallback_last_number=False), extract_boxed(text),
-normalize_number(text), numbers_equal(a, b, rel_tol), math_equal(pred, ref, ...).
+normalize_number(text), numbers_equal(a, b, rel_tol), math_equal(pred, ref, ...),
+exact_equal(pred, ref), answers_equal(pred, ref, grader), GRADERS, MINUS_SIGNS.
+
+Two graders compare a final answer with a reference (GRADERS): "exact" -- the same value, numbers
+compared exactly ("5.00" is 5, 41.996 is not 42) -- and "paper", the paper's lenient grader
+(math_equal: numbers within a relative 1e-4, and ref/100 or ref*100 count too). Every minus sign is
+read as one (MINUS_SIGNS), by both.
 
 The text metrics (ROUGE / BLEU / chrF / COMET) are in skd.core.text_metrics. sympy is imported
 lazily, and only for answers the plain number and fraction rules cannot decide.
@@ -23,8 +29,16 @@ from typing import Any, Callable
 # Numbers and answer extraction (CONTRACT.md §6: "the number after ####", boxed answers)
 # ---------------------------------------------------------------------------------------------
 
+# Characters that stand for a minus sign in answers besides ASCII "-": U+2212 MINUS SIGN (what
+# typeset math and many tokenizers' detokenised text use), U+2012 FIGURE DASH, U+2013 EN DASH (the
+# typographic stand-in for minus), U+2010 HYPHEN, U+2011 NON-BREAKING HYPHEN, U+FE63 SMALL
+# HYPHEN-MINUS and U+FF0D FULLWIDTH HYPHEN-MINUS (Unicode's hyphen-minus look-alikes; Unicode
+# Standard, ch. 6.2 "Dashes"). The em dash and horizontal bar are punctuation, not signs: left alone.
+MINUS_SIGNS = "\u2212\u2012\u2013\u2010\u2011\ufe63\uff0d"
+_ASCII_MINUS = str.maketrans({c: "-" for c in MINUS_SIGNS})
+
 # A number as written in answers: optional sign and "$", digits with optional thousands commas,
-# optional decimals, optional "%"; or a bare ".5".
+# optional decimals, optional "%"; or a bare ".5". Minus signs are made ASCII before matching.
 _NUMBER_RE = re.compile(r"[-+]?\$?\s?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)%?")
 _PLAIN_NUMBER_RE = re.compile(r"\d+(?:\.\d*)?|\.\d+")  # unsigned: the sign is split off first
 _THOUSANDS_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -33,9 +47,10 @@ _THOUSANDS_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 def normalize_number(text: Any) -> str | None:
     """Canonical decimal string of a number as answers write it, or None if `text` is not one.
 
-    Drops "$", "%", thousands commas ("1,000" and LaTeX "1{,}000"), a trailing period, a leading "+",
-    leading zeros and trailing fractional zeros: "$1,200.50" -> "1200.5", "18." -> "18",
-    "5.0" -> "5", "-0" -> "0". Ints and floats are accepted too (51.0 -> "51").
+    Reads every minus sign of MINUS_SIGNS as "-"; drops "$", "%", thousands commas ("1,000" and LaTeX
+    "1{,}000"), a trailing period, a leading "+", leading zeros and trailing fractional zeros:
+    "$1,200.50" -> "1200.5", "18." -> "18", "5.0" -> "5", "-0" -> "0", "\u22123" -> "-3". Ints and
+    floats are accepted too (51.0 -> "51").
     """
     if text is None or isinstance(text, bool):
         return None
@@ -45,7 +60,7 @@ def normalize_number(text: Any) -> str | None:
         if not math.isfinite(text):
             return None
         text = format(Decimal(repr(text)), "f")  # 1e-05 -> "0.00001": keep the string plain
-    s = str(text).strip().replace("{,}", "").replace("\\$", "$").replace("\\%", "%")
+    s = str(text).strip().translate(_ASCII_MINUS).replace("{,}", "").replace("\\$", "$").replace("\\%", "%")
     s = s.rstrip(".,").strip()
     if s.endswith("%"):
         s = s[:-1].strip()
@@ -74,6 +89,7 @@ def extract_gsm8k_answer(text: str | None, fallback_last_number: bool = False) -
     """
     if not text:
         return None
+    text = text.translate(_ASCII_MINUS)  # "#### \u22125" is -5, not 5
     if "####" in text:
         tail = text.rsplit("####", 1)[1].split("\n", 1)[0]
         match = _NUMBER_RE.search(tail)
@@ -147,9 +163,9 @@ class _Timeout(Exception):
 
 
 def _normalize_answer(text: str) -> str:
-    """Strip presentation from a final answer: $, \\left/\\right, spacing commands, degrees,
+    """Strip presentation from a final answer (minus signs made ASCII): $, \\left/\\right, spacing commands, degrees,
     percent signs, \\text{} wrappers, a leading "x =", a trailing period, outer spaces."""
-    s = text.strip()
+    s = text.strip().translate(_ASCII_MINUS)
     s = _TEXT_WRAPPERS.sub(r"\1", s)
     for token in _LATEX_DROP:
         s = s.replace(token, "")
@@ -398,3 +414,35 @@ def math_equal(prediction: Any, reference: Any, *, rel_tol: float = 1e-4,
     if pq is not None and rq is not None:
         return pq == rq or math.isclose(float(pq), float(rq), rel_tol=rel_tol, abs_tol=0.0)
     return _sympy_equal(pe, re_, rel_tol, timeout_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Graders: which equality an accuracy task counts as right
+# ---------------------------------------------------------------------------------------------
+
+GRADERS = ("exact", "paper")  # exact: the same value; paper: the paper's lenient math_equal
+
+
+def exact_equal(prediction: Any, reference: Any) -> bool:
+    r"""Whether a predicted final answer has exactly the value of the reference.
+
+    Two plain numbers must be the same decimal after normalize_number ("$4,200" == "4200",
+    "5.00" == "5", "41.996" != "42", "0.42" != "42"). Other answers go through math_equal with no
+    tolerance and no percentage forms, so equal forms still match (rac{1}{2} == 0.5, tuples element
+    by element, \sqrt{8} == 2\sqrt{2}).
+    """
+    if prediction is None or reference is None:
+        return False
+    pn, rn = normalize_number(prediction), normalize_number(reference)
+    if pn is not None and rn is not None:
+        return pn == rn
+    return math_equal(prediction, reference, rel_tol=0.0, include_percentage=False)
+
+
+def answers_equal(prediction: Any, reference: Any, grader: str) -> bool:
+    """Whether `prediction` counts as `reference` under `grader` (one of GRADERS)."""
+    if grader == "exact":
+        return exact_equal(prediction, reference)
+    if grader == "paper":
+        return math_equal(prediction, reference)
+    raise ValueError(f"unknown grader {grader!r}; graders: {', '.join(GRADERS)}")

@@ -1,12 +1,21 @@
 """When a sampled response ends: its EOS ids and its stop strings.
 
 Public: eos_ids(models, eos_token_id) -> sorted EOS ids; StopChecker(tokenizer, stop_strings)
-with .cut(resp, n_old) -> the response length once a stop string completed, or None.
+with .cut(resp, n_old) -> the response length once a stop string completed, or None;
+resolve_stop_strings(task_stops, extra, keep_task) -> the stop strings a run samples with.
 Shared by skd.core.sampling and the released-code loop of skd.benchmarks.released_loop.
 """
 from __future__ import annotations
 
-__all__ = ["eos_ids", "StopChecker"]
+__all__ = ["eos_ids", "StopChecker", "resolve_stop_strings"]
+
+
+def resolve_stop_strings(task_stops, extra, keep_task: bool = True) -> tuple[str, ...]:
+    """The stop strings of a run: the task's own followed by `extra` (`skd distill --stop`), or
+    `extra` alone when not `keep_task` (--no-task-stops). Empty strings and repeats are dropped,
+    first occurrence kept; () means EOS and the length budget alone end a response."""
+    chosen = [*(task_stops if keep_task else ()), *extra]
+    return tuple(dict.fromkeys(s for s in chosen if s))
 
 
 def eos_ids(models, eos_token_id) -> list[int]:

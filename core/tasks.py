@@ -1,8 +1,8 @@
 """Task registry: the paper's prompt formats, stop strings, answer extraction, scoring, and examples.
 
 Public: Example, Task (load, user_prompt, render_prompt, truncate, extract, final_answer, correct,
-score), TASKS, get_task(name), list_tasks(), render_chat(text, tokenizer), MATH_INSTRUCTION,
-DEFAULT_SEED.
+score, score_reference, resolve_grader), TASKS, get_task(name), list_tasks(), render_chat(text,
+tokenizer), MATH_INSTRUCTION, DEFAULT_SEED.
 
 Tasks follow CONTRACT.md §6 (prompts, stop strings and metrics of the paper and its released
 evaluation scripts): gsm8k, dialogsum, flores-as-en, ultrainteract-math, the held-out math sets
@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from skd.core import arith
 from skd.core import graded
+from skd.core import harness_gsm8k
 from skd.core import manyway
 from skd.core import metrics, text_metrics
 from skd.core.errors import SkdError
@@ -58,7 +59,10 @@ class Task:
     answer_format - how outputs are read: "gsm8k" (number after ####), "boxed" (last \\boxed{}),
     "text" (the output itself); reference_format - how the reference is derived from the answer
     field: "gsm8k", "boxed", "number", "asdiv" (drop "(unit)"), "text"; metric - the headline key
-    of score(). percent_lenient: count ref/100 and ref*100 as correct, as the paper's grader does."""
+    of score(). grader - how accuracy compares an answer with the reference by default
+    (skd.core.metrics.GRADERS): "exact" (the same value) or "paper" (the paper's lenient grader:
+    relative 1e-4, ref/100 and ref*100 count). harness - the lm-evaluation-harness task whose
+    scores score() reports beside accuracy ("gsm8k": strict_match and flexible_extract)."""
 
     name: str
     description: str
@@ -75,7 +79,8 @@ class Task:
     arith_preset: str | None = None  # built-in generator instead of the hub
     manyway_preset: str | None = None  # built-in many-valid-solutions generator (core/manyway.py)
     require_reference: bool = True  # False: rows whose answer has no final answer keep ""
-    percent_lenient: bool = True
+    grader: str = "paper"
+    harness: str | None = None
     notes: str = ""
 
     # ---- data -----------------------------------------------------------------------------
@@ -236,34 +241,56 @@ class Task:
                            "'#### <number>' or holding \\boxed{...}")
         return answer
 
-    def correct(self, output: str, reference: str) -> bool | None:
+    def resolve_grader(self, grader: str | None = None) -> str:
+        """The grader accuracy uses: `grader` (one of skd.core.metrics.GRADERS), or the task's own."""
+        if grader is None:
+            return self.grader
+        if grader not in metrics.GRADERS:
+            raise SkdError(f"unknown grader {grader!r}",
+                           f"use one of: {', '.join(metrics.GRADERS)} (exact: the same value; paper: the "
+                           "paper's lenient grader)")
+        return grader
+
+    def correct(self, output: str, reference: str, grader: str | None = None) -> bool | None:
         """Whether one output is right (accuracy tasks), None for text tasks. `reference` is a final
-        answer or a full solution (see final_answer). The synthetic arith tasks need the exact
-        number; the others use the paper's lenient math_equal."""
+        answer or a full solution (see final_answer). `grader`: "exact" or "paper" (default: the
+        task's; see resolve_grader). The manyway tasks count any valid solution instead."""
         if self.answer_format == "text":
             return None
+        grader = self.resolve_grader(grader)
         if self.manyway_preset is not None:   # any valid solution of the problem counts
             return bool(manyway.check_solution(reference, output)["is_valid"])
         reference = self.final_answer(reference)
         predicted = self.extract(output)
         if predicted is None or not reference:
             return False
-        if self.arith_preset is not None:
-            return metrics.normalize_number(predicted) == metrics.normalize_number(reference)
-        return metrics.math_equal(predicted, reference, include_percentage=self.percent_lenient)
+        return metrics.answers_equal(predicted, reference, grader)
+
+    def score_reference(self, example: Example) -> str:
+        """What score() should be given for `example`: the full solution when this example's final
+        answer was read from it (harness scores compare against the answer text, as the harness's
+        target is the whole answer field), else the reference."""
+        if (self.harness is not None and self.answer_format != "text"
+                and self._derive_reference(example.response) == example.reference):
+            return example.response
+        return example.reference
 
     def score(self, outputs: Sequence[str], references: Sequence[str | Sequence[str]], *,
-              sources: Sequence[str] | None = None) -> dict[str, Any]:
+              sources: Sequence[str] | None = None, grader: str | None = None) -> dict[str, Any]:
         """Corpus scores of `outputs` against `references` (Python floats): accuracy tasks
-        {"accuracy", "answered", "n"}, references being final answers or full solutions; dialogsum {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"};
-        translation {"bleu", "chrf", "n"} plus "comet" when `sources` are given and COMET is
-        available. Anything skipped is explained in a "notes" list."""
+        {"accuracy", "answered", "n"}, references being final answers or full solutions, accuracy
+        under `grader` (default: the task's); gsm8k adds lm-evaluation-harness's "strict_match" and
+        "flexible_extract" (skd.core.harness_gsm8k; give full solutions, see score_reference);
+        dialogsum {"rouge1", "rouge2", "rougeL", "rougeLsum", "n"}; translation {"bleu", "chrf", "n"}
+        plus "comet" when `sources` are given and COMET is available. Anything skipped is explained
+        in a "notes" list."""
         if len(outputs) != len(references):
             raise SkdError(f"{len(outputs)} outputs but {len(references)} references",
                            "pass one reference per output")
         if not outputs:
             raise SkdError("no outputs to score", "pass at least one output")
         n = len(outputs)
+        grader = self.resolve_grader(grader)
         if self.manyway_preset is not None:   # references are the problems (the question text)
             s = manyway.score(list(outputs), list(references))
             answered = sum(self.extract(o) is not None for o in outputs)
@@ -272,9 +299,11 @@ class Task:
                     "partial_credit": graded.arith_graded(list(outputs))["partial_credit"],
                     "answered": answered / n, "n": n}
         if self.answer_format != "text":
-            verdicts = [self.correct(o, r) for o, r in zip(outputs, references)]
+            verdicts = [self.correct(o, r, grader) for o, r in zip(outputs, references)]
             answered = sum(self.extract(o) is not None for o in outputs)
             result = {"accuracy": sum(map(bool, verdicts)) / n, "answered": answered / n, "n": n}
+            if self.harness == "gsm8k":
+                result.update(harness_gsm8k.harness_scores(list(outputs), [str(r) for r in references]))
             if self.arith_preset is not None and arith.get_preset(self.arith_preset).reasoning:
                 # partial credit: the share of worked steps right for their own inputs (core/graded.py)
                 result["partial_credit"] = graded.arith_graded(list(outputs))["partial_credit"]
@@ -327,7 +356,7 @@ _MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermedia
 def _synthetic_task(name: str, description: str, **fields: Any) -> Task:
     """A built-in generated task: GSM8K's prompt, "####" answers and blank-line stop, exact numbers."""
     return Task(name=name, description=description, prompt_template=_GSM_TEMPLATE, answer_format="gsm8k",
-                stop_strings=("\n\n",), eval_stop_strings=("\n\n",), percent_lenient=False, **fields)
+                stop_strings=("\n\n",), eval_stop_strings=("\n\n",), grader="exact", **fields)
 
 
 def _arith_task(preset: str) -> Task:
@@ -369,7 +398,11 @@ _TASK_LIST = [
         metric="accuracy", stop_strings=("\n\n",), eval_stop_strings=("\n\n",),
         max_new_tokens=512,  # released eval_gsm.py
         hub=HubSource("openai/gsm8k", ("main",), {"train": "train", "test": "test"}),
-        notes="accuracy: number after the last '####', lenient math_equal as the paper's grader"),
+        # Exact by default: the paper's lenient grader counts "#### 4200" and "#### 0.42" right for 42
+        # (percentage forms) and 41.996 (relative 1e-4), which GSM8K's integer answers never need.
+        grader="exact", harness="gsm8k",
+        notes="accuracy: the number after the last '####', compared exactly (--grader paper: the paper's "
+              "lenient grader); strict_match / flexible_extract: lm-evaluation-harness's gsm8k rules"),
     Task(
         name="dialogsum", description="DialogSum dialogue summarisation (CONTRACT.md §6)",
         # The released eval_summ.py sends the bare dialogue as the user turn, no instruction.

@@ -245,8 +245,9 @@ class _Run:
         if not train_ex:
             raise SkdError("the training set is empty", "check --data / --limit")
         self.train_ex, self.val_ex = train_ex, val_ex
-        self.scfg = SampleConfig(**{**cfg.sample.__dict__,
-                                    "stop_strings": cfg.sample.stop_strings or tuple(task.stop_strings)})
+        from skd.core.stops import resolve_stop_strings   # --stop adds to the task's, --no-task-stops replaces
+        stops = resolve_stop_strings(task.stop_strings, cfg.sample.stop_strings, cfg.sample.task_stops)
+        self.scfg = SampleConfig(**{**cfg.sample.__dict__, "stop_strings": stops, "task_stops": False})
 
         B = tc.batch_size
         self.local_batch = B // dist.world_size
@@ -384,7 +385,9 @@ class _Run:
         metrics_path = out / "metrics.jsonl"
         first_rec = None
         if dist.is_main:
-            ckpt.atomic_write_text(out / "run_config.json", json.dumps(run_config_to_dict(self.cfg), indent=2))
+            # "resolved": what the settings came to for this task (the stop strings sampled with)
+            saved = {**run_config_to_dict(self.cfg), "resolved": {"stop_strings": list(self.scfg.stop_strings)}}
+            ckpt.atomic_write_text(out / "run_config.json", json.dumps(saved, indent=2))
             if start_step > 0 and metrics_path.exists():
                 head = metrics_path.read_text().split("\n", 1)[0]
                 first_rec = json.loads(head) if head.strip() else None

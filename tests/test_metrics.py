@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from skd.core import metrics
-from skd.core.metrics import (extract_boxed, extract_gsm8k_answer, math_equal, normalize_number,
-                              numbers_equal)
+from skd.core.metrics import (MINUS_SIGNS, answers_equal, exact_equal, extract_boxed, extract_gsm8k_answer,
+                              math_equal, normalize_number, numbers_equal)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -103,6 +103,29 @@ def test_math_equal_rejects_different_answers(prediction, reference):
 
 def test_percentage_leniency_can_be_switched_off():
     assert math_equal("0.5", "50") and not math_equal("0.5", "50", include_percentage=False)
+
+
+@pytest.mark.parametrize("minus", ["-", *MINUS_SIGNS])
+def test_every_minus_sign_reads_as_one(minus):
+    assert normalize_number(f"{minus}5") == "-5"
+    assert extract_gsm8k_answer(f"so\n#### {minus}1,200") == "-1200"
+    assert extract_gsm8k_answer(f"it fell by {minus}3 degrees", fallback_last_number=True) == "-3"
+    assert math_equal(f"{minus}5", "-5") and not math_equal(f"{minus}5", "5")
+    assert exact_equal(f"{minus}\\frac{{1}}{{2}}", "-0.5")
+    assert normalize_number("\u20145") is None   # an em dash is punctuation, not a sign
+
+
+@pytest.mark.parametrize("prediction, reference, exact, paper", [
+    ("42", "42", True, True), ("5.00", "5", True, True), ("$4,200", "4200", True, True),
+    ("4200", "42", False, True), ("0.42", "42", False, True), ("41.996", "42", False, True),
+    ("12345678901234567891", "12345678901234567890", False, True),   # exact: no float rounding either
+    ("0.5", "\\frac{1}{2}", True, True), ("(1,2)", "(1, 2)", True, True), ("3", "4", False, False),
+    (None, "1", False, False),
+])
+def test_the_exact_grader_is_the_paper_grader_without_its_tolerances(prediction, reference, exact, paper):
+    assert exact_equal(prediction, reference) is exact
+    assert answers_equal(prediction, reference, "exact") is exact
+    assert answers_equal(prediction, reference, "paper") is paper
 
 
 def test_math_equal_never_hangs_on_huge_powers():

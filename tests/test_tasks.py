@@ -313,7 +313,8 @@ def test_gsm8k_correct_and_score():
     outputs = ["48/2=24\n48+24=72\n#### 72", "#### 9.99", "I think it is 624"]
     assert [task.correct(o, r) for o, r in zip(outputs, ["72", "10", "624"])] == [True, False, False]
     assert task.score(outputs, ["72", "10", "624"]) == \
-        {"accuracy": pytest.approx(1 / 3), "answered": pytest.approx(2 / 3), "n": 3}
+        {"accuracy": pytest.approx(1 / 3), "answered": pytest.approx(2 / 3), "n": 3,
+         "strict_match": pytest.approx(1 / 3), "flexible_extract": pytest.approx(2 / 3)}  # lm-eval-harness's
 
 
 def test_boxed_math_tasks_compare_leniently(tmp_path):
@@ -405,7 +406,7 @@ def test_real_gsm8k_test_answers_score_correct_against_themselves():
         assert example.reference == example.response.split("####")[-1].strip().replace(",", "")
         assert task.extract(example.response) == example.reference
     scores = task.score([e.response for e in examples], [e.reference for e in examples])
-    assert scores == {"accuracy": 1.0, "answered": 1.0, "n": 1319}
+    assert scores == {"accuracy": 1.0, "answered": 1.0, "n": 1319, "strict_match": 1.0, "flexible_extract": 1.0}
 
 
 @needs_data

@@ -328,8 +328,9 @@ class _Run:
         path = self.root / "measure" / f"{name}.json"
         fields = ["eval_examples", "max_new_tokens", "device"] + (["spec", "spec_prompts", "spec_gamma"] if draft
                                                                     else [])
+        # The grader is stamped: a measurement cached under the earlier lenient GSM8K default is redone.
         stamp = cfg.stamp(*fields, model=model_stamp, teacher=self.teacher_id if draft else None,
-                          data=self.data_id["test"])
+                          data=self.data_id["test"], grader=self.task.grader)
         hit = cached_result(path, stamp)
         if hit is not None:
             self.emit("cached", {"stage": f"evaluate {name}", "path": str(path)})
@@ -344,9 +345,10 @@ class _Run:
                                         max_new_tokens=cfg.max_new_tokens)
         t1 = time.perf_counter()
         # Secondary, lenient reading: the last number of the output when there is no "####" (a model that
-        # never learned the format still gets credit for the right number).
-        last = [metric_lib.math_equal(a, p["reference"]) if (a := metric_lib.extract_gsm8k_answer(
-            p["output"], fallback_last_number=True)) is not None else False for p in preds]
+        # never learned the format still gets credit for the right number), compared as accuracy is.
+        last_numbers = [metric_lib.extract_gsm8k_answer(p["output"], fallback_last_number=True) for p in preds]
+        last = [a is not None and metric_lib.answers_equal(a, p["reference"], self.task.grader)
+                for a, p in zip(last_numbers, preds)]
         rec = {"stamp": stamp, "status": "ok", "accuracy": float(metrics["accuracy"]),
                "accuracy_last_number": sum(last) / len(last) if last else 0.0,
                "answered": float(metrics.get("answered", 0.0)), "test_examples": len(self.test_ex),
