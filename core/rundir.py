@@ -50,7 +50,13 @@ def _option_diffs(cfg: RunConfig, saved: dict) -> list[str]:
     now = json.loads(json.dumps(run_config_to_dict(cfg)))  # tuples -> lists, as saved
     # A setting added after the run was saved is absent from its file: it ran with that setting's default.
     default = json.loads(json.dumps(run_config_to_dict(RunConfig())))
-    was = lambda sec, key: saved.get(sec, {}).get(key, default[sec][key])  # noqa: E731
+    # Before `task_stops` existed, --stop replaced the task's stop strings: a run saved then that had
+    # --stop ran with task_stops off.
+    legacy = {("sample", "task_stops"): not saved.get("sample", {}).get("stop_strings")}
+
+    def was(sec, key):
+        return saved.get(sec, {}).get(key, legacy.get((sec, key), default[sec][key]))
+
     return [f"{key} {was(sec, key)!r} -> {value!r}"
             for sec, fields in now.items() for key, value in fields.items()
             if key not in _RESUME_FREE.get(sec, ()) and was(sec, key) != value]

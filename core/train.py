@@ -1,7 +1,7 @@
 """The one training loop: SFT and every distillation method of CONTRACT.md §4, on 1..W processes.
 
 Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; TrainingInterrupted;
-deterministic_kernels(on). The loop's parts live in their own
+deterministic_kernels(on); TIMING_KEYS (the clock readings among the metrics). The loop's parts live in their own
 rooms: skd.core.data (examples, their order), skd.core.batches (the method's sequences),
 skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder).
 
@@ -53,6 +53,11 @@ from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 from skd.core.timing import ForwardClock, clock
 from skd.core.torch_names import parse_device
+
+
+# The metrics.jsonl keys that are clock readings (they differ between otherwise identical runs).
+TIMING_KEYS = ("tokens_per_s", "time_sampling", "time_teacher", "time_loss_backward", "time_step", "elapsed",
+               "sampling_forward_share", "time_in_forward", "time_in_backward", "model_time_share")
 
 
 class TrainingInterrupted(Exception):

@@ -184,7 +184,7 @@ def _cfg(out, method, *, k=5, steps=3, **kw):
 
 
 def _metrics(out):
-    skip = {"tokens_per_s", "time_sampling", "time_teacher", "time_loss_backward", "time_step", "elapsed"}
+    from skd.core.train import TIMING_KEYS as skip
     return [{k: v for k, v in json.loads(x).items() if k not in skip} for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from skd.core import checkpoint as ckpt
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from skd.core.errors import SkdError
+from skd.core.train import TIMING_KEYS as TIMING
 
 V = 103
 STEPS = 10
-TIMING = {"tokens_per_s", "time_sampling", "time_teacher", "time_loss_backward", "time_step", "elapsed"}
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +213,31 @@ def test_resume_of_a_run_saved_before_a_setting_existed_takes_that_settings_defa
     assert summary["resumed_from"].endswith("step-000002")
     with pytest.raises(SkdError, match=r"options differ.*lora_r 0 -> 2"):
         train(_cfg(out, max_steps=3, resume=True, lora_r=2), models=_models(char_tokenizer), examples=ex)
+
+
+def test_resume_of_an_older_run_with_stop_strings_keeps_them_replacing_the_tasks(char_tokenizer, tmp_path):
+    from skd.core.train import train
+
+    out = tmp_path / "run"
+    ex = (_examples(char_tokenizer, 4), [])
+    stop = dict(stop_strings=("\n\n",))
+
+    def cfg(**kw):
+        c = _cfg(out, max_steps=3, keep_checkpoints=3, **kw)
+        return RunConfig(model=c.model, data=c.data, train=c.train, sample=SampleConfig(**{**c.sample.__dict__,
+                                                                                           **stop, **kw_s}))
+    kw_s = dict(task_stops=False)
+    train(cfg(), models=_models(char_tokenizer), examples=ex)
+    ckpt.discard(out / "final")
+    for f in [out / "run_config.json", *out.glob("checkpoints/*/" + ckpt.RUN_CONFIG)]:   # as an older skd wrote it
+        saved = json.loads(f.read_text())
+        del saved["sample"]["task_stops"]
+        f.write_text(json.dumps(saved))
+    kw_s = dict(task_stops=True)
+    with pytest.raises(SkdError, match=r"options differ.*task_stops False -> True"):
+        train(cfg(resume=True), models=_models(char_tokenizer), examples=ex)
+    kw_s = dict(task_stops=False)
+    assert train(cfg(resume=True), models=_models(char_tokenizer), examples=ex)["resumed_from"].endswith("step-000002")
 
 
 def test_resume_without_any_checkpoint_starts_from_scratch(char_tokenizer, tmp_path):
