@@ -5,6 +5,11 @@ divergence_per_token, default_chunk_size. Shapes: N positions, V vocabulary; [B,
 [B, T] weights (B batch, T time) are flattened to N = B * T. Every loss has one signature and one
 contract: (student_logits[N, V], teacher_logits[N, V] or labels[N], weights[N]) -> (sum, count),
 sum = sum_n weights[n] * d_n and count = sum_n weights[n]; the training loop divides, once.
+
+The teacher of a divergence is dense logits [N, V] or a skd.core.sparse_teacher.SparseTeacher [N]
+(top-N log-probs + a tail bucket): the student's distribution is then collapsed onto the same N + 1
+buckets. `temperature` T divides both sides' logits and multiplies the loss by T^2 (Hinton et al.);
+T = 1 (the default) runs exactly the untempered code.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Callable
 import torch
 
 from skd.core.errors import SkdError
+from skd.core.sparse_teacher import SparseTeacher
 
 # ~5 fp32 temporaries of [C, V] live at once inside a chunk; 2M elements (8 MiB each) keeps them under
 # a third of the gradient buffer at Gemma's V = 256,000 (8 positions per chunk; V = 32,000 -> 65).
@@ -143,12 +149,66 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _divergence_chunk(kernel, z: torch.Tensor, t: torch.Tensor, need_grad: bool):
-    """One chunk: student logits z [C, V] and teacher logits t [C, V] -> kernel on log-probs."""
-    dtype = _compute_dtype(z, t)
-    lq = torch.log_softmax(z.to(dtype), dim=-1)
-    lp = torch.log_softmax(t.to(dtype), dim=-1)  # -inf teacher logits give p = 0 exactly
-    return kernel(lq, lp, need_grad)
+def _teacher_values(t) -> torch.Tensor:
+    """The tensor whose dtype stands for the teacher: dense logits, or a sparse teacher's log-probs."""
+    return t.logprobs if isinstance(t, SparseTeacher) else t
+
+
+def _bucketed(kernel, lq: torch.Tensor, t: SparseTeacher, need_grad: bool):
+    """The kernel on the N + 1 buckets of a sparse teacher chunk t [C]: its N kept tokens and the tail.
+
+    Every divergence of DIVERGENCES (KL both ways, generalised JSD, TVD, both skew KLs) is an
+    f-divergence, a sum over outcomes of a function of (p_v, q_v); it is therefore well defined on
+    the coarser distributions over the N + 1 buckets, where it is the divergence the loss optimises
+    (by the data-processing inequality at most the full one; equal when N >= V, the tail then empty).
+    The student's buckets are q at the kept ids and q_tail = sum of q over the other ids.
+
+    Gradient. With Q_b the bucket probabilities, the kernel returns G_b = dD/dy_b for Q = softmax(y);
+    as dQ_b/dz_v = [v in b] q_v - Q_b q_v, dD/dz_v = (q_v / Q_b(v)) G_b(v): G_v for a kept token
+    and (q_v / q_tail) G_tail for a tail token, the ratio formed in log space (0 where q_tail = 0).
+    `lq` [C, V] is consumed (overwritten in place): no extra [C, V] temporary.
+    """
+    idx = t.indices.long()
+    lq_kept = lq.gather(-1, idx)
+    rest = lq.scatter_(-1, idx, -torch.inf)          # log q over the tail tokens, -inf at the kept ones
+    lq_tail = rest.logsumexp(-1)
+    d, g_b = kernel(torch.cat([lq_kept, lq_tail[:, None]], -1), t.bucket_logprobs().to(lq.dtype), need_grad)
+    if not need_grad:
+        return d, None
+    # exp(log q_v - log q_tail); an empty student tail (-inf) has only -inf entries: subtract +inf -> 0.
+    denom = torch.where(lq_tail == -torch.inf, torch.inf, lq_tail)
+    grad = rest.sub_(denom[:, None]).exp_().mul_(g_b[:, -1:])
+    grad.scatter_(-1, idx, g_b[:, :-1])
+    return d, grad
+
+
+def _divergence_chunk(kernel, z: torch.Tensor, t, need_grad: bool, *, temperature: float = 1.0):
+    """One chunk: student logits z [C, V] and teacher logits t [C, V] (or a SparseTeacher [C]) -> kernel.
+
+    At temperature T != 1 both logits are divided by T and d is multiplied by T^2 (Hinton et al. 2015,
+    "Distilling the knowledge in a neural network": the gradient of the softened loss scales as
+    1 / T^2, the factor keeps its magnitude comparable across T); the gradient with respect to z is
+    then T^2 * (1 / T) * dD/d(z / T). A sparse teacher's log-probs are already at T (checked once,
+    in _flatten). T = 1 runs none of it: bit for bit the untempered loss.
+    """
+    dtype = _compute_dtype(z, _teacher_values(t))
+    zc = z.to(dtype)
+    if temperature != 1.0:
+        zc = zc / temperature
+    lq = torch.log_softmax(zc, dim=-1)
+    if isinstance(t, SparseTeacher):
+        d, grad = _bucketed(kernel, lq, t, need_grad)
+    else:
+        tc = t.to(dtype)
+        if temperature != 1.0:
+            tc = tc / temperature
+        lp = torch.log_softmax(tc, dim=-1)  # -inf teacher logits give p = 0 exactly
+        d, grad = kernel(lq, lp, need_grad)
+    if temperature != 1.0:
+        d = d * (temperature * temperature)
+        if grad is not None:
+            grad = grad.mul_(temperature)
+    return d, grad
 
 
 def _cross_entropy_chunk(z: torch.Tensor, y: torch.Tensor, need_grad: bool):
@@ -227,8 +287,9 @@ class _ChunkedLoss(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _flatten(student_logits, target, weights, *, target_is_labels: bool):
-    """[..., V] logits, [...] weights (and [..., V] teacher logits or [...] labels) -> 2-D/1-D."""
+def _flatten(student_logits, target, weights, *, target_is_labels: bool, temperature: float = 1.0):
+    """[..., V] logits, [...] weights (and [..., V] teacher logits, a [...] SparseTeacher or [...] labels)
+    -> 2-D/1-D."""
     if student_logits.dim() < 2:
         raise ValueError(
             f"student_logits must be [N, V] or [B, T, V], got {tuple(student_logits.shape)}")
@@ -252,6 +313,15 @@ def _flatten(student_logits, target, weights, *, target_is_labels: bool):
             raise ValueError(f"labels must be integer token ids, got {target.dtype}")
         # Labels at weight-0 positions (e.g. -100 padding) are never read; 0 keeps gather in range.
         target = torch.where(weights != 0, target, 0).reshape(-1).long()
+    elif isinstance(target, SparseTeacher):
+        if target.shape != lead or target.vocab_size != vocab:
+            raise ValueError(f"sparse teacher of {tuple(target.shape)} positions over {target.vocab_size} tokens "
+                             f"must match student_logits {tuple(student_logits.shape)}")
+        if target.temperature != temperature:
+            raise SkdError(f"the sparse teacher targets were built at temperature {target.temperature:g}, "
+                           f"the loss runs at {temperature:g}",
+                           "build them with SparseTeacher.from_logits(logits, n, temperature=<the loss temperature>)")
+        target = target.flatten()
     else:
         if target.shape != student_logits.shape:
             raise ValueError(f"teacher_logits {tuple(target.shape)} must match student_logits "
@@ -272,13 +342,14 @@ def _check_chunk_size(chunk_size) -> None:
 
 
 def _reduce(student_logits, target, weights, chunk_fn: ChunkFn, chunk_size, *,
-            target_is_labels: bool = False, _reusable: bool = False):
+            target_is_labels: bool = False, temperature: float = 1.0, _reusable: bool = False):
     """Flatten, run the one chunk loop (through the Function when the student needs a gradient)."""
     _check_chunk_size(chunk_size)
     student, target, weights = _flatten(student_logits, target, weights,
-                                        target_is_labels=target_is_labels)
+                                        target_is_labels=target_is_labels, temperature=temperature)
     chunk = chunk_size or default_chunk_size(student.shape[-1])
-    dtype = _compute_dtype(student) if target_is_labels else _compute_dtype(student, target)
+    dtype = (_compute_dtype(student) if target_is_labels
+             else _compute_dtype(student, _teacher_values(target)))
     weights = weights.to(dtype)
     if torch.is_grad_enabled() and student.requires_grad:
         total = _ChunkedLoss.apply(student, target, weights, chunk_fn, chunk, _reusable)
@@ -297,6 +368,14 @@ def _check_unit(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise SkdError(f"{name} must be a number in [0, 1], got {value!r}",
                        f"pass {name} between 0 and 1 inclusive")
+    return float(value)
+
+
+def _check_temperature(value) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value <= 0):
+        raise SkdError(f"loss temperature must be a finite number > 0, got {value!r}",
+                       "pass e.g. 1 (the plain divergence) or 2")
     return float(value)
 
 
@@ -319,22 +398,23 @@ def _kernel_for(kind: str, *, beta: float = DEFAULT_BETA, alpha: float = DEFAULT
     return {"fkl": _fkl_kernel, "rkl": _rkl_kernel, "tvd": _tvd_kernel}[kind]
 
 
-def _divergence(kind, student_logits, teacher_logits, weights, chunk_size, **params):
-    chunk_fn = functools.partial(_divergence_chunk, _kernel_for(kind, **params))
-    return _reduce(student_logits, teacher_logits, weights, chunk_fn, chunk_size)
+def _divergence(kind, student_logits, teacher_logits, weights, chunk_size, temperature=1.0, **params):
+    temperature = _check_temperature(temperature)
+    chunk_fn = functools.partial(_divergence_chunk, _kernel_for(kind, **params), temperature=temperature)
+    return _reduce(student_logits, teacher_logits, weights, chunk_fn, chunk_size, temperature=temperature)
 
 
-def fkl(student_logits, teacher_logits, weights, *, chunk_size=None):
+def fkl(student_logits, teacher_logits, weights, *, chunk_size=None, temperature=1.0):
     """Forward KL(p_teacher || q_student) per position -> (weighted sum, sum of weights)."""
-    return _divergence("fkl", student_logits, teacher_logits, weights, chunk_size)
+    return _divergence("fkl", student_logits, teacher_logits, weights, chunk_size, temperature)
 
 
-def rkl(student_logits, teacher_logits, weights, *, chunk_size=None):
+def rkl(student_logits, teacher_logits, weights, *, chunk_size=None, temperature=1.0):
     """Reverse KL(q_student || p_teacher); +inf at a position where p = 0 < q."""
-    return _divergence("rkl", student_logits, teacher_logits, weights, chunk_size)
+    return _divergence("rkl", student_logits, teacher_logits, weights, chunk_size, temperature)
 
 
-def jsd(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None):
+def jsd(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None, temperature=1.0):
     """Generalized JSD of GKD (Eq. 1), TRL's `generalized_jsd_loss` value; beta = 0 is fkl, 1 is rkl.
 
     For 0 < beta < 1, with p the teacher, q the student and m = beta p + (1 - beta) q:
@@ -342,10 +422,11 @@ def jsd(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_siz
     It vanishes as beta approaches either end, where fkl / rkl are used exactly (as TRL does);
     `jsd_normalized` is the same value divided by beta (1 - beta), continuous on [0, 1].
     """
-    return _divergence("jsd", student_logits, teacher_logits, weights, chunk_size, beta=beta)
+    return _divergence("jsd", student_logits, teacher_logits, weights, chunk_size, temperature, beta=beta)
 
 
-def jsd_normalized(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None):
+def jsd_normalized(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA, chunk_size=None,
+                   temperature=1.0):
     """Generalized JSD divided by beta (1 - beta): tends to fkl as beta -> 0 and rkl as beta -> 1.
 
     d = [beta KL(p || m) + (1 - beta) KL(q || m)] / (beta (1 - beta)), m = beta p + (1 - beta) q:
@@ -353,22 +434,27 @@ def jsd_normalized(student_logits, teacher_logits, weights, *, beta=DEFAULT_BETA
     eps / min(beta, 1 - beta) in absolute accuracy; for beta within 1e-3 of an end pass fp64
     logits or use the end itself.
     """
-    return _divergence("jsd-normalized", student_logits, teacher_logits, weights, chunk_size, beta=beta)
+    return _divergence("jsd-normalized", student_logits, teacher_logits, weights, chunk_size, temperature,
+                       beta=beta)
 
 
-def tvd(student_logits, teacher_logits, weights, *, chunk_size=None):
+def tvd(student_logits, teacher_logits, weights, *, chunk_size=None, temperature=1.0):
     """Total variation 0.5 * sum_v |p - q| per position."""
-    return _divergence("tvd", student_logits, teacher_logits, weights, chunk_size)
+    return _divergence("tvd", student_logits, teacher_logits, weights, chunk_size, temperature)
 
 
-def skew_fkl(student_logits, teacher_logits, weights, *, alpha=DEFAULT_ALPHA, chunk_size=None):
+def skew_fkl(student_logits, teacher_logits, weights, *, alpha=DEFAULT_ALPHA, chunk_size=None,
+             temperature=1.0):
     """DistiLLM skew forward KL(p || alpha p + (1 - alpha) q); alpha = 0 is fkl, 1 gives 0."""
-    return _divergence("skew-fkl", student_logits, teacher_logits, weights, chunk_size, alpha=alpha)
+    return _divergence("skew-fkl", student_logits, teacher_logits, weights, chunk_size, temperature,
+                       alpha=alpha)
 
 
-def skew_rkl(student_logits, teacher_logits, weights, *, alpha=DEFAULT_ALPHA, chunk_size=None):
+def skew_rkl(student_logits, teacher_logits, weights, *, alpha=DEFAULT_ALPHA, chunk_size=None,
+             temperature=1.0):
     """DistiLLM skew reverse KL(q || alpha q + (1 - alpha) p); alpha = 0 is rkl, 1 gives 0."""
-    return _divergence("skew-rkl", student_logits, teacher_logits, weights, chunk_size, alpha=alpha)
+    return _divergence("skew-rkl", student_logits, teacher_logits, weights, chunk_size, temperature,
+                       alpha=alpha)
 
 
 def cross_entropy(student_logits, labels, weights, *, chunk_size=None):
@@ -394,35 +480,42 @@ DIVERGENCES: "MappingProxyType[str, Loss]" = MappingProxyType({
 
 
 def get_divergence(name: str, *, beta: float = DEFAULT_BETA, alpha: float = DEFAULT_ALPHA,
-                   chunk_size: int | None = None) -> Loss:
-    """The loss `(student_logits, teacher_logits, weights) -> (sum, count)` for a divergence name.
+                   chunk_size: int | None = None, temperature: float = 1.0) -> Loss:
+    """The loss `(student_logits, teacher, weights) -> (sum, count)` for a divergence name.
 
+    The teacher is dense logits [N, V] or a SparseTeacher [N] built at the same `temperature`.
     beta is read by "jsd" / "jsd-normalized" only, alpha by "skew-fkl" / "skew-rkl" only; both are
-    validated always.
+    validated always. temperature T: both distributions at logits / T, the loss times T^2.
     """
     _kernel_for(name, beta=beta, alpha=alpha)  # validates name, beta and alpha
     _check_chunk_size(chunk_size)
+    temperature = _check_temperature(temperature)
     params = {"jsd": {"beta": beta}, "jsd-normalized": {"beta": beta}, "skew-fkl": {"alpha": alpha},
               "skew-rkl": {"alpha": alpha}}
-    return functools.partial(DIVERGENCES[name], chunk_size=chunk_size, **params.get(name, {}))
+    return functools.partial(DIVERGENCES[name], chunk_size=chunk_size, temperature=temperature,
+                             **params.get(name, {}))
 
 
 def divergence_per_token(student_logits, teacher_logits, kind: str = "fkl", *,
                          beta: float = DEFAULT_BETA, alpha: float = DEFAULT_ALPHA,
-                         chunk_size: int | None = None) -> torch.Tensor:
+                         chunk_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
     """d_n for every position, shaped like the logits without V ([N] or [B, T]); no gradient.
 
     For logging and validation. Unmasked: rows of padding may hold anything, mask them yourself.
+    The teacher may be a SparseTeacher; temperature as in get_divergence (d_n includes the T^2).
     """
     _check_chunk_size(chunk_size)
     kernel = _kernel_for(kind, beta=beta, alpha=alpha)
+    temperature = _check_temperature(temperature)
     ones = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
-    student, teacher, _ = _flatten(student_logits, teacher_logits, ones, target_is_labels=False)
+    student, teacher, _ = _flatten(student_logits, teacher_logits, ones, target_is_labels=False,
+                                   temperature=temperature)
     chunk = chunk_size or default_chunk_size(student.shape[-1])
-    dtype = _compute_dtype(student, teacher)
+    dtype = _compute_dtype(student, _teacher_values(teacher))
     out = torch.empty(student.shape[0], dtype=dtype, device=student.device)
     with torch.no_grad():
         for start, stop in _chunks(student.shape[0], chunk):
-            d, _ = _divergence_chunk(kernel, student[start:stop], teacher[start:stop], False)
+            d, _ = _divergence_chunk(kernel, student[start:stop], teacher[start:stop], False,
+                                     temperature=temperature)
             out[start:stop] = d
     return out.reshape(student_logits.shape[:-1])

@@ -1,0 +1,293 @@
+"""Sparse teacher targets (top-N log-probs + one tail bucket) and the loss temperature.
+
+The references are plain torch under autograd in float64, written from the definitions: the bucketed
+distributions (kept tokens + tail) for a sparse teacher, T^2 D(softmax(t / T) || softmax(z / T)) for
+a temperature.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from skd.core import losses
+from skd.core.errors import SkdError
+from skd.core.sparse_teacher import SparseTeacher
+
+# (name, beta, alpha): every divergence, the skews at a non-default alpha too.
+CASES = [("fkl", 0.5, 0.1), ("rkl", 0.5, 0.1), ("jsd", 0.5, 0.1), ("jsd", 0.2, 0.1), ("jsd-normalized", 0.3, 0.1),
+         ("tvd", 0.5, 0.1), ("skew-fkl", 0.5, 0.1), ("skew-fkl", 0.5, 0.3), ("skew-rkl", 0.5, 0.1),
+         ("skew-rkl", 0.5, 0.3)]
+IDS = [f"{n}-b{b}-a{a}" for n, b, a in CASES]
+
+
+def divergence_of_probs(name, p, q, beta=0.5, alpha=0.1):
+    """D(p || q) per row from probabilities (last dimension), the textbook formulas."""
+    def kl(a, b):
+        return (torch.special.xlogy(a, a) - torch.special.xlogy(a, b)).sum(-1)
+
+    if name == "fkl":
+        return kl(p, q)
+    if name == "rkl":
+        return kl(q, p)
+    if name in ("jsd", "jsd-normalized"):
+        m = beta * p + (1 - beta) * q
+        j = beta * kl(p, m) + (1 - beta) * kl(q, m)
+        return j / (beta * (1 - beta)) if name == "jsd-normalized" else j
+    if name == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    if name == "skew-fkl":
+        return kl(p, alpha * p + (1 - alpha) * q)
+    if name == "skew-rkl":
+        return kl(q, alpha * q + (1 - alpha) * p)
+    raise AssertionError(name)
+
+
+def bucketed_reference(name, student, sparse: SparseTeacher, beta=0.5, alpha=0.1, temperature=1.0):
+    """Per row: D over the N + 1 buckets, the student's tail = 1 - its kept probabilities (autograd)."""
+    q = torch.softmax(student / temperature, -1)
+    idx = sparse.indices.long()
+    q_kept = q.gather(-1, idx)
+    tail_mask = torch.ones_like(q, dtype=torch.bool).scatter(-1, idx, False)
+    q_tail = (q * tail_mask).sum(-1, keepdim=True)
+    p = sparse.bucket_logprobs().exp()
+    return temperature ** 2 * divergence_of_probs(name, p, torch.cat([q_kept, q_tail], -1), beta, alpha)
+
+
+def lm_like_logits(rows, vocab, *, seed=0, dtype=torch.float64, scale=2.0):
+    """Peaked rows: a Zipf-like base (-1.5 log rank, ranks shuffled per row) plus Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    ranks = torch.argsort(torch.rand(rows, vocab, generator=g), -1).to(dtype) + 1
+    return (-1.5 * ranks.log() + scale * 0.3 * torch.randn(rows, vocab, generator=g, dtype=dtype))
+
+
+def student_teacher(rows=7, vocab=19, seed=0):
+    g = torch.Generator().manual_seed(seed + 100)
+    teacher = lm_like_logits(rows, vocab, seed=seed)
+    student = (teacher + torch.randn(rows, vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    weights = torch.rand(rows, generator=g, dtype=torch.float64) + 0.5
+    weights[1] = 0.0
+    return student, teacher, weights
+
+
+def loss_grad(fn, student, teacher, weights):
+    total, count = fn(student, teacher, weights)
+    (grad,) = torch.autograd.grad(total, student)
+    return total.detach(), count, grad
+
+
+# ---------------------------------------------------------------------------- the representation
+
+
+@pytest.mark.parametrize("n", [1, 4, 18, 19, 50])
+def test_every_sparse_row_kept_probabilities_plus_tail_sum_to_one(n):
+    _, teacher, _ = student_teacher()
+    for dtype in (torch.float64, torch.float32):
+        st = SparseTeacher.from_logits(teacher.to(dtype), n)
+        assert st.logprobs.dtype == dtype and st.indices.dtype == torch.int32 and st.shape == (7,)
+        total = st.logprobs.double().exp().sum(-1) + st.tail_logprob.double().exp()
+        torch.testing.assert_close(total, torch.ones(7, dtype=torch.float64), rtol=0, atol=1e-6)
+        assert st.num_kept == min(n, 19)
+        if n >= 19:
+            assert bool((st.tail_logprob == -math.inf).all())   # an empty tail is -inf
+    lp = torch.log_softmax(teacher, -1)
+    st = SparseTeacher.from_logits(teacher, 4)
+    vals, idx = lp.topk(4, -1)
+    torch.testing.assert_close(st.logprobs, vals, rtol=0, atol=0)
+    assert torch.equal(st.indices.long(), idx)
+    assert bool((st.logprobs[:, :-1] >= st.logprobs[:, 1:]).all())     # largest first
+    rest = lp.scatter(-1, idx, -math.inf).logsumexp(-1)
+    torch.testing.assert_close(st.tail_logprob, rest, rtol=0, atol=1e-15)
+
+
+def test_tail_stays_accurate_when_it_is_far_below_float_eps():
+    # Mass 1e-12 outside the top 2: 1 - sum(kept) is 0 in fp32 (and inexact in fp64), the tail is not.
+    logits = torch.tensor([[0.0, 0.0, -28.0, -28.0, -28.0]])
+    st = SparseTeacher.from_logits(logits, 2)
+    expected = math.log(3 * math.exp(-28.0)) - math.log(2 + 3 * math.exp(-28.0))
+    assert st.tail_logprob.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_from_logits_divides_by_the_temperature_and_records_it():
+    _, teacher, _ = student_teacher()
+    st = SparseTeacher.from_logits(teacher, 5, temperature=2.0)
+    ref = SparseTeacher.from_logits(teacher / 2.0, 5)
+    assert st.temperature == 2.0 and ref.temperature == 1.0
+    torch.testing.assert_close(st.logprobs, ref.logprobs, rtol=0, atol=1e-15)
+    assert torch.equal(st.indices, ref.indices)
+
+
+def test_slicing_masking_assignment_cat_and_device():
+    _, teacher, _ = student_teacher(rows=6)
+    st = SparseTeacher.from_logits(teacher.reshape(2, 3, 19), 4)
+    assert st.shape == (2, 3) and len(st) == 2 and st.nbytes == 2 * 3 * (4 * 8 + 4 * 4 + 8)
+    flat = SparseTeacher.from_logits(teacher, 4)
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    picked = st[mask]
+    assert picked.shape == (4,)
+    assert torch.equal(picked.logprobs, flat.logprobs[mask.reshape(-1)])
+    part = flat[1:4]
+    assert torch.equal(part.tail_logprob, flat.tail_logprob[1:4]) and part.vocab_size == 19
+    off = torch.tensor([1, 4])
+    assert torch.equal(flat[off[0]: off[1]].indices, part.indices)        # tensor offsets, as objective slices
+    both = SparseTeacher.cat([flat[:2], flat[2:]])
+    assert torch.equal(both.logprobs, flat.logprobs) and torch.equal(both.indices, flat.indices)
+    buf = flat.new_zeros(2, 5)
+    buf[torch.tensor([1]), :3] = flat[None, :3]
+    assert torch.equal(buf.logprobs[1, :3], flat.logprobs[:3]) and bool((buf.logprobs[0] == 0).all())
+    moved = flat.to("cpu")
+    assert moved.device.type == "cpu" and torch.equal(moved.tail_logprob, flat.tail_logprob)
+    with pytest.raises(ValueError, match="differ"):
+        SparseTeacher.cat([flat, SparseTeacher.from_logits(teacher, 3)])
+
+
+# ---------------------------------------------------------------------------- the sparse loss
+
+
+@pytest.mark.parametrize("name,beta,alpha", CASES, ids=IDS)
+def test_sparse_loss_and_gradient_equal_autograd_through_the_bucketed_reference(name, beta, alpha):
+    student, teacher, weights = student_teacher()
+    for n in (1, 3, 8):
+        st = SparseTeacher.from_logits(teacher, n)
+        total, count, grad = loss_grad(losses.get_divergence(name, beta=beta, alpha=alpha, chunk_size=3),
+                                       student, st, weights)
+        ref = (bucketed_reference(name, student, st, beta, alpha) * weights).sum()
+        (ref_grad,) = torch.autograd.grad(ref, student)
+        torch.testing.assert_close(total, ref.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+        assert count.item() == pytest.approx(weights.sum().item())
+        assert bool((grad[1] == 0).all())                                  # weight-0 row
+
+
+@pytest.mark.parametrize("name,beta,alpha", CASES, ids=IDS)
+def test_sparse_path_at_n_equal_v_matches_the_dense_loss(name, beta, alpha):
+    student, teacher, weights = student_teacher()
+    fn = losses.get_divergence(name, beta=beta, alpha=alpha, chunk_size=4)
+    dense = loss_grad(fn, student.float().detach().requires_grad_(), teacher.float(), weights.float())
+    sparse = loss_grad(fn, student.float().detach().requires_grad_(), SparseTeacher.from_logits(teacher.float(), 19),
+                       weights.float())
+    torch.testing.assert_close(sparse[0], dense[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sparse[2], dense[2], rtol=1e-6, atol=1e-6)
+    d64 = loss_grad(fn, student, teacher, weights)
+    s64 = loss_grad(fn, student, SparseTeacher.from_logits(teacher, 19), weights)
+    torch.testing.assert_close(s64[0], d64[0], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(s64[2], d64[2], rtol=1e-12, atol=1e-14)
+
+
+def test_sparse_gradient_equals_central_differences_float64():
+    student, teacher, weights = student_teacher(rows=4, vocab=9)
+    st = SparseTeacher.from_logits(teacher, 3)
+    z0 = student.detach()
+    for name in ("fkl", "rkl", "jsd", "skew-rkl"):
+        fn = losses.get_divergence(name, chunk_size=3)
+        _, _, grad = loss_grad(fn, student, st, weights)
+        numeric = torch.zeros_like(z0)
+        for i in range(z0.numel()):
+            e = torch.zeros_like(z0).view(-1)
+            e[i] = 1e-6
+            e = e.view_as(z0)
+            numeric.view(-1)[i] = (fn(z0 + e, st, weights)[0] - fn(z0 - e, st, weights)[0]) / 2e-6
+        torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_sparse_loss_is_at_most_the_dense_one_and_approaches_it_with_n():
+    """Data-processing inequality of f-divergences: merging outcomes never increases them."""
+    student, teacher, weights = student_teacher(rows=5, vocab=40)
+    dense = losses.fkl(student, teacher, weights)[0].item()
+    values = [losses.fkl(student, SparseTeacher.from_logits(teacher, n), weights)[0].item() for n in (1, 4, 16, 39)]
+    assert all(v <= dense + 1e-12 for v in values)
+    assert values[-1] == pytest.approx(dense, rel=0.05) and values[-1] > values[0]
+
+
+def test_sparse_loss_with_bf16_student_and_no_grad_path():
+    student, teacher, weights = student_teacher()
+    st = SparseTeacher.from_logits(teacher.float(), 5)
+    z = student.detach().bfloat16().requires_grad_()
+    total, _ = losses.fkl(z, st, weights.float())
+    (grad,) = torch.autograd.grad(total, z)
+    assert total.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    with torch.no_grad():
+        total2, _ = losses.fkl(z, st, weights.float())
+    assert torch.equal(total.detach(), total2)
+    per_token = losses.divergence_per_token(student.detach(), SparseTeacher.from_logits(teacher, 5), "fkl")
+    ref = bucketed_reference("fkl", student.detach(), SparseTeacher.from_logits(teacher, 5))
+    torch.testing.assert_close(per_token, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_teacher_must_match_the_student_and_the_temperature():
+    student, teacher, weights = student_teacher()
+    with pytest.raises(ValueError, match="must match student_logits"):
+        losses.fkl(student, SparseTeacher.from_logits(teacher[:, :10], 3), weights)
+    with pytest.raises(ValueError, match="must match student_logits"):
+        losses.fkl(student, SparseTeacher.from_logits(teacher[:5], 3), weights)
+    with pytest.raises(SkdError, match="built at temperature 1, the loss runs at 2"):
+        losses.fkl(student, SparseTeacher.from_logits(teacher, 3), weights, temperature=2.0)
+
+
+# ---------------------------------------------------------------------------- loss temperature
+
+
+@pytest.mark.parametrize("name,beta,alpha", CASES, ids=IDS)
+def test_temperature_one_is_the_untempered_loss_bit_for_bit(name, beta, alpha):
+    student, teacher, weights = student_teacher()
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        z = student.detach().to(dtype).requires_grad_()
+        plain = loss_grad(losses.get_divergence(name, beta=beta, alpha=alpha), z, teacher.to(dtype), weights)
+        for t in (1.0, 1):
+            at_one = loss_grad(losses.get_divergence(name, beta=beta, alpha=alpha, temperature=t), z,
+                               teacher.to(dtype), weights)
+            assert torch.equal(plain[0], at_one[0]) and torch.equal(plain[2], at_one[2])
+        direct = loss_grad(lambda *a: losses.DIVERGENCES[name](*a, temperature=1.0, **(
+            {"beta": beta} if name.startswith("jsd") else {"alpha": alpha} if name.startswith("skew") else {})),
+            z, teacher.to(dtype), weights)
+        assert torch.equal(plain[0], direct[0]) and torch.equal(plain[2], direct[2])
+
+
+@pytest.mark.parametrize("name,beta,alpha", CASES, ids=IDS)
+@pytest.mark.parametrize("temperature", [2.0, 0.5])
+def test_temperature_matches_t_squared_times_the_softened_divergence(name, beta, alpha, temperature):
+    student, teacher, weights = student_teacher()
+    total, _, grad = loss_grad(losses.get_divergence(name, beta=beta, alpha=alpha, temperature=temperature,
+                                                     chunk_size=3), student, teacher, weights)
+    p, q = torch.softmax(teacher / temperature, -1), torch.softmax(student / temperature, -1)
+    ref = (temperature ** 2 * divergence_of_probs(name, p, q, beta, alpha) * weights).sum()
+    (ref_grad,) = torch.autograd.grad(ref, student)
+    torch.testing.assert_close(total, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    per_token = losses.divergence_per_token(student.detach(), teacher, name, beta=beta, alpha=alpha,
+                                            temperature=temperature)
+    torch.testing.assert_close((per_token * weights).sum(), ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_fkl_at_t2_is_t_squared_kl_of_the_softened_distributions():
+    """The option's convention in one line: T^2 * KL(softmax(t / T) || softmax(z / T))."""
+    student, teacher, weights = student_teacher()
+    T = 2.0
+    total, _, grad = loss_grad(losses.get_divergence("fkl", temperature=T), student, teacher, weights)
+    lp, lq = torch.log_softmax(teacher / T, -1), torch.log_softmax(student / T, -1)
+    ref = (T ** 2 * (lp.exp() * (lp - lq)).sum(-1) * weights).sum()
+    (ref_grad,) = torch.autograd.grad(ref, student)
+    torch.testing.assert_close(total, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "tvd", "skew-fkl", "skew-rkl"])
+def test_temperature_with_a_sparse_teacher_matches_the_bucketed_reference(name):
+    student, teacher, weights = student_teacher()
+    T = 2.5
+    st = SparseTeacher.from_logits(teacher, 4, temperature=T)
+    total, _, grad = loss_grad(losses.get_divergence(name, temperature=T, chunk_size=2), student, st, weights)
+    ref = (bucketed_reference(name, student, st, temperature=T) * weights).sum()
+    (ref_grad,) = torch.autograd.grad(ref, student)
+    torch.testing.assert_close(total, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, True, "2"])
+def test_bad_temperatures_are_refused(bad):
+    student, teacher, weights = student_teacher()
+    with pytest.raises(SkdError, match="loss temperature must be a finite number > 0"):
+        losses.get_divergence("fkl", temperature=bad)
+    with pytest.raises(SkdError, match="loss temperature must be a finite number > 0"):
+        losses.fkl(student, teacher, weights, temperature=bad)
