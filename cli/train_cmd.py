@@ -222,8 +222,8 @@ def sft(ctx, **params):
                 help="Also stop at the task's own stop strings (--no-task-stops: only at --stop, or at EOS and "
                      "--max-new-tokens when none is given).")
 @setting_option("divergence", choices=DIVERGENCE_NAMES, default_text="fkl; jsd for --method gkd",
-                help="Token-level divergence, at temperature 1 (p teacher, q student). jsd: the generalised JSD "
-                     "of GKD as TRL computes it, beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q; "
+                help="Token-level divergence, at --loss-temperature (default 1; p teacher, q student). jsd: the "
+                     "generalised JSD of GKD as TRL computes it, beta KL(p||m) + (1-beta) KL(q||m) with m = beta p + (1-beta) q; "
                      "jsd-normalized: that divided by beta (1-beta), which tends to FKL / RKL at the ends. "
                      "--method gkd takes jsd (its default) or jsd-normalized only.")
 @setting_option("beta", help="Generalised JSD beta (0 FKL, 1 RKL).")
@@ -240,6 +240,17 @@ def sft(ctx, **params):
 @setting_option("switch_window", help="adaswitch: positions in the running mean of the divergence.")
 @setting_option("switch_divergence", choices=SWITCH_DIVERGENCES,
                 help="adaswitch: divergence of the switch test, on the raw logits (jsd at beta 0.5).")
+@setting_option("teacher_topk", default_text="dense, all V logits",
+                help="Keep only the teacher's top-N log-probabilities per position plus one tail bucket holding "
+                     "the rest of its mass (the scheme of TRL's server-side distillation, verl and NeMo RL); the "
+                     "student's distribution is collapsed onto the same N+1 buckets and the divergence taken "
+                     "there. Stored teacher targets then cost N+1 values and N ids per position instead of V. "
+                     "N = V is exactly the dense loss; N > V is refused. The validation loss stays dense.")
+@setting_option("loss_temperature",
+                help="Temperature T of the divergence only (sampling has its own): teacher and student logits "
+                     "are divided by T and the loss is multiplied by T^2 (Hinton et al. 2015), which keeps "
+                     "gradient magnitudes comparable across T. 1 is the plain divergence; the validation loss "
+                     "uses the same T.")
 @_common_options
 @threads_option
 @click.pass_context

@@ -3,7 +3,8 @@
 Public: sequence_sources(method, B, ...) -> ["gt" | "student" | "skd" | "adaswitch", ...]; build_training_batch(method,
 batch, ...) -> Samples; sample_rank_batch(...) -> (Samples, teacher_flat, seconds) (one process's rows,
 chunk by chunk); ground_truth_samples(batch, pad_id, max_new_tokens) / merge_samples(parts, B, pad_id)
--> Samples; response_positions(s); teacher_logits_flat(teacher, s, vocab_size) -> [N, V];
+-> Samples; response_positions(s); teacher_logits_flat(teacher, s, vocab_size, *, topk=None, temperature=1.0)
+-> [N, V] logits or a SparseTeacher [N];
 derive_seed(*keys); chunk_generators(seed, step, chunk, ...); RNG_SCHEME (recorded in checkpoints).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from skd.core.config import SampleConfig
 from skd.core.data import TokenizedExample
 from skd.core.errors import SkdError
 from skd.core.sampling import PROV_PROMPT, PROV_TEACHER, Samples, sample
+from skd.core.sparse_teacher import SparseTeacher
 from skd.core.timing import clock
 
 RNG_SCHEME = "seed-step-chunk-v1"   # recorded in checkpoints: how the sampling generators are derived
@@ -69,7 +71,7 @@ def merge_samples(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -
         else:
             R = max(s.teacher_logits.shape[1] for _, s in parts)
             ref = parts[0][1].teacher_logits
-            tl = ref.new_zeros(B, R, ref.shape[2])
+            tl = ref.new_zeros(B, R) if isinstance(ref, SparseTeacher) else ref.new_zeros(B, R, ref.shape[2])
     for rows, s in parts:
         idx = torch.tensor(rows)
         w = s.tokens.shape[1]
@@ -162,7 +164,8 @@ def sample_rank_batch(method: str, batch: list[TokenizedExample], sources: list[
                       tokenizer, pad_id: int, vocab_size: int, gkd_lambda: float, need_teacher: bool,
                       forward_clock=None, timings: dict | None = None):
     """This process's b sequences, sampled chunk by chunk (global rows first_row ...), and the teacher
-    logits at their response positions. Returns (Samples, teacher_flat [N, V] or None, teacher seconds).
+    logits at their response positions. Returns (Samples, teacher_flat [N, V] (a SparseTeacher [N] when
+    scfg.target_topk is set) or None, teacher seconds).
 
     With a running skd.core.timing.ForwardClock, timings["teacher_pass_forward"] gets the model-forward
     seconds of the teacher passes (so the sampling phase's own forward share can be told apart)."""
@@ -178,14 +181,16 @@ def sample_rank_batch(method: str, batch: list[TokenizedExample], sources: list[
                                  sources=[sources[i] for i in rows])
         if need_teacher:
             t0, f0 = clock(t_dev), forward_clock.seconds if forward_clock is not None else 0.0
-            flats.append(teacher_logits_flat(teacher, s, vocab_size))
+            flats.append(teacher_logits_flat(teacher, s, vocab_size, topk=scfg.target_topk,
+                                             temperature=scfg.target_temperature))
             t_teacher += clock(t_dev) - t0
             if forward_clock is not None and timings is not None:
                 timings["teacher_pass_forward"] = timings.get("teacher_pass_forward", 0.0) + forward_clock.seconds - f0
         # The [C, R, V] verification logits are no longer needed: only their response rows (flats) are.
         parts.append((rows, dataclasses.replace(s, teacher_logits=None)))
     # Chunks are consecutive rows, so concatenating their row-major flats gives the merged batch's.
-    teacher_flat = (flats[0] if len(flats) == 1 else torch.cat(flats)) if flats else None
+    cat = SparseTeacher.cat if flats and isinstance(flats[0], SparseTeacher) else torch.cat
+    teacher_flat = (flats[0] if len(flats) == 1 else cat(flats)) if flats else None
     return merge_samples(parts, len(batch), pad_id), teacher_flat, t_teacher
 
 
@@ -200,13 +205,26 @@ def response_positions(s: Samples):
     return pred, ridx
 
 
-def teacher_logits_flat(teacher, s: Samples, vocab_size: int) -> torch.Tensor:
-    """Teacher logits [N, V] at the response-predicting positions, row-major (one no-grad pass or reuse)."""
+def teacher_logits_flat(teacher, s: Samples, vocab_size: int, *, topk: int | None = None,
+                        temperature: float = 1.0) -> torch.Tensor | SparseTeacher:
+    """Teacher logits [N, V] at the response-predicting positions, row-major (one no-grad pass or reuse).
+
+    topk=N: the targets as a SparseTeacher [N positions] (top-N log-probs of logits / temperature and a
+    tail bucket) instead; sparse logits kept by the sampler are returned as they are (they must have
+    that N and temperature), dense ones are converted. topk=None: dense logits (temperature unused).
+    """
     _, ridx = response_positions(s)
     if s.teacher_logits is not None:
-        return s.teacher_logits[:, : ridx.shape[1]][ridx.to(s.teacher_logits.device)]
-    dev = next(teacher.parameters()).device
-    pred, _ = response_positions(s)
-    with torch.no_grad():
-        logits = teacher(input_ids=s.tokens.to(dev), attention_mask=s.attention_mask.to(dev)).logits
-    return logits[..., :vocab_size][pred.to(dev)]
+        flat = s.teacher_logits[:, : ridx.shape[1]][ridx.to(s.teacher_logits.device)]
+    else:
+        dev = next(teacher.parameters()).device
+        pred, _ = response_positions(s)
+        with torch.no_grad():
+            logits = teacher(input_ids=s.tokens.to(dev), attention_mask=s.attention_mask.to(dev)).logits
+        flat = logits[..., :vocab_size][pred.to(dev)]
+    if isinstance(flat, SparseTeacher):
+        if topk is None or (flat.num_kept, flat.temperature) != (min(topk, flat.vocab_size), float(temperature)):
+            raise ValueError(f"the samples hold top-{flat.num_kept} teacher targets at temperature "
+                             f"{flat.temperature:g}; asked for topk={topk}, temperature={temperature:g}")
+        return flat
+    return SparseTeacher.from_logits(flat, topk, temperature) if topk is not None else flat

@@ -1,13 +1,13 @@
 """Run configuration: small frozen dataclasses, validated on creation, saved as JSON per run.
 
 Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, ConfigValueError, METHODS,
-DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES, FLAT_KEYS,
-run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
+CE_METHODS, DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES,
+FLAT_KEYS, run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
 
 Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; CONTRACT.md §2-§5);
 each default carries its reason on its line. __post_init__ is the one place values are range-checked
 (the command line and --config files reach it alike). Distinct knobs get distinct names
-(`student_temperature` for drafting vs the loss, which is always at temperature 1).
+(`student_temperature` for drafting vs `loss_temperature` for the divergence, default 1).
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ METHODS = (
     "seqkd",       # cross-entropy on teacher-generated responses (the data's response field)
     "sft",         # cross-entropy on ground-truth responses
 )
+# Methods trained with cross-entropy on their sequences: no teacher logits, no divergence (the same
+# tuple as skd.core.objective.CE_METHODS, which the loss dispatches on; a test keeps them equal).
+CE_METHODS = ("sft", "seqkd")
 # skd.core.losses.DIVERGENCES has the same names. "jsd" is GKD's / TRL's generalised JSD,
 # "jsd-normalized" the same divided by beta (1 - beta).
 DIVERGENCE_NAMES = ("fkl", "rkl", "jsd", "jsd-normalized", "tvd", "skew-fkl", "skew-rkl")
@@ -81,6 +84,8 @@ class SampleConfig:
     switch_threshold: float = 3.0      # adaswitch: switch when d_i >= threshold x mean of the window's d (inf: never)
     switch_window: int = 8             # adaswitch: positions in the running mean of the divergence
     switch_divergence: str = "fkl"     # adaswitch: divergence of the switch test, on the raw logits
+    target_topk: int | None = None     # teacher targets as top-N log-probs + tail (SparseTeacher); None: dense
+    target_temperature: float = 1.0    # ... at this loss temperature; both set by the training loop from train.*
 
     @property
     def max_draft(self) -> int:
@@ -128,6 +133,11 @@ class SampleConfig:
                "switch_window")
         _check(self.switch_divergence in SWITCH_DIVERGENCES, f"unknown switch divergence {self.switch_divergence!r}",
                f"use one of: {', '.join(SWITCH_DIVERGENCES)}", "switch_divergence")
+        _check(self.target_topk is None or self.target_topk >= 1, f"target_topk must be >= 1 (got {self.target_topk})",
+               "pass 1 or more, or None for dense teacher logits", "target_topk")
+        _check(math.isfinite(self.target_temperature) and self.target_temperature > 0,
+               f"target_temperature must be a finite number > 0 (got {self.target_temperature})",
+               "pass the loss temperature (1: plain)", "target_temperature")
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,8 @@ class TrainConfig:
                                        # released config: KL(p_T || q_S)); resolved on creation
     beta: float = 0.5                  # generalised JSD interpolation (jsd, jsd-normalized; gkd)
     alpha: float = 0.1                 # DistiLLM skew (skew-fkl / skew-rkl)
+    teacher_topk: int | None = None    # None: dense teacher logits; N: its top-N log-probs + one tail bucket
+    loss_temperature: float = 1.0      # divergence on logits / T, times T^2 (Hinton et al. 2015); 1: plain
     gkd_lambda: float = 0.5            # gkd: probability of a student-sampled batch
     loss_norm: str = "sequence"        # sequence: per-sequence token mean, then mean (released code); token
     lr: float = 1e-5                   # paper: AdamW 1e-5
@@ -222,6 +234,21 @@ class TrainConfig:
         _check(0.0 <= self.beta <= 1.0, f"beta must be in [0, 1] (got {self.beta})",
                "0 gives forward KL, 1 reverse KL", "beta")
         _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1] (got {self.alpha})", "DistiLLM uses 0.1", "alpha")
+        n = self.teacher_topk
+        _check(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
+               f"teacher_topk must be >= 1 (got {n})",
+               "pass --teacher-topk 1 or more (e.g. 64), or leave it out for the dense teacher", "teacher_topk")
+        _check(n is None or self.method not in CE_METHODS,
+               f"--teacher-topk has no teacher logits to thin out with --method {self.method} (cross-entropy)",
+               "leave --teacher-topk out, or use a distillation method", "teacher_topk", "method")
+        t = self.loss_temperature
+        _check(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+               f"loss_temperature must be a finite number > 0 (got {t})",
+               "pass --loss-temperature 1 (the plain divergence) or e.g. 2", "loss_temperature")
+        _check(t == 1 or self.method not in CE_METHODS,
+               f"--loss-temperature has no teacher distribution to soften with --method {self.method} "
+               "(cross-entropy)", "leave --loss-temperature out, or use a distillation method",
+               "loss_temperature", "method")
         _check(0.0 <= self.gkd_lambda <= 1.0, f"gkd lambda must be in [0, 1] (got {self.gkd_lambda})",
                "pass --gkd-lambda between 0 (ground truth only) and 1 (student samples only)", "gkd_lambda")
         _check(self.loss_norm in LOSS_NORMS, f"unknown loss norm {self.loss_norm!r}",
@@ -307,7 +334,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "sam
 
 # The flat names of run settings -- the command-line option names, also the flat keys of a --config
 # file -- and the (section, field) each one sets. A field missing here has no option (`mode` is set
-# per method, `keep_teacher_logits` is internal).
+# per method, `keep_teacher_logits` is internal, `target_*` come from train.teacher_topk / loss_temperature).
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{name: ("model", name) for name in ("teacher", "student", "dtype", "teacher_dtype", "teacher_device",
                                           "student_device", "trust_remote_code")},
@@ -316,7 +343,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "field": ("data", "fields"), "data_seed": ("data", "seed"),
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
     **{f.name: ("sample", f.name) for f in dataclasses.fields(SampleConfig)
-       if f.name not in ("mode", "stop_strings", "keep_teacher_logits")},
+       if f.name not in ("mode", "stop_strings", "keep_teacher_logits", "target_topk", "target_temperature")},
     "stop": ("sample", "stop_strings"),
 }
 

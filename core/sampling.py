@@ -20,6 +20,7 @@ from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
 from skd.core.rules import (SkdRule, adaptive_gamma, process_logits, sample_tokens, student_settings,
                             teacher_settings)
+from skd.core.sparse_teacher import SparseTeacher
 from skd.core.stops import StopChecker, eos_ids
 
 __all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV_STUDENT", "PROV_TEACHER",
@@ -47,7 +48,8 @@ class Samples:
     provenance: torch.Tensor      # [B, L] int8: 0 pad, 1 prompt, 2 student, 3 teacher
     prompt_lengths: torch.Tensor  # [B] int64
     lengths: torch.Tensor         # [B] int64 (prompt + response)
-    teacher_logits: torch.Tensor | None  # [B, R, V]: row i = teacher logits predicting response token i
+    teacher_logits: torch.Tensor | SparseTeacher | None  # [B, R, V] (or top-N sparse [B, R]): row i = teacher
+                                  # logits predicting response token i
     proposed: int                 # student tokens put to the teacher's top-K test
     accepted: int                 # of those, kept
     replaced: int                 # teacher tokens written in place of a rejected student token
@@ -100,7 +102,7 @@ class _Batch:
         self.splice_eos = eos[0] if len(eos) == 1 else -1  # several EOS ids: detected in end_round instead
         self.pend = torch.tensor([p[-1] for p in prompt_ids], dtype=torch.long)  # last committed, unconsumed
         self.active = torch.arange(B)
-        self.t_logits: torch.Tensor | None = None  # [B, R, V] kept teacher logits, when asked for
+        self.t_logits: torch.Tensor | SparseTeacher | None = None  # [B, R, V] (or sparse [B, R]), when asked for
         self.s_argmax: torch.Tensor | None = None  # [B, R] the student's argmax per response token, when asked for
         self.switch_at: torch.Tensor | None = None  # [B] AdaSwitch's switch positions
         self.resp_len = self.remaining = None       # [A] at the start of the round
@@ -122,7 +124,12 @@ class _Batch:
         J = torch.arange(W)[None, :]
         rows_b = self.active[:, None].expand(A, W)[take]
         dest = (self.resp_len[:, None] + J).expand(A, W)[take]
-        self.t_logits[rows_b.to(dev), dest.to(dev)] = t_logits[take.to(dev)].to(self.t_logits.dtype)
+        kept = t_logits[take.to(dev)]
+        if isinstance(self.t_logits, SparseTeacher):  # only the top-N log-probs + tail are stored
+            kept = SparseTeacher.from_logits(kept, self.t_logits.num_kept, self.t_logits.temperature)
+        else:
+            kept = kept.to(self.t_logits.dtype)
+        self.t_logits[rows_b.to(dev), dest.to(dev)] = kept
 
     def keep_student_argmax(self, argmax: torch.Tensor) -> None:
         """Store argmax[a] as the student's argmax at the response token each active row writes now."""
@@ -488,7 +495,13 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
     decoder = _decoder(teacher, student, prompt_ids, cfg, rule, V, pad, student_generator, teacher_generator)
     if cfg.keep_teacher_logits and decoder.teacher is not None:
         w = next(decoder.teacher.model.parameters())
-        batch.t_logits = torch.zeros(batch.B, cfg.max_new_tokens, V, dtype=w.dtype, device=w.device)
+        if cfg.target_topk is not None:  # top-N + tail per position: the [B, R, V] buffer is never allocated
+            batch.t_logits = SparseTeacher.zeros(batch.B, cfg.max_new_tokens, n=min(cfg.target_topk, V),
+                                                 vocab_size=V, temperature=cfg.target_temperature,
+                                                 dtype=torch.float64 if w.dtype == torch.float64 else torch.float32,
+                                                 device=w.device)
+        else:
+            batch.t_logits = torch.zeros(batch.B, cfg.max_new_tokens, V, dtype=w.dtype, device=w.device)
     if cfg.mode == "student" and cfg.speckd_verification == "greedy":   # SpecKD judges the student's argmax
         batch.s_argmax = torch.zeros(batch.B, cfg.max_new_tokens, dtype=torch.long)
     if cfg.mode == "adaswitch":

@@ -212,6 +212,9 @@ class _Run:
         self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
         self.devices = [next(m.parameters()).device for m in (teacher, student) if m is not None]  # synced clocks
         self.vocab_size = len(tokenizer)
+        if tc.teacher_topk is not None and tc.teacher_topk > self.vocab_size:
+            raise SkdError(f"--teacher-topk {tc.teacher_topk} exceeds the vocabulary size {self.vocab_size}",
+                           f"pass at most {self.vocab_size} (that many keeps every logit: the dense loss)")
         # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (CONTRACT.md §5).
         # The half dtype comes from the (resolved) --dtype, or from the weights of a student passed in half.
         self.autocast_dtype = None
@@ -252,7 +255,11 @@ class _Run:
         self.train_ex, self.val_ex = train_ex, val_ex
         from skd.core.stops import resolve_stop_strings   # --stop adds to the task's, --no-task-stops replaces
         stops = resolve_stop_strings(task.stop_strings, cfg.sample.stop_strings, cfg.sample.task_stops)
-        self.scfg = SampleConfig(**{**cfg.sample.__dict__, "stop_strings": stops, "task_stops": False})
+        # Teacher targets: top-N log-probs + tail (SparseTeacher) at the loss temperature; N = V keeps every
+        # logit, which is the dense path itself (no sparse targets are built).
+        topk = tc.teacher_topk if tc.teacher_topk is not None and tc.teacher_topk < self.vocab_size else None
+        self.scfg = SampleConfig(**{**cfg.sample.__dict__, "stop_strings": stops, "task_stops": False,
+                                    "target_topk": topk, "target_temperature": tc.loss_temperature})
 
         B = tc.batch_size
         self.local_batch = B // dist.world_size
@@ -260,7 +267,8 @@ class _Run:
         self.micro = tc.micro_batch_size or self.local_batch
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * len(train_ex) / B))
         self.divergence = (None if self.method in CE_METHODS
-                           else losses.get_divergence(tc.divergence, beta=tc.beta, alpha=tc.alpha))
+                           else losses.get_divergence(tc.divergence, beta=tc.beta, alpha=tc.alpha,
+                                                      temperature=tc.loss_temperature))
 
         # ---- the checkpoint to resume from is read whole before anything on disk changes
         resume_state = saved = None

@@ -93,6 +93,15 @@ CASES = [
     ("negative-student-temperature", "--student-temperature -0.5", "student_temperature must be >= 0"),
     ("negative-teacher-temperature", "--teacher-temperature -1", "teacher_temperature must be >= 0"),
     ("top-p-zero", "--student-top-p 0", "student_top_p must be in (0, 1]"),
+    ("teacher-topk-zero", "--teacher-topk 0", "teacher_topk must be >= 1"),
+    ("teacher-topk-above-vocabulary", "--teacher-topk 104", "--teacher-topk 104 exceeds the vocabulary size 103"),
+    ("teacher-topk-with-cross-entropy", "--method seqkd --teacher-topk 4", "--teacher-topk has no teacher logits"),
+    ("loss-temperature-zero", "--loss-temperature 0", "loss_temperature must be a finite number > 0"),
+    ("loss-temperature-negative", "--loss-temperature -2", "loss_temperature must be a finite number > 0"),
+    ("loss-temperature-inf", "--loss-temperature inf", "loss_temperature must be a finite number > 0"),
+    ("loss-temperature-nan", "--loss-temperature nan", "loss_temperature must be a finite number > 0"),
+    ("loss-temperature-with-cross-entropy", "--method seqkd --loss-temperature 2",
+     "--loss-temperature has no teacher distribution"),
     ("prompt-longer-than-context", "--data {root}/long.jsonl --limit 1", "the model's context is 1024"),
     ("limit-zero", "--limit 0", "--limit must be > 0"),
     ("max-new-tokens-zero", "--max-new-tokens 0", "max_new_tokens must be >= 1"),
@@ -176,8 +185,8 @@ def test_bad_input_gives_one_line_and_touches_nothing(world, tmp_path, monkeypat
 # Cases of one option and a value out of its range: a --config file holding that value, flat or in
 # the option's section, must fail the same check, naming the file and the key.
 RANGE_CASES = ["negative-k", "gamma-zero", "beta-above-1", "beta-below-0", "negative-student-temperature",
-               "negative-teacher-temperature", "top-p-zero", "limit-zero", "max-new-tokens-zero", "lr-zero",
-               "micro-batch-not-dividing", "sample-chunk-not-dividing"]
+               "negative-teacher-temperature", "top-p-zero", "teacher-topk-zero", "loss-temperature-zero",
+               "limit-zero", "max-new-tokens-zero", "lr-zero", "micro-batch-not-dividing", "sample-chunk-not-dividing"]
 
 
 def _config_case(world, tmp_path, text: str, drop: str | None = None):

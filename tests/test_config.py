@@ -123,3 +123,32 @@ def test_sft_recipe_applies_to_the_preset_on_arith_below_file_and_options():
 def test_data_config_checks_limit():
     with pytest.raises(SkdError, match="--limit must be > 0"):
         DataConfig(limit=0)
+
+
+def test_teacher_topk_and_loss_temperature_defaults_checks_and_options(resolved):
+    from skd.core import objective
+    from skd.core.config import CE_METHODS
+
+    assert CE_METHODS == objective.CE_METHODS                       # the loss dispatches on objective's tuple
+    assert (TrainConfig().teacher_topk, TrainConfig().loss_temperature) == (None, 1.0)
+    cfg = resolved("distill", "--teacher-topk", "64", "--loss-temperature", "2")
+    assert (cfg.train.teacher_topk, cfg.train.loss_temperature) == (64, 2.0)
+    assert FLAT_KEYS["teacher_topk"] == ("train", "teacher_topk")
+    assert FLAT_KEYS["loss_temperature"] == ("train", "loss_temperature")
+    assert "target_topk" not in FLAT_KEYS and "target_temperature" not in FLAT_KEYS   # set by the loop
+    for bad, field in ((dict(teacher_topk=0), "teacher_topk"), (dict(teacher_topk=True), "teacher_topk"),
+                       (dict(loss_temperature=0.0), "loss_temperature"),
+                       (dict(loss_temperature=float("nan")), "loss_temperature")):
+        with pytest.raises(ConfigValueError) as err:
+            TrainConfig(**bad)
+        assert field in err.value.fields
+    for method in CE_METHODS:
+        with pytest.raises(ConfigValueError, match="--teacher-topk has no teacher logits"):
+            TrainConfig(method=method, teacher_topk=4)
+        with pytest.raises(ConfigValueError, match="--loss-temperature has no teacher distribution"):
+            TrainConfig(method=method, loss_temperature=2.0)
+        assert TrainConfig(method=method, loss_temperature=1.0).loss_temperature == 1.0
+    with pytest.raises(ConfigValueError, match="target_topk must be >= 1"):
+        SampleConfig(target_topk=0)
+    out = CliRunner().invoke(main, ["distill", "--help"]).output
+    assert "--teacher-topk" in out and "--loss-temperature" in out and "T^2" in out and "Hinton" in out

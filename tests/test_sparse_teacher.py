@@ -6,6 +6,7 @@ a temperature.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -291,3 +292,290 @@ def test_bad_temperatures_are_refused(bad):
         losses.get_divergence("fkl", temperature=bad)
     with pytest.raises(SkdError, match="loss temperature must be a finite number > 0"):
         losses.fkl(student, teacher, weights, temperature=bad)
+
+
+# ---------------------------------------------------------------------------- sampling, batches, the loop
+
+V = 103  # the char tokenizer's vocabulary
+
+
+def _pair(dtype=torch.float32):
+    from skd.core.presets import tiny_model
+
+    teacher = tiny_model("llama", V, seed=1, dtype=dtype, hidden=32, layers=2)
+    student = tiny_model("llama", V, seed=2, dtype=dtype, hidden=16, layers=1)
+    teacher.requires_grad_(False)
+    return teacher, student
+
+
+def _skd_batch(teacher, student, tok, batch, *, topk=None, temperature=1.0, method="skd", seed=1):
+    from skd.core.batches import build_training_batch
+    from skd.core.config import SampleConfig
+
+    scfg = SampleConfig(max_new_tokens=8, gamma=3, k=5, target_topk=topk, target_temperature=temperature)
+    gens = {"student": torch.Generator().manual_seed(seed), "teacher": torch.Generator().manual_seed(seed + 1),
+            "method": torch.Generator().manual_seed(seed + 2)}
+    return build_training_batch(method, batch, step=0, total_steps=10, teacher=teacher, student=student, scfg=scfg,
+                                gens=gens, tokenizer=tok, pad_id=0, vocab_size=V, gkd_lambda=0.5)
+
+
+def _assert_same_sparse(a: SparseTeacher, b: SparseTeacher):
+    assert (a.num_kept, a.vocab_size, a.temperature, a.shape) == (b.num_kept, b.vocab_size, b.temperature, b.shape)
+    assert torch.equal(a.indices, b.indices)
+    torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.tail_logprob, b.tail_logprob, rtol=0, atol=1e-6)
+
+
+def test_sampler_keeps_sparse_targets_and_never_allocates_the_dense_buffer(char_tokenizer, monkeypatch):
+    from helpers import addition_examples
+
+    from skd.core.batches import response_positions, teacher_logits_flat
+
+    teacher, student = _pair()
+    batch = addition_examples(char_tokenizer, 4)
+    real_zeros = torch.zeros
+
+    def sampled_with_zeros_spy(**kw):
+        """The batch, and whether a [B, R, V] zeros buffer was allocated while sampling it."""
+        shapes = []
+
+        def spy(*size, **zkw):
+            shapes.append(tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
+            return real_zeros(*size, **zkw)
+
+        monkeypatch.setattr(torch, "zeros", spy)
+        try:
+            s = _skd_batch(teacher, student, char_tokenizer, batch, **kw)
+        finally:
+            monkeypatch.undo()
+        return s, (4, 8, V) in shapes
+
+    dense, dense_buffer = sampled_with_zeros_spy()
+    sparse, sparse_buffer = sampled_with_zeros_spy(topk=4, temperature=2.0)
+    assert dense_buffer and not sparse_buffer
+    assert torch.equal(sparse.tokens, dense.tokens)               # the storage does not change the samples
+    assert isinstance(sparse.teacher_logits, SparseTeacher) and sparse.teacher_logits.logprobs.shape == (4, 8, 4)
+    _, ridx = response_positions(dense)
+    flat = teacher_logits_flat(teacher, sparse, V, topk=4, temperature=2.0)
+    _assert_same_sparse(flat, SparseTeacher.from_logits(dense.teacher_logits[:, : ridx.shape[1]][ridx], 4, 2.0))
+    # ... and both equal a fresh teacher pass, converted
+    fresh = dataclasses.replace(dense, teacher_logits=None)
+    _assert_same_sparse(flat, teacher_logits_flat(teacher, fresh, V, topk=4, temperature=2.0))
+    with pytest.raises(ValueError, match="top-4 teacher targets at temperature 2"):
+        teacher_logits_flat(teacher, sparse, V, topk=8, temperature=2.0)
+
+
+def test_merge_samples_puts_sparse_rows_in_place(char_tokenizer):
+    from helpers import addition_examples
+
+    from skd.core.batches import merge_samples, response_positions, teacher_logits_flat
+
+    teacher, student = _pair()
+    batch = addition_examples(char_tokenizer, 4)
+    a_d, b_d = (_skd_batch(teacher, student, char_tokenizer, batch[i:i + 2], seed=s) for i, s in ((0, 1), (2, 5)))
+    a_s, b_s = (_skd_batch(teacher, student, char_tokenizer, batch[i:i + 2], seed=s, topk=3)
+                for i, s in ((0, 1), (2, 5)))
+    dense = merge_samples([([0, 2], a_d), ([1, 3], b_d)], 4, 0)
+    sparse = merge_samples([([0, 2], a_s), ([1, 3], b_s)], 4, 0)
+    assert isinstance(sparse.teacher_logits, SparseTeacher) and torch.equal(sparse.tokens, dense.tokens)
+    _, ridx = response_positions(dense)
+    _assert_same_sparse(teacher_logits_flat(teacher, sparse, V, topk=3),
+                        SparseTeacher.from_logits(dense.teacher_logits[:, : ridx.shape[1]][ridx], 3))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sparse_path_forced_at_n_equal_v_gives_the_dense_gradients(char_tokenizer, temperature):
+    from helpers import addition_examples
+
+    from skd.core.batches import teacher_logits_flat
+    from skd.core.objective import accumulate_gradients
+
+    teacher, student = _pair()
+    batch = addition_examples(char_tokenizer, 4)
+    div = losses.get_divergence("fkl", temperature=temperature)
+    results = []
+    for topk, mb in ((None, 4), (V, 4), (V, 2)):   # micro-batches of 2 slice the sparse targets by row offsets
+        s = _skd_batch(teacher, student, char_tokenizer, batch, topk=topk, temperature=temperature)
+        tf = teacher_logits_flat(teacher, s, V, topk=topk, temperature=temperature)
+        assert isinstance(tf, SparseTeacher) == (topk is not None)
+        student.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(student, s, tf, divergence=div, micro_batch_size=mb, loss_norm="sequence",
+                                    vocab_size=V)
+        results.append((loss, [p.grad.clone() for p in student.parameters()]))
+    (l0, g0), *rest = results
+    for loss, grads in rest:
+        assert loss == pytest.approx(l0, rel=1e-6, abs=1e-7)
+        for a, b in zip(grads, g0):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _run_cfg(out, **train_kw):
+    from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
+
+    t = dict(method="skd", max_steps=3, batch_size=2, eval_every=0, save_every=1, lr=1e-3, output_dir=str(out))
+    t.update(train_kw)
+    return RunConfig(model=ModelConfig(), data=DataConfig(val_limit=0), train=TrainConfig(**t),
+                     sample=SampleConfig(max_new_tokens=5, gamma=2, k=5))
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def _losses(out):
+    import json
+
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_teacher_topk_v_through_the_loop_is_the_dense_run_bit_for_bit(char_tokenizer, tmp_path, monkeypatch):
+    from helpers import addition_examples
+
+    from skd.core.train import train
+
+    ex = (addition_examples(char_tokenizer, 6), [])
+    train(_run_cfg(tmp_path / "dense"), models=(*_pair(), char_tokenizer), examples=ex)
+    built = []
+    real = SparseTeacher.from_logits.__func__
+    monkeypatch.setattr(SparseTeacher, "from_logits",
+                        classmethod(lambda cls, *a, **kw: built.append(1) or real(cls, *a, **kw)))
+    train(_run_cfg(tmp_path / "topv", teacher_topk=V), models=(*_pair(), char_tokenizer), examples=ex)
+    assert not built                                              # N = V: no sparse targets at all
+    wd, wv = _weights(tmp_path / "dense"), _weights(tmp_path / "topv")
+    assert all(torch.equal(wd[k], wv[k]) for k in wd)
+    assert _losses(tmp_path / "dense") == _losses(tmp_path / "topv")
+    train(_run_cfg(tmp_path / "top4", teacher_topk=4), models=(*_pair(), char_tokenizer), examples=ex)
+    assert built                                                  # N < V: sparse targets
+    l4 = _losses(tmp_path / "top4")
+    assert all(math.isfinite(x) for x in l4) and l4 != _losses(tmp_path / "dense")
+    train(_run_cfg(tmp_path / "t1", loss_temperature=1.0), models=(*_pair(), char_tokenizer), examples=ex)
+    w1 = _weights(tmp_path / "t1")
+    assert all(torch.equal(wd[k], w1[k]) for k in wd)              # T = 1: the untempered run
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_teacher_topk_larger_than_the_vocabulary_is_refused_before_anything_is_written(char_tokenizer, tmp_path):
+    from helpers import addition_examples
+
+    from skd.core.train import train
+
+    with pytest.raises(SkdError, match=f"--teacher-topk {V + 1} exceeds the vocabulary size {V}"):
+        train(_run_cfg(tmp_path / "run", teacher_topk=V + 1), models=(*_pair(), char_tokenizer),
+              examples=(addition_examples(char_tokenizer, 2), []))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_with_teacher_topk_and_loss_temperature_is_bit_identical(char_tokenizer, tmp_path):
+    from helpers import addition_examples
+
+    from skd.core import checkpoint as ckpt
+    from skd.core.train import train
+
+    ex = (addition_examples(char_tokenizer, 5), addition_examples(char_tokenizer, 2, seed=1))
+    kw = dict(method="mixed-skd", teacher_topk=4, loss_temperature=2.0, eval_every=2, keep_checkpoints=3,
+              max_steps=4)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_run_cfg(full, **kw), models=(*_pair(), char_tokenizer), examples=ex)
+    train(_run_cfg(cut, **kw), models=(*_pair(), char_tokenizer), examples=ex)
+    for name in ("final", "checkpoints/step-000003"):            # as if killed right after step 2's save
+        ckpt.discard(cut / name)
+    summary = train(_run_cfg(cut, resume=True, **kw), models=(*_pair(), char_tokenizer), examples=ex)
+    assert summary["resumed_from"].endswith("step-000002")
+    wf, wc = _weights(full), _weights(cut)
+    assert all(torch.equal(wf[k], wc[k]) for k in wf)
+    assert _losses(full) == _losses(cut)
+    with pytest.raises(SkdError, match="options differ.*teacher_topk"):
+        train(_run_cfg(cut, resume=True, **{**kw, "teacher_topk": 8}), models=(*_pair(), char_tokenizer),
+              examples=ex)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_saved_before_these_options_existed_resumes_with_their_defaults(char_tokenizer, tmp_path):
+    import json
+
+    from helpers import addition_examples
+
+    from skd.core import checkpoint as ckpt
+    from skd.core.train import train
+
+    ex = (addition_examples(char_tokenizer, 4), [])
+    out = tmp_path / "run"
+    train(_run_cfg(out, max_steps=2), models=(*_pair(), char_tokenizer), examples=ex)
+    ckpt.discard(out / "final")
+    for f in (out / "run_config.json", out / "checkpoints" / "step-000001" / ckpt.RUN_CONFIG):
+        saved = json.loads(f.read_text())
+        for key in ("teacher_topk", "loss_temperature"):
+            del saved["train"][key]
+        f.write_text(json.dumps(saved))
+    with pytest.raises(SkdError, match=r"options differ .* \(teacher_topk None -> 4\) "):
+        train(_run_cfg(out, max_steps=2, resume=True, teacher_topk=4), models=(*_pair(), char_tokenizer),
+              examples=ex)
+    summary = train(_run_cfg(out, max_steps=2, resume=True), models=(*_pair(), char_tokenizer), examples=ex)
+    assert summary["resumed_from"].endswith("step-000001") and summary["steps"] == 2
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_validation_loss_uses_the_loss_temperature(char_tokenizer, tmp_path):
+    import json
+
+    from helpers import addition_examples
+
+    from skd.core.batches import ground_truth_samples, response_positions
+    from skd.core.train import train
+
+    T = 2.0
+    teacher, student = _pair(torch.float64)
+    with torch.no_grad():                     # sharper distributions: T^2 KL at T = 2 differs more from KL
+        teacher.lm_head.weight.mul_(8.0)
+        student.lm_head.weight.mul_(8.0)
+    val = addition_examples(char_tokenizer, 3, seed=1)
+    train(_run_cfg(tmp_path / "run", max_steps=1, eval_every=1, loss_temperature=T),
+          models=(teacher, student, char_tokenizer), examples=(addition_examples(char_tokenizer, 2), val))
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    # Reference: token mean of T^2 KL(softmax(t / T) || softmax(z / T)) over the ground-truth responses.
+    s = ground_truth_samples(val, 0, 5)
+    pred, _ = response_positions(s)
+    with torch.no_grad():
+        t = teacher(input_ids=s.tokens, attention_mask=s.attention_mask).logits[..., :V][pred]
+        z = student(input_ids=s.tokens, attention_mask=s.attention_mask).logits[..., :V][pred]
+
+    def kl(a, b):
+        return (a.exp() * (a - b)).sum(-1).mean().item()
+
+    ref = T ** 2 * kl(torch.log_softmax(t / T, -1), torch.log_softmax(z / T, -1))
+    assert rec["val_loss"] == pytest.approx(ref, rel=1e-9)
+    assert rec["val_loss"] != pytest.approx(kl(torch.log_softmax(t, -1), torch.log_softmax(z, -1)), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method,extra", [("skd", []), ("on-policy", ["--loss-temperature", "2"])])
+def test_distill_with_teacher_topk_end_to_end_on_the_tiny_presets(tmp_path, method, extra):
+    import json
+
+    from click.testing import CliRunner
+
+    from skd.cli.main import main
+
+    out = tmp_path / method
+    r = CliRunner().invoke(main, ["distill", "--method", method, "--teacher", "tiny-teacher", "--student",
+                                  "tiny-student", "--task", "arith", "--limit", "8", "--max-steps", "2",
+                                  "--batch-size", "4", "--k", "10", "--max-new-tokens", "12", "--eval-every", "2",
+                                  "--val-limit", "4", "--save-every", "0", "--teacher-topk", "4", *extra,
+                                  "--output-dir", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "run_config.json").read_text())
+    assert saved["train"]["teacher_topk"] == 4
+    assert saved["train"]["loss_temperature"] == (2.0 if extra else 1.0)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["loss"]) and m["loss"] >= 0 for m in metrics)
+    assert math.isfinite(metrics[-1]["val_loss"])
+    if method == "skd":
+        assert metrics[0]["proposed"] > 0
