@@ -1,7 +1,10 @@
-"""Distillation step cost per method, and the chunked divergence's memory against an unchunked one.
+"""Distillation step cost per method, the chunked divergence's memory against an unchunked one, and
+what sparse (top-N + tail) teacher targets save and cost in accuracy.
 
 Public: run(teacher, student, *, methods, task, batch_size, max_new_tokens, steps, device, dtype,
-seed) -> dict; divergence_memory(n_positions, vocab, device, dtype) -> dict; PeakMemory.
+seed) -> dict; divergence_memory(n_positions, vocab, device, dtype) -> dict;
+sparse_teacher_memory(n_positions, vocab, topks, device, dtype, seed) -> dict; lm_like_logits(...);
+PeakMemory.
 
 Step time is split as in training: sampling (building the batch's sequences), teacher (the teacher
 logits: a forward pass, or nothing when SKD reuses its verification logits), loss+backward, and
@@ -179,3 +182,74 @@ def divergence_memory(n_positions: int = 64, vocab: int = 256_000, device: str =
             "results": out,
             "note": "peak memory above the level before loss+backward; the inputs (student and teacher logits) "
                     "already exist and are not counted; the gradient of the student logits is (it is output)"}
+
+
+# Language-model-like logits: a Zipf-like base -ZIPF_S * ln(rank) (ranks a random permutation per
+# position) plus N(0, NOISE^2) noise. Real next-token distributions are peaked with a long tail;
+# i.i.d. N(0, 1) logits would spread the mass evenly over 256,000 tokens and make every N useless.
+ZIPF_S = 1.5
+NOISE = 1.0
+
+
+def lm_like_logits(n_positions: int, vocab: int, *, generator: torch.Generator, device="cpu",
+                   base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [P, V] fp32, base [P, V]): base = -ZIPF_S * ln(rank), logits = base + NOISE * N(0, 1).
+
+    Pass `base` to draw another noisy copy of the same base (a student that resembles the teacher)."""
+    if base is None:
+        ranks = torch.argsort(torch.rand(n_positions, vocab, generator=generator, device=device), dim=-1)
+        base = -ZIPF_S * (ranks.float() + 1.0).log()
+    return base + NOISE * torch.randn(base.shape, generator=generator, device=device), base
+
+
+def sparse_teacher_memory(n_positions: int = 32, vocab: int = 256_000, topks=(16, 64, 256), device: str = "cpu",
+                          dtype: str = "float32", seed: int = 0) -> dict:
+    """Bytes of the stored teacher targets, dense [P, V] vs SparseTeacher (values + indices + tail),
+    and the FKL loss error of the sparse loss against the dense one, per N."""
+    from skd.core import losses
+    from skd.core.sparse_teacher import SparseTeacher
+
+    dev = torch.device(device)
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    teacher, base = lm_like_logits(n_positions, vocab, generator=g, device=dev)
+    student, _ = lm_like_logits(n_positions, vocab, generator=g, device=dev, base=base)
+    teacher, student = teacher.to(dt), student.to(dt)
+    weights = torch.ones(n_positions, device=dev)
+    fkl = losses.get_divergence("fkl")
+
+    def loss_and_grad(target):
+        z = student.detach().clone().requires_grad_(True)
+        total, count = fkl(z, target, weights)
+        (total / count).backward()
+        return float((total / count).detach()), z.grad.float()
+
+    dense_value, dense_grad = loss_and_grad(teacher)
+    dense_norm = float(dense_grad.norm())
+    lp = torch.log_softmax(teacher.float(), -1)
+    rows = []
+    for n in topks:
+        sparse = SparseTeacher.from_logits(teacher, n)
+        t0 = time.perf_counter()
+        value, grad = loss_and_grad(sparse)
+        sparse_s = time.perf_counter() - t0
+        dense_bytes = teacher.numel() * teacher.element_size()
+        rows.append({"n": min(n, vocab), "dense_bytes": dense_bytes, "sparse_bytes": sparse.nbytes,
+                     "dense_over_sparse": dense_bytes / sparse.nbytes,
+                     "teacher_tail_mass": float(sparse.tail_logprob.exp().mean()),
+                     "fkl_dense": dense_value, "fkl_sparse": value,
+                     "fkl_rel_error": abs(value - dense_value) / dense_value,
+                     "grad_norm_rel_error": abs(float(grad.norm()) - dense_norm) / dense_norm,
+                     "grad_rel_error": float((grad - dense_grad).norm()) / dense_norm,
+                     "sparse_loss_backward_s": sparse_s})
+    entropy = float(-(lp.exp() * lp).sum(-1).mean())
+    return {"bench": "sparse_teacher", "env": env_info(dev),
+            "config": {"n_positions": n_positions, "vocab": vocab, "dtype": dtype, "seed": seed,
+                       "teacher_logits": f"-{ZIPF_S} * ln(rank) + {NOISE} * N(0, 1), ranks shuffled per position; "
+                                         f"student: the same base plus independent noise",
+                       "teacher_entropy_nats": entropy,
+                       "teacher_top1_prob": float(lp.max(-1).values.exp().mean())},
+            "results": rows,
+            "note": "bytes of the stored targets as measured from the tensors (sparse: fp32 log-probs, int32 ids "
+                    "and the fp32 tail); errors of the mean FKL (loss) and of its gradient with respect to the "
+                    "student logits, sparse against dense"}

@@ -291,12 +291,17 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
 @click.option("--memory-vocab", type=click.IntRange(min=2), default=256_000, show_default=True,
               help="Vocabulary of the chunked-vs-unchunked divergence memory test.")
 @click.option("--memory-positions", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--sparse-positions", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Positions of the sparse-teacher test (at --memory-vocab).")
+@click.option("--sparse-topk", "sparse_topks", type=click.IntRange(min=1), multiple=True, default=(16, 64, 256),
+              show_default=True, help="N of the sparse-teacher test (--teacher-topk); repeat for several.")
 @_DEVICE
 @_DTYPE
 @_OUTPUT
 def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, memory_vocab, memory_positions,
-            device, dtype, output):
-    """Time one distillation step per method (sampling / teacher / loss+backward) and the loss's memory.
+            sparse_positions, sparse_topks, device, dtype, output):
+    """Time one distillation step per method (sampling / teacher / loss+backward), the loss's memory, and
+    what --teacher-topk N saves in stored teacher targets and costs in loss accuracy.
 
     \b
     Examples:
@@ -332,7 +337,22 @@ def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, 
         mt.add_row(name, f"{r['peak_extra_bytes'] / 2**20:.0f}", _fmt(r["over_student_logits"], 2),
                    _fmt(r["over_both_logits"], 2))
     console.print(mt)
-    _emit({**result, "divergence_memory": mem}, output)
+    sparse = dst.sparse_teacher_memory(sparse_positions, memory_vocab, sparse_topks, device=device)
+    sc = sparse["config"]
+    st = Table(title=f"sparse teacher targets (--teacher-topk N) · {sparse_positions} x {memory_vocab} fp32 logits",
+               caption=f"teacher logits: {sc['teacher_logits']} (entropy {sc['teacher_entropy_nats']:.2f} nats, "
+                       f"top-1 p {sc['teacher_top1_prob']:.2f}); errors: sparse FKL loss, its gradient norm and "
+                       "gradient against the dense ones; tail mass: the teacher's, outside its top N")
+    # Relative errors in percent: FKL value, gradient norm, gradient vector (||g_sparse - g_dense|| / ||g_dense||).
+    for col in ("N", "dense MB", "sparse KB", "ratio", "tail mass", "FKL err", "|grad| err", "grad err"):
+        st.add_column(col, justify="right")
+    pct = lambda x: f"{100 * x:.3g}%"  # noqa: E731
+    for r in sparse["results"]:
+        st.add_row(str(r["n"]), f"{r['dense_bytes'] / 2**20:.1f}", f"{r['sparse_bytes'] / 2**10:.1f}",
+                   f"{r['dense_over_sparse']:.0f}x", f"{r['teacher_tail_mass']:.3f}", pct(r["fkl_rel_error"]),
+                   pct(r["grad_norm_rel_error"]), pct(r["grad_rel_error"]))
+    console.print(st)
+    _emit({**result, "divergence_memory": mem, "sparse_teacher": sparse}, output)
 
 
 @bench.command("generation")

@@ -579,3 +579,20 @@ def test_distill_with_teacher_topk_end_to_end_on_the_tiny_presets(tmp_path, meth
     assert math.isfinite(metrics[-1]["val_loss"])
     if method == "skd":
         assert metrics[0]["proposed"] > 0
+
+
+# ---------------------------------------------------------------------------- the bench
+
+
+def test_bench_sparse_teacher_section_measures_bytes_and_errors():
+    from skd.benchmarks.distill import sparse_teacher_memory
+
+    res = sparse_teacher_memory(n_positions=4, vocab=2000, topks=(8, 64, 2000))
+    rows = {r["n"]: r for r in res["results"]}
+    assert set(rows) == {8, 64, 2000}
+    assert rows[8]["dense_bytes"] == 4 * 2000 * 4 and rows[8]["sparse_bytes"] == 4 * (8 * 4 + 8 * 4 + 4)
+    assert rows[8]["dense_over_sparse"] == pytest.approx(rows[8]["dense_bytes"] / rows[8]["sparse_bytes"])
+    assert rows[8]["fkl_rel_error"] > rows[64]["fkl_rel_error"] > rows[2000]["fkl_rel_error"]
+    assert rows[2000]["fkl_rel_error"] < 1e-5 and rows[2000]["grad_rel_error"] < 1e-5     # N = V: the dense loss
+    assert rows[2000]["teacher_tail_mass"] == 0.0
+    assert 0 < res["config"]["teacher_top1_prob"] < 1 and "ln(rank)" in res["config"]["teacher_logits"]
