@@ -23,6 +23,7 @@ from skd.core import ops
 from skd.core.batches import response_positions
 from skd.core.errors import SkdError
 from skd.core.sampling import PROV_REJECTED, PROV_STUDENT, Samples
+from skd.core.sparse_teacher import SparseTeacher
 
 
 def speckd_gate(s: Samples, teacher_flat: torch.Tensor, *, k: int, verification: str,
@@ -30,7 +31,8 @@ def speckd_gate(s: Samples, teacher_flat: torch.Tensor, *, k: int, verification:
     """`s` with SpecKD's loss weights, provenance and proposed / accepted counts.
 
     teacher_flat [N, V]: the teacher's logits at the N response-predicting positions, row-major (the
-    order of skd.core.batches.teacher_logits_flat), i.e. row n predicts the n-th response token."""
+    order of skd.core.batches.teacher_logits_flat), i.e. row n predicts the n-th response token; or
+    the SparseTeacher [N] of --teacher-topk, which holds the ranks needed for k <= its N."""
     _, ridx = response_positions(s)
     if verification == "greedy":
         if s.student_argmax is None:
@@ -42,9 +44,12 @@ def speckd_gate(s: Samples, teacher_flat: torch.Tensor, *, k: int, verification:
     n = proposals.numel()
     if teacher_flat.shape[0] != n:
         raise ValueError(f"teacher_flat has {teacher_flat.shape[0]} rows for {n} response tokens")
-    test = teacher_flat if teacher_flat.dtype != torch.float64 else teacher_flat.float()
-    passed = ops.topk_rank_accept(test, proposals.to(test.device), k).bool().cpu() if n else \
-        torch.zeros(0, dtype=torch.bool)
+    if isinstance(teacher_flat, SparseTeacher):   # --teacher-topk N >= k: the rank test on the kept tokens
+        passed = teacher_flat.in_topk(proposals.to(teacher_flat.device), k).cpu()
+    else:
+        test = teacher_flat if teacher_flat.dtype != torch.float64 else teacher_flat.float()
+        passed = ops.topk_rank_accept(test, proposals.to(test.device), k).bool().cpu() if n else \
+            torch.zeros(0, dtype=torch.bool)
     weights = torch.zeros(s.tokens.shape, dtype=torch.float32)
     weights[s.response_mask] = torch.where(passed, 1.0, float(rejected_weight))
     prov = s.provenance.clone()

@@ -1,6 +1,6 @@
 """Sparse teacher targets: the teacher's top-N log-probabilities per position plus one tail bucket.
 
-Public: SparseTeacher (frozen dataclass; from_logits, zeros, cat, slicing, .to(device)).
+Public: SparseTeacher (frozen dataclass; from_logits, zeros, cat, slicing, .to(device), in_topk).
 
 Instead of V logits per position the loss keeps N log-probabilities, their token ids and the log of
 the probability mass left over (the tail), N + 1 values and N ids per position: the top-k + tail
@@ -149,6 +149,22 @@ class SparseTeacher:
         return dataclasses.replace(self, logprobs=self.logprobs.reshape(-1, self.num_kept),
                                    indices=self.indices.reshape(-1, self.num_kept),
                                    tail_logprob=self.tail_logprob.reshape(-1))
+
+    def in_topk(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """bool [...]: whether tokens [...] is among the teacher's k most likely tokens, for k <= N.
+
+        The rank test of skd.core.ops.topk_rank_accept (fewer than k tokens strictly more likely; ties
+        at the k-th value inside), read from the kept tokens: for a kept token every more likely token
+        is kept too, so its rank is exact; a token not kept has at least N >= k more likely ones (up
+        to an exact tie with the N-th kept value, which torch.topk broke against it). Ranks do not
+        depend on the temperature the log-probs were taken at.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.num_kept:
+            raise ValueError(f"in_topk needs 0 <= k <= N = {self.num_kept} kept tokens, got k={k!r}")
+        hit = self.indices.long() == tokens.long()[..., None]                       # [..., N]
+        x = torch.where(hit, self.logprobs, -torch.inf).amax(-1, keepdim=True)      # the token's log-prob
+        n_greater = (self.logprobs > x).sum(-1)
+        return hit.any(-1) & torch.isfinite(x.squeeze(-1)) & (n_greater < k)
 
     def bucket_logprobs(self) -> torch.Tensor:
         """[..., N + 1]: the kept log-probs, then the tail's (a distribution over N + 1 buckets)."""

@@ -215,6 +215,11 @@ class _Run:
         if tc.teacher_topk is not None and tc.teacher_topk > self.vocab_size:
             raise SkdError(f"--teacher-topk {tc.teacher_topk} exceeds the vocabulary size {self.vocab_size}",
                            f"pass at most {self.vocab_size} (that many keeps every logit: the dense loss)")
+        k = cfg.sample.k
+        if self.method == "speckd" and tc.teacher_topk is not None and tc.teacher_topk < min(k, self.vocab_size):
+            raise SkdError(f"--method speckd tests each token against the teacher's top {k} (--k), more than the "
+                           f"{tc.teacher_topk} tokens --teacher-topk keeps",
+                           f"pass --teacher-topk {min(k, self.vocab_size)} or more, or --k {tc.teacher_topk} or less")
         # fp32 master weights with bf16/fp16 compute when a half dtype was asked for (CONTRACT.md §5).
         # The half dtype comes from the (resolved) --dtype, or from the weights of a student passed in half.
         self.autocast_dtype = None

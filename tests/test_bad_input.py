@@ -96,6 +96,8 @@ CASES = [
     ("teacher-topk-zero", "--teacher-topk 0", "teacher_topk must be >= 1"),
     ("teacher-topk-above-vocabulary", "--teacher-topk 104", "--teacher-topk 104 exceeds the vocabulary size 103"),
     ("teacher-topk-with-cross-entropy", "--method seqkd --teacher-topk 4", "--teacher-topk has no teacher logits"),
+    ("teacher-topk-below-speckd-k", "--method speckd --teacher-topk 3",
+     "--method speckd tests each token against the teacher's top 5 (--k), more than the 3 tokens"),
     ("loss-temperature-zero", "--loss-temperature 0", "loss_temperature must be a finite number > 0"),
     ("loss-temperature-negative", "--loss-temperature -2", "loss_temperature must be a finite number > 0"),
     ("loss-temperature-inf", "--loss-temperature inf", "loss_temperature must be a finite number > 0"),

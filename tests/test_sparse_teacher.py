@@ -457,6 +457,21 @@ def test_teacher_topk_v_through_the_loop_is_the_dense_run_bit_for_bit(char_token
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method,kw", [("adaswitch", {}), ("speckd", {"rejected_weight": 0.25})])
+def test_adaswitch_and_speckd_train_on_sparse_targets(char_tokenizer, tmp_path, method, kw):
+    from helpers import addition_examples
+
+    from skd.core.train import train
+
+    ex = (addition_examples(char_tokenizer, 4), [])
+    summary = train(_run_cfg(tmp_path / "run", method=method, max_steps=2, teacher_topk=8, loss_temperature=2.0, **kw),
+                    models=(*_pair(), char_tokenizer), examples=ex)
+    assert summary["steps"] == 2 and all(math.isfinite(x) for x in _losses(tmp_path / "run"))
+    if method == "speckd":
+        assert summary["last"]["proposed"] > 0
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_teacher_topk_larger_than_the_vocabulary_is_refused_before_anything_is_written(char_tokenizer, tmp_path):
     from helpers import addition_examples
 
@@ -551,6 +566,52 @@ def test_validation_loss_uses_the_loss_temperature(char_tokenizer, tmp_path):
     assert rec["val_loss"] != pytest.approx(kl(torch.log_softmax(t, -1), torch.log_softmax(z, -1)), rel=1e-6)
 
 
+def test_in_topk_is_the_rank_test_of_the_dense_logits():
+    from skd.core import ops
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(50, 30, generator=g)
+    logits[0, :] = -math.inf
+    logits[0, :2] = 0.0                                   # a row with only two finite tokens
+    tokens = torch.randint(0, 30, (50,), generator=g)
+    tokens[1] = int(logits[1].argmax())
+    for n in (1, 4, 12, 30):
+        for temperature in (1.0, 2.0):
+            st = SparseTeacher.from_logits(logits, n, temperature)
+            for k in range(0, n + 1):
+                assert torch.equal(st.in_topk(tokens, k), ops.ref_topk_rank_accept(logits, tokens, k)), (n, k)
+    with pytest.raises(ValueError, match="k <= N"):
+        SparseTeacher.from_logits(logits, 4).in_topk(tokens, 5)
+
+
+def test_speckd_gate_on_sparse_targets_equals_the_dense_gate(sharp_pair64):
+    from skd.core.config import SampleConfig
+    from skd.core.gating import speckd_gate
+    from skd.core.sampling import sample
+
+    teacher, student = sharp_pair64
+    prompts = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30]]
+    mixed = []
+    for verification in ("sampled", "greedy"):
+        cfg = SampleConfig(mode="student", max_new_tokens=12, student_temperature=0.9, student_top_p=0.95,
+                           speckd_verification=verification)
+        s = sample(teacher, student, prompts, cfg, eos_token_id=-1, vocab_size=40,
+                   student_generator=torch.Generator().manual_seed(1), teacher_generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            logits = teacher(input_ids=s.tokens, attention_mask=s.attention_mask).logits[..., :40]
+        pred = torch.zeros_like(s.response_mask)
+        pred[:, :-1] = s.response_mask[:, 1:]
+        dense = logits[pred]
+        for k, n in ((1, 1), (3, 8), (5, 5)):
+            a = speckd_gate(s, dense, k=k, verification=verification, rejected_weight=0.25)
+            b = speckd_gate(s, SparseTeacher.from_logits(dense, n, 2.0), k=k, verification=verification,
+                            rejected_weight=0.25)
+            assert torch.equal(a.loss_weights, b.loss_weights) and torch.equal(a.provenance, b.provenance)
+            assert (a.accepted, a.proposed) == (b.accepted, b.proposed)
+            mixed.append(0 < a.accepted < a.proposed)
+    assert sum(mixed) >= 2                              # the test separates passing and failing tokens
+
+
 # ---------------------------------------------------------------------------- the command line
 
 
@@ -572,7 +633,7 @@ def test_distill_with_teacher_topk_end_to_end_on_the_tiny_presets(tmp_path, meth
     assert r.exit_code == 0, r.output
     saved = json.loads((out / "run_config.json").read_text())
     assert saved["train"]["teacher_topk"] == 4
-    assert saved["train"]["loss_temperature"] == (2.0 if extra else 1.0)
+    assert saved["train"]["loss_temperature"] == (2.0 if "--loss-temperature" in extra else 1.0)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(math.isfinite(m["loss"]) and m["loss"] >= 0 for m in metrics)
