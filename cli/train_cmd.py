@@ -15,6 +15,7 @@ import click
 from skd.cli.options import config_file_values, given_values, setting_option
 from skd.core.config import (DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS, SPECKD_VERIFICATIONS,
                              SWITCH_DIVERGENCES)
+from skd.core.config import REPORT_TO
 from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
 
 
@@ -81,6 +82,12 @@ def _common_options(f):
         setting_option("sample_chunk",
                        help="Sequences sampled with one seeded generator pair (default: the per-process batch). "
                             "Equal values draw the same sequences at any process count."),
+        # Logging and memory: neither changes what is trained.
+        setting_option("report_to", choices=REPORT_TO,
+                       help="Also send metrics.jsonl's scalars (it stays the source of truth) and the run config to "
+                            "TensorBoard (<output-dir>/tensorboard) or W&B (<output-dir>/wandb; offline unless "
+                            "WANDB_MODE or WANDB_API_KEY say otherwise). Optional extras: pip install "
+                            "'skd[tensorboard]' / 'skd[wandb]'. May change on --resume."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML/JSON file of option values (flat option names, or sections model/data/train/"
                           "sample), checked like the options; command-line options override it."),

@@ -1,7 +1,7 @@
 """Run configuration: small frozen dataclasses, validated on creation, saved as JSON per run.
 
 Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, ConfigValueError, METHODS,
-DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES, FLAT_KEYS,
+DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES, REPORT_TO, FLAT_KEYS,
 run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
 
 Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; CONTRACT.md §2-§5);
@@ -41,6 +41,7 @@ SEMANTICS = ("paper", "code")
 SAMPLE_MODES = ("skd", "student", "teacher", "adaswitch")
 SPECKD_VERIFICATIONS = ("sampled", "greedy")   # which student proposal the top-K test judges (SpecKD)
 SWITCH_DIVERGENCES = ("fkl", "rkl", "tvd", "jsd")   # AdaSwitch's switch test (jsd at beta 0.5)
+REPORT_TO = ("none", "tensorboard", "wandb")   # where the scalars of metrics.jsonl also go (skd.core.reporting)
 
 
 class ConfigValueError(SkdError):
@@ -185,6 +186,7 @@ class TrainConfig:
     sample_chunk: int | None = None    # rows sampled with one seeded generator pair (None: the per-process
                                        # batch); equal values give equal runs at any process count
     rejected_weight: float = 0.0       # speckd: loss weight of a token the teacher's test rejected (0: masked out)
+    report_to: str = "none"            # also send metrics.jsonl's scalars to tensorboard / wandb (optional extras)
 
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}",
@@ -243,6 +245,8 @@ class TrainConfig:
                "drop --rejected-weight, or pass --method speckd", "rejected_weight", "method")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (got {self.keep_checkpoints})",
                "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)", "keep_checkpoints")
+        _check(self.report_to in REPORT_TO, f"unknown --report-to {self.report_to!r}",
+               f"use one of: {', '.join(REPORT_TO)}", "report_to")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from skd.core.batches import RNG_SCHEME
 from skd.core.config import RunConfig, run_config_to_dict
 from skd.core.errors import SkdError
 
-RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json")
+RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json", "tensorboard", "wandb")
 
 # Options that may change between a run and its resumption: they do not change the trained weights.
-_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every"},
+# (report_to only adds a copy of metrics.jsonl's scalars.)
+_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every",
+                          "report_to"},
                 "data": {"val_data", "val_limit"}, "model": {"teacher_device", "student_device"}}
 
 
@@ -46,11 +48,14 @@ def check_output_dir(out: Path, cfg: RunConfig) -> Path | None:
 
 
 def _option_diffs(cfg: RunConfig, saved: dict) -> list[str]:
-    """The options of `cfg` that differ from a saved run config, ignoring those free to change on resume."""
+    """The options of `cfg` that differ from a saved run config, ignoring those free to change on resume.
+    A setting the saved config lacks (written before the setting existed) had its default value."""
     now = json.loads(json.dumps(run_config_to_dict(cfg)))  # tuples -> lists, as saved
-    return [f"{key} {saved.get(sec, {}).get(key)!r} -> {value!r}"
+    defaults = json.loads(json.dumps(run_config_to_dict(RunConfig())))
+    was = lambda sec, key: saved.get(sec, {}).get(key, defaults[sec].get(key))  # noqa: E731
+    return [f"{key} {was(sec, key)!r} -> {value!r}"
             for sec, fields in now.items() for key, value in fields.items()
-            if key not in _RESUME_FREE.get(sec, ()) and saved.get(sec, {}).get(key) != value]
+            if key not in _RESUME_FREE.get(sec, ()) and was(sec, key) != value]
 
 
 def _check_same_run(cfg: RunConfig, out: Path) -> None:

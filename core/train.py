@@ -3,7 +3,8 @@
 Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; TrainingInterrupted;
 deterministic_kernels(on). The loop's parts live in their own
 rooms: skd.core.data (examples, their order), skd.core.batches (the method's sequences),
-skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder).
+skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder),
+skd.core.reporting (metrics.jsonl's scalars also sent to TensorBoard / W&B).
 
 Per optimizer step (B = batch_size sequences in the global batch, W processes, b = B / W each):
   1. data    — the next B indices of one deterministic global stream (a seeded permutation per
@@ -51,6 +52,7 @@ from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
 from skd.core.gating import speckd_gate
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
+from skd.core.reporting import reporter_for
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 from skd.core.torch_names import parse_device
 
@@ -168,6 +170,7 @@ class _Run:
         resume_from = Path(found) if found is not None else None  # rank 0's view decides for all
         if resume_from is None and tc.resume:   # e.g. a preempted job's command, stopped before its first save
             self.emit("notice", {"message": f"no checkpoint in {out}: starting a fresh run"})
+        self.reporter = reporter_for(tc.report_to, main_process=dist.is_main)   # a missing package fails here
 
         random.seed(tc.seed)
         torch.manual_seed(tc.seed)
@@ -355,6 +358,7 @@ class _Run:
         last_rec = None
         t_start = self.t_start = time.perf_counter()
         try:
+            self.reporter.start(out, run_config_to_dict(self.cfg), start_step=start_step)
             with _StopRequests() as stop:
                 for step in range(start_step, total_steps):
                     last_rec = self._step(step, first_row, stop, metrics_f)
@@ -362,6 +366,7 @@ class _Run:
         finally:
             if metrics_f is not None:
                 metrics_f.close()
+            self.reporter.close()
         final = out / "final"
         self.save(final, self.state)
         summary = {"method": self.method, "steps": self.state["step"], "final_checkpoint": str(final),
@@ -441,6 +446,7 @@ class _Run:
         if metrics_f is not None:
             metrics_f.write(json.dumps(rec) + "\n")
             metrics_f.flush()
+        self.reporter.log(rec["step"], rec)
         self.emit("step", rec)
         last = step + 1 == self.total_steps
         saved = None
