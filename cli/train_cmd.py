@@ -88,6 +88,10 @@ def _common_options(f):
                             "TensorBoard (<output-dir>/tensorboard) or W&B (<output-dir>/wandb; offline unless "
                             "WANDB_MODE or WANDB_API_KEY say otherwise). Optional extras: pip install "
                             "'skd[tensorboard]' / 'skd[wandb]'. May change on --resume."),
+        setting_option("gradient_checkpointing", "--gradient-checkpointing/--no-gradient-checkpointing",
+                       help="Recompute the student's activations during backward instead of keeping them: less "
+                            "memory, a slower step, the same loss and gradients. Only the training forward "
+                            "checkpoints; sampling keeps its KV cache."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML/JSON file of option values (flat option names, or sections model/data/train/"
                           "sample), checked like the options; command-line options override it."),

@@ -187,6 +187,8 @@ class TrainConfig:
                                        # batch); equal values give equal runs at any process count
     rejected_weight: float = 0.0       # speckd: loss weight of a token the teacher's test rejected (0: masked out)
     report_to: str = "none"            # also send metrics.jsonl's scalars to tensorboard / wandb (optional extras)
+    gradient_checkpointing: bool = False  # recompute the student's activations in backward: less memory, same
+                                          # loss and gradients; sampling keeps its KV cache (it runs in eval mode)
 
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}",

@@ -18,9 +18,10 @@ from skd.core.errors import SkdError
 RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json", "tensorboard", "wandb")
 
 # Options that may change between a run and its resumption: they do not change the trained weights.
-# (report_to only adds a copy of metrics.jsonl's scalars.)
+# (report_to only adds a copy of metrics.jsonl's scalars; gradient_checkpointing recomputes the same
+# activations with the same kernels: bit-identical weights, tested.)
 _RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every",
-                          "report_to"},
+                          "report_to", "gradient_checkpointing"},
                 "data": {"val_data", "val_limit"}, "model": {"teacher_device", "student_device"}}
 
 

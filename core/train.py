@@ -4,7 +4,8 @@ Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; Traini
 deterministic_kernels(on). The loop's parts live in their own
 rooms: skd.core.data (examples, their order), skd.core.batches (the method's sequences),
 skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder),
-skd.core.reporting (metrics.jsonl's scalars also sent to TensorBoard / W&B).
+skd.core.reporting (metrics.jsonl's scalars also sent to TensorBoard / W&B),
+skd.core.gradient_checkpointing (the training forward recomputes its activations in backward).
 
 Per optimizer step (B = batch_size sequences in the global batch, W processes, b = B / W each):
   1. data    — the next B indices of one deterministic global stream (a seeded permutation per
@@ -51,6 +52,7 @@ from skd.core.config import RunConfig, SampleConfig, resolve_dtype, run_config_t
 from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
 from skd.core.gating import speckd_gate
+from skd.core.gradient_checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
 from skd.core.reporting import reporter_for
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
@@ -249,6 +251,11 @@ class _Run:
             saved = ckpt.load_training_state(resume_from)
             ckpt.load_weights(resume_from, student)    # before wrapping: every rank starts from these weights
 
+        # Only the training forward checkpoints (train mode, gradients on); sampling keeps its KV cache.
+        self.checkpointing = tc.gradient_checkpointing
+        if self.checkpointing:
+            enable_gradient_checkpointing(student)
+
         # ---- every input is valid: from here on the run folder changes
         if dist.is_main:
             prepare_output_dir(out, overwrite=tc.overwrite,
@@ -367,6 +374,8 @@ class _Run:
             if metrics_f is not None:
                 metrics_f.close()
             self.reporter.close()
+            if self.checkpointing:   # a student passed in goes back as it came (trained)
+                disable_gradient_checkpointing(self.student)
         final = out / "final"
         self.save(final, self.state)
         summary = {"method": self.method, "steps": self.state["step"], "final_checkpoint": str(final),
