@@ -291,17 +291,25 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
 @click.option("--memory-vocab", type=click.IntRange(min=2), default=256_000, show_default=True,
               help="Vocabulary of the chunked-vs-unchunked divergence memory test.")
 @click.option("--memory-positions", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--gradient-checkpointing", "checkpointing", is_flag=True,
+              help="Also measure one training step's student forward+backward with and without "
+                   "--gradient-checkpointing, side by side (peak memory, time, their ratios).")
+@click.option("--checkpointing-model", default="tiny-teacher", show_default=True,
+              help="The student of that comparison (the larger tiny preset: its activations dominate).")
+@click.option("--checkpointing-positions", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Tokens per row of that comparison (x --batch-size rows).")
 @_DEVICE
 @_DTYPE
 @_OUTPUT
 def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, memory_vocab, memory_positions,
-            device, dtype, output):
+            checkpointing, checkpointing_model, checkpointing_positions, device, dtype, output):
     """Time one distillation step per method (sampling / teacher / loss+backward) and the loss's memory.
 
     \b
     Examples:
       skd bench distill
       skd bench distill --method skd --method on-policy --batch-size 16
+      skd bench distill --method sft --gradient-checkpointing
     """
     from rich.console import Console
     from rich.table import Table
@@ -332,7 +340,21 @@ def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, 
         mt.add_row(name, f"{r['peak_extra_bytes'] / 2**20:.0f}", _fmt(r["over_student_logits"], 2),
                    _fmt(r["over_both_logits"], 2))
     console.print(mt)
-    _emit({**result, "divergence_memory": mem}, output)
+    extra = {}
+    if checkpointing:
+        extra["gradient_checkpointing"] = gcm = dst.checkpointing_memory(
+            checkpointing_model, batch_size=batch_size, positions=checkpointing_positions, device=device, dtype=dtype)
+        ct = Table(title=f"gradient checkpointing · {checkpointing_model} · {batch_size} x {checkpointing_positions} "
+                         f"tokens, one student forward+backward", caption=gcm["note"])
+        for col in ("checkpointing", "peak MB", "forward+backward s"):
+            ct.add_column(col, justify="right" if col != "checkpointing" else "left")
+        for name, r in gcm["results"].items():
+            ct.add_row(name, f"{r['peak_bytes'] / 2**20:.1f}", _fmt(r["forward_backward_s"]))
+        console.print(ct)
+        ratios = gcm["ratios"]
+        console.print(f"peak memory with / without: {_fmt(ratios['peak_on_over_off'], 2)}x · "
+                      f"time with / without: {_fmt(ratios['time_on_over_off'], 2)}x")
+    _emit({**result, "divergence_memory": mem, **extra}, output)
 
 
 @bench.command("generation")

@@ -1,5 +1,5 @@
 """--gradient-checkpointing: the same loss and gradients, the training forward recomputes its layers,
-sampling keeps its KV cache, exact resume.
+sampling keeps its KV cache, exact resume, and `skd bench distill --gradient-checkpointing`.
 
 Tolerance: loss and every gradient with checkpointing equal those without to rtol 1e-12 / atol 1e-15
 in float64 (on the CPU they are in fact bit-identical: the recompute runs the same kernels, so whole
@@ -7,6 +7,8 @@ training runs are compared bit for bit below).
 """
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -213,3 +215,19 @@ def test_distill_gradient_checkpointing_option(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((out / "run_config.json").read_text())["train"]["gradient_checkpointing"] is True
 
+
+def test_bench_distill_compares_peak_memory_with_and_without_checkpointing(tmp_path):
+    """In a subprocess: the comparison fixes glibc's mmap threshold for the rest of its process."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "skd", "bench", "distill", "--method", "sft", "--steps", "1",
+                        "--batch-size", "2", "--max-new-tokens", "8", "--memory-vocab", "1000", "--memory-positions",
+                        "8", "--gradient-checkpointing", "--checkpointing-positions", "128", "--output", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "peak memory with / without" in r.stdout
+    res = json.loads(out.read_text())["gradient_checkpointing"]
+    assert res["config"]["model"] == "tiny-teacher" and res["config"]["positions"] == 128
+    off, on = res["results"]["off"]["peak_bytes"], res["results"]["on"]["peak_bytes"]
+    assert off > 0 and res["ratios"]["peak_on_over_off"] == on / off
+    assert on < off            # the activations of 4 layers x 256 x 2 x 128 dominate this step
