@@ -2,7 +2,7 @@
 
 Public: Reporter (the interface: start(run_dir, config, start_step=0), log(step, record), close());
 reporter_for(name, *, main_process) -> Reporter; numeric_scalars(record) -> dict[str, float];
-TENSORBOARD_DIR, WANDB_DIR (their folders in the run directory).
+TENSORBOARD_DIR, WANDB_DIR (their folders in the run directory); wandb_mode(); WANDB_INIT_TIMEOUT_S.
 
 reporter_for imports the optional package at once, so a missing one fails in the run's set-up, before
 anything in the output folder changes, as one SkdError naming the extra to install; the other
@@ -12,7 +12,8 @@ log() takes the metrics.jsonl record as written and sends its numeric scalars un
 
 Resuming: TensorBoard's writer purges the events at and after the first step this run redoes (the
 reader hides them), so a step is never shown twice; W&B continues the same run id (saved in the run
-folder), in offline mode unless WANDB_MODE or WANDB_API_KEY say otherwise.
+folder), in offline mode unless WANDB_MODE or WANDB_API_KEY say otherwise; an online run whose server
+cannot be reached within WANDB_INIT_TIMEOUT_S logs offline instead, with a warning.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import math
 import os
 import secrets
 import time
+import warnings
 from pathlib import Path
 
 from skd.core.errors import SkdError
@@ -28,6 +30,7 @@ from skd.core.errors import SkdError
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 _WANDB_ID_FILE = "skd-run-id"   # inside WANDB_DIR: the W&B run a resumed run continues
+WANDB_INIT_TIMEOUT_S = 30.0     # online: how long W&B may wait for its server before the run goes offline
 
 
 class Reporter:
@@ -154,13 +157,24 @@ class WandbReporter(Reporter):
             run_id = secrets.token_hex(4)   # W&B run ids: lower-case letters and digits
             id_file.write_text(run_id + "\n")
         mode = wandb_mode()
+
+        def init(mode: str):
+            return wandb.init(project=os.environ.get("WANDB_PROJECT", "skd"), name=Path(run_dir).resolve().name,
+                              dir=str(run_dir), id=run_id, resume="allow", mode=mode, config=config,
+                              settings=wandb.Settings(console="off",   # the progress bar stays ours
+                                                      init_timeout=WANDB_INIT_TIMEOUT_S))
         try:
-            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "skd"), name=Path(run_dir).resolve().name,
-                                  dir=str(run_dir), id=run_id, resume="allow", mode=mode, config=config,
-                                  settings=wandb.Settings(console="off"))   # the progress bar stays ours
+            self.run = init(mode)
         except Exception as e:   # online: no network, a bad key, ...
-            raise SkdError(f"W&B could not start a run in {mode} mode ({type(e).__name__}: {e})",
-                           "set WANDB_MODE=offline (and `wandb sync` later), or pass --report-to none") from e
+            if mode == "offline":
+                raise SkdError(f"W&B could not start an offline run in {folder} ({type(e).__name__}: {e})",
+                               "check that the folder is writable, or pass --report-to none") from e
+            # Logging must not stop a training run: without a server the run is kept offline.
+            warnings.warn(f"skd: W&B could not start a run in {mode} mode ({type(e).__name__}: {e}); logging "
+                          f"offline to {folder} instead (upload it later with `wandb sync`)", RuntimeWarning,
+                          stacklevel=2)
+            getattr(wandb, "teardown", lambda: None)()   # the failed run still holds its id in W&B's service
+            self.run = init("offline")
 
     def log(self, step: int, record: dict) -> None:
         self.run.log(numeric_scalars(record), step=step)

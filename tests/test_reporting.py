@@ -174,6 +174,19 @@ def test_a_missing_package_is_one_line_naming_the_extra_and_nothing_is_written(t
     assert not out.exists()
 
 
+def test_only_the_main_process_reports(tmp_path):
+    pytest.importorskip("tensorboard")
+    from skd.core.reporting import Reporter, TensorBoardReporter, reporter_for
+
+    assert isinstance(reporter_for("tensorboard"), TensorBoardReporter)
+    other = reporter_for("tensorboard", main_process=False)
+    assert type(other) is Reporter
+    other.start(tmp_path, {"train": {}}, start_step=0)
+    other.log(1, {"loss": 1.0})
+    other.close()
+    assert not list(tmp_path.iterdir())
+
+
 def test_report_to_is_checked_like_every_setting(tmp_path):
     with pytest.raises(ConfigValueError, match="report-to"):
         TrainConfig(report_to="mlflow")
