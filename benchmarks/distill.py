@@ -4,7 +4,8 @@ what sparse (top-N + tail) teacher targets save and cost in accuracy.
 Public: run(teacher, student, *, methods, task, batch_size, max_new_tokens, steps, device, dtype,
 seed) -> dict; divergence_memory(n_positions, vocab, device, dtype) -> dict;
 sparse_teacher_memory(n_positions, vocab, topks, device, dtype, seed) -> dict; lm_like_logits(...);
-PeakMemory.
+checkpointing_memory(model, *, batch_size, positions, repeats, device, dtype, seed) -> dict
+(--gradient-checkpointing); PeakMemory.
 
 Step time is split as in training: sampling (building the batch's sequences), teacher (the teacher
 logits: a forward pass, or nothing when SKD reuses its verification logits), loss+backward, and
@@ -250,3 +251,80 @@ def sparse_teacher_memory(n_positions: int = 32, vocab: int = 256_000, topks=(16
             "note": "bytes of the stored targets as measured from the tensors (sparse: fp32 log-probs, int32 ids "
                     "and the fp32 tail); errors of the mean FKL (loss) and of its gradient with respect to the "
                     "student logits, sparse against dense"}
+def _fixed_mmap_threshold(nbytes: int) -> bool:
+    """glibc on Linux: allocations of `nbytes` or more get their own mapping, returned to the system when
+    freed. glibc otherwise raises its threshold after the first large free and keeps later tensors in
+    its heap, so the resident set stops following live memory and a second measurement reads ~0. Stays
+    set for the rest of the process (a benchmark process). False where there is no such malloc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes)) and bool(libc.mallopt(M_TRIM_THRESHOLD, nbytes))
+    except (OSError, AttributeError):
+        return False
+
+
+def checkpointing_memory(model: str = "tiny-teacher", *, batch_size: int = 8, positions: int = 256, repeats: int = 3,
+                         device: str = "cpu", dtype: str = "float32", seed: int = 20) -> dict:
+    """Peak memory and time of one training step's student forward + backward (where the activations
+    live), without and with --gradient-checkpointing, on the same batch, alternating `repeats` times.
+
+    The batch: `batch_size` rows of `positions` seeded random tokens (16 prompt + the rest a response),
+    cross-entropy loss through skd.core.objective.accumulate_gradients, the loop's own code path; the
+    gradients (parameter-sized, the same both ways) are counted. Peak: CUDA's allocator peak, or on
+    the CPU the peak resident set above the level before the step, with glibc's mmap threshold fixed
+    at 64 KiB so that freed tensors leave the resident set; the smallest of the repeats is reported."""
+    import gc
+
+    from skd.core.batches import ground_truth_samples
+    from skd.core.data import TokenizedExample
+    from skd.core.gradient_checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
+    from skd.core.objective import accumulate_gradients
+
+    dev = torch.device(device)
+    mmap_fixed = dev.type == "cpu" and _fixed_mmap_threshold(64 * 1024)
+    student, tok = load_model_and_tokenizer(model, device, dtype)
+    student.requires_grad_(True)
+    student.train()
+    V = len(tok)
+    prompt = min(16, positions - 1)
+    g = torch.Generator().manual_seed(seed)
+    rows = [TokenizedExample(torch.randint(0, V, (prompt,), generator=g).tolist(),
+                             torch.randint(0, V, (positions - prompt,), generator=g).tolist()) for _ in range(batch_size)]
+    s = ground_truth_samples(rows, tok.pad_token_id or 0, positions - prompt)
+    param_bytes = sum(p.numel() * p.element_size() for p in student.parameters())
+    out = {"off": {"peaks": [], "times": []}, "on": {"peaks": [], "times": []}}
+    for rep in range(repeats + 1):   # the first round is warm-up
+        for variant in ("off", "on"):
+            (enable_gradient_checkpointing if variant == "on" else disable_gradient_checkpointing)(student)
+            student.zero_grad(set_to_none=True)
+            gc.collect()
+            with PeakMemory(dev) as mem:
+                t0 = time.perf_counter()
+                accumulate_gradients(student, s, None, divergence=None, micro_batch_size=batch_size,
+                                     loss_norm="sequence", vocab_size=V)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t1 = time.perf_counter()
+            if rep > 0:
+                out[variant]["peaks"].append(mem.peak)
+                out[variant]["times"].append(t1 - t0)
+    disable_gradient_checkpointing(student)
+    results = {v: {"peak_bytes": min(r["peaks"]), "peak_bytes_all": r["peaks"],
+                   "forward_backward_s": statistics.median(r["times"])} for v, r in out.items()}
+    off, on = results["off"], results["on"]
+    what = ("CUDA allocator peak" if dev.type == "cuda" else
+            "peak resident set size above the level before the step" +
+            (" (glibc mmap threshold fixed at 64 KiB)" if mmap_fixed else " (glibc's threshold not fixed: noisy)"))
+    return {"bench": "gradient_checkpointing_memory", "env": env_info(dev),
+            "config": {"model": model, "batch_size": batch_size, "positions": positions, "repeats": repeats,
+                       "dtype": dtype, "seed": seed, "parameter_bytes": param_bytes},
+            "results": results,
+            "ratios": {"peak_on_over_off": on["peak_bytes"] / off["peak_bytes"] if off["peak_bytes"] else None,
+                       "time_on_over_off": on["forward_backward_s"] / off["forward_backward_s"]},
+            "note": f"one training step's student forward + backward (cross-entropy, {batch_size} x {positions} "
+                    f"tokens, the same batch both ways, gradients included): {what}; smallest of {repeats}"
+                    + ("; times include the page faults of the fixed threshold" if mmap_fixed else "")}

@@ -295,18 +295,28 @@ def sampling(teacher, student, task, n_prompts, batch_size, batch1_prompts, k, g
               help="Positions of the sparse-teacher test (at --memory-vocab).")
 @click.option("--sparse-topk", "sparse_topks", type=click.IntRange(min=1), multiple=True, default=(16, 64, 256),
               show_default=True, help="N of the sparse-teacher test (--teacher-topk); repeat for several.")
+@click.option("--gradient-checkpointing", "checkpointing", is_flag=True,
+              help="Also measure one training step's student forward+backward with and without "
+                   "--gradient-checkpointing, side by side (peak memory, time, their ratios).")
+@click.option("--checkpointing-model", default="tiny-teacher", show_default=True,
+              help="The student of that comparison (the larger tiny preset: its activations dominate).")
+@click.option("--checkpointing-positions", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Tokens per row of that comparison (x --batch-size rows).")
 @_DEVICE
 @_DTYPE
 @_OUTPUT
 def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, memory_vocab, memory_positions,
-            sparse_positions, sparse_topks, device, dtype, output):
-    """Time one distillation step per method (sampling / teacher / loss+backward), the loss's memory, and
-    what --teacher-topk N saves in stored teacher targets and costs in loss accuracy.
+            sparse_positions, sparse_topks, checkpointing, checkpointing_model, checkpointing_positions, device, dtype,
+            output):
+    """Time one distillation step per method (sampling / teacher / loss+backward), the loss's memory,
+    what --teacher-topk N saves in stored teacher targets and costs in loss accuracy, and (with
+    --gradient-checkpointing) the activation memory that checkpointing saves.
 
     \b
     Examples:
       skd bench distill
       skd bench distill --method skd --method on-policy --batch-size 16
+      skd bench distill --method sft --gradient-checkpointing
     """
     from rich.console import Console
     from rich.table import Table
@@ -352,7 +362,21 @@ def distill(teacher, student, methods, task, batch_size, max_new_tokens, steps, 
                    f"{r['dense_over_sparse']:.0f}x", f"{r['teacher_tail_mass']:.3f}", pct(r["fkl_rel_error"]),
                    pct(r["grad_norm_rel_error"]), pct(r["grad_rel_error"]))
     console.print(st)
-    _emit({**result, "divergence_memory": mem, "sparse_teacher": sparse}, output)
+    extra = {}
+    if checkpointing:
+        extra["gradient_checkpointing"] = gcm = dst.checkpointing_memory(
+            checkpointing_model, batch_size=batch_size, positions=checkpointing_positions, device=device, dtype=dtype)
+        ct = Table(title=f"gradient checkpointing · {checkpointing_model} · {batch_size} x {checkpointing_positions} "
+                         f"tokens, one student forward+backward", caption=gcm["note"])
+        for col in ("checkpointing", "peak MB", "forward+backward s"):
+            ct.add_column(col, justify="right" if col != "checkpointing" else "left")
+        for name, r in gcm["results"].items():
+            ct.add_row(name, f"{r['peak_bytes'] / 2**20:.1f}", _fmt(r["forward_backward_s"]))
+        console.print(ct)
+        ratios = gcm["ratios"]
+        console.print(f"peak memory with / without: {_fmt(ratios['peak_on_over_off'], 2)}x · "
+                      f"time with / without: {_fmt(ratios['time_on_over_off'], 2)}x")
+    _emit({**result, "divergence_memory": mem, "sparse_teacher": sparse, **extra}, output)
 
 
 @bench.command("generation")

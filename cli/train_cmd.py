@@ -16,6 +16,7 @@ from skd.cli.options import AUTO_OR_INT, config_file_values, given_values, setti
 from skd.cli.threads import set_threads, threads_option
 from skd.core.config import (DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, METHODS, SEMANTICS, SPECKD_VERIFICATIONS,
                              SWITCH_DIVERGENCES)
+from skd.core.config import REPORT_TO
 from skd.core.run_options import SFT_MODEL, distill_run_config, sft_run_config
 
 
@@ -94,6 +95,16 @@ def _common_options(f):
                                                            "(q/k/v/o, gate/up/down; gpt2: c_attn, c_proj, c_fc; "
                                                            "others: every linear layer but the head)",
                        help="Module names to adapt, repeatable or comma-separated."),
+        # Logging and memory: neither changes what is trained.
+        setting_option("report_to", choices=REPORT_TO,
+                       help="Also send metrics.jsonl's scalars (it stays the source of truth) and the run config to "
+                            "TensorBoard (<output-dir>/tensorboard) or W&B (<output-dir>/wandb; offline unless "
+                            "WANDB_MODE or WANDB_API_KEY say otherwise). Optional extras: pip install "
+                            "'skd[tensorboard]' / 'skd[wandb]'. May change on --resume."),
+        setting_option("gradient_checkpointing", "--gradient-checkpointing/--no-gradient-checkpointing",
+                       help="Recompute the student's activations during backward instead of keeping them: less "
+                            "memory, a slower step, the same loss and gradients. Only the training forward "
+                            "checkpoints; sampling keeps its KV cache."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML/JSON file of option values (flat option names, or sections model/data/train/"
                           "sample), checked like the options; command-line options override it."),

@@ -2,7 +2,7 @@
 
 Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, ConfigValueError, METHODS,
 CE_METHODS, DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES,
-FLAT_KEYS, run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
+REPORT_TO, FLAT_KEYS, run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
 
 Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; CONTRACT.md §2-§5);
 each default carries its reason on its line. __post_init__ is the one place values are range-checked
@@ -44,6 +44,7 @@ SEMANTICS = ("paper", "code")
 SAMPLE_MODES = ("skd", "student", "teacher", "adaswitch")
 SPECKD_VERIFICATIONS = ("sampled", "greedy")   # which student proposal the top-K test judges (SpecKD)
 SWITCH_DIVERGENCES = ("fkl", "rkl", "tvd", "jsd")   # AdaSwitch's switch test (jsd at beta 0.5)
+REPORT_TO = ("none", "tensorboard", "wandb")   # where the scalars of metrics.jsonl also go (skd.core.reporting)
 
 
 class ConfigValueError(SkdError):
@@ -219,6 +220,9 @@ class TrainConfig:
     lora_alpha: float = 16.0           # LoRA scale alpha (the update is alpha / r * B A); peft's examples use 16
     lora_dropout: float = 0.0          # dropout on the adapters' input during the training forward
     lora_target_modules: tuple[str, ...] = ()  # module names to adapt (empty: attention + MLP projections)
+    report_to: str = "none"            # also send metrics.jsonl's scalars to tensorboard / wandb (optional extras)
+    gradient_checkpointing: bool = False  # recompute the student's activations in backward: less memory, same
+                                          # loss and gradients; sampling keeps its KV cache (it runs in eval mode)
 
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}", f"use one of: {', '.join(METHODS)}",
@@ -307,6 +311,8 @@ class TrainConfig:
                "drop --fsdp: the adapters are small, plain data parallelism (DDP) replicates them", "lora_r", "fsdp")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1 (got {self.keep_checkpoints})",
                "pass --keep-checkpoints 1 or more (--save-every 0 turns step checkpoints off)", "keep_checkpoints")
+        _check(self.report_to in REPORT_TO, f"unknown --report-to {self.report_to!r}",
+               f"use one of: {', '.join(REPORT_TO)}", "report_to")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ from skd.core.batches import RNG_SCHEME
 from skd.core.config import RunConfig, run_config_to_dict
 from skd.core.errors import SkdError
 
-RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json")
+RUN_FILES = ("final", "checkpoints", "metrics.jsonl", "run_config.json", "summary.json", "tensorboard", "wandb")
 
 # Options that may change between a run and its resumption: they do not change the trained weights.
-_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every"},
+# (report_to only adds a copy of metrics.jsonl's scalars; gradient_checkpointing recomputes the same
+# activations with the same kernels: bit-identical weights, tested.)
+_RESUME_FREE = {"train": {"output_dir", "overwrite", "resume", "save_every", "keep_checkpoints", "eval_every",
+                          "report_to", "gradient_checkpointing"},
                 "data": {"val_data", "val_limit"}, "model": {"teacher_device", "student_device"}}
 
 
@@ -46,7 +49,8 @@ def check_output_dir(out: Path, cfg: RunConfig) -> Path | None:
 
 
 def _option_diffs(cfg: RunConfig, saved: dict) -> list[str]:
-    """The options of `cfg` that differ from a saved run config, ignoring those free to change on resume."""
+    """The options of `cfg` that differ from a saved run config, ignoring those free to change on resume.
+    A setting the saved config lacks (written before the setting existed) had its default value."""
     now = json.loads(json.dumps(run_config_to_dict(cfg)))  # tuples -> lists, as saved
     # A setting added after the run was saved is absent from its file: it ran with that setting's default.
     default = json.loads(json.dumps(run_config_to_dict(RunConfig())))

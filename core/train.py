@@ -3,7 +3,9 @@
 Public: train(cfg, *, on_event=None, models=None, examples=None) -> dict; TrainingInterrupted;
 deterministic_kernels(on); TIMING_KEYS (the clock readings among the metrics). The loop's parts live in their own
 rooms: skd.core.data (examples, their order), skd.core.batches (the method's sequences),
-skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder).
+skd.core.objective (teacher targets, loss, validation loss), skd.core.rundir (the output folder),
+skd.core.reporting (metrics.jsonl's scalars also sent to TensorBoard / W&B),
+skd.core.gradient_checkpointing (the training forward recomputes its activations in backward).
 
 Per optimizer step (B = batch_size sequences in the global batch, W processes, b = B / W each):
   1. data    — the next B indices of one deterministic global stream (a seeded permutation per
@@ -49,7 +51,9 @@ from skd.core.config import RunConfig, SampleConfig, resolve_dtype, run_config_t
 from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
 from skd.core.gating import speckd_gate
+from skd.core.gradient_checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
+from skd.core.reporting import reporter_for
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 from skd.core.timing import ForwardClock, clock
 from skd.core.torch_names import parse_device
@@ -173,6 +177,7 @@ class _Run:
         resume_from = Path(found) if found is not None else None  # rank 0's view decides for all
         if resume_from is None and tc.resume:   # e.g. a preempted job's command, stopped before its first save
             self.emit("notice", {"message": f"no checkpoint in {out}: starting a fresh run"})
+        self.reporter = reporter_for(tc.report_to, main_process=dist.is_main)   # a missing package fails here
 
         random.seed(tc.seed)
         torch.manual_seed(tc.seed)
@@ -288,6 +293,11 @@ class _Run:
                 lora.load_adapter_weights(self.peft_model, resume_from)
             else:
                 ckpt.load_weights(resume_from, student)    # before wrapping: every rank starts from these weights
+
+        # Only the training forward checkpoints (train mode, gradients on); sampling keeps its KV cache.
+        self.checkpointing = tc.gradient_checkpointing
+        if self.checkpointing:
+            enable_gradient_checkpointing(student)
 
         # ---- every input is valid: from here on the run folder changes
         if dist.is_main:
@@ -420,6 +430,7 @@ class _Run:
         last_rec = None
         t_start = self.t_start = clock(*self.devices)
         try:
+            self.reporter.start(out, run_config_to_dict(self.cfg), start_step=start_step)
             with _StopRequests() as stop:
                 for step in range(start_step, total_steps):
                     last_rec = self._step(step, first_row, stop, metrics_f)
@@ -427,6 +438,9 @@ class _Run:
         finally:
             if metrics_f is not None:
                 metrics_f.close()
+            self.reporter.close()
+            if self.checkpointing:   # a student passed in goes back as it came (trained)
+                disable_gradient_checkpointing(self.student)
         final = out / "final"
         self.save(final, self.state)
         summary = {"method": self.method, "steps": self.state["step"], "final_checkpoint": str(final),
@@ -523,6 +537,7 @@ class _Run:
         if metrics_f is not None:
             metrics_f.write(json.dumps(rec) + "\n")
             metrics_f.flush()
+        self.reporter.log(rec["step"], rec)
         self.emit("step", rec)
         last = step + 1 == self.total_steps
         saved = None

@@ -51,7 +51,9 @@ def _cfg(out: Path, method: str, **train_kw) -> RunConfig:
                      sample=SampleConfig(max_new_tokens=6, gamma=3, k=5))
 
 
-RUNS = [("ddp-skd", "skd", {}), ("ddp-supervised", "supervised", {}), ("fsdp-skd", "skd", {"fsdp": True})]
+RUNS = [("ddp-skd", "skd", {}), ("ddp-supervised", "supervised", {}), ("fsdp-skd", "skd", {"fsdp": True}),
+        # checkpointed FSDP units, and TensorBoard written by rank 0 alone
+        ("fsdp-skd-checkpointing", "skd", {"fsdp": True, "gradient_checkpointing": True, "report_to": "tensorboard"})]
 
 
 def _child(rank: int, world: int, root: str, ports: list[int]) -> None:
@@ -112,7 +114,7 @@ def _compare_with_single_process(tmp_path, train):
         train(_cfg(tmp_path / f"one-{method}", method, sample_chunk=2, micro_batch_size=2),
               models=models, examples=examples)
         ref = _weights(tmp_path / f"one-{method}" / "final")
-        runs = ["ddp-skd", "fsdp-skd"] if method == "skd" else ["ddp-supervised"]
+        runs = ["ddp-skd", "fsdp-skd", "fsdp-skd-checkpointing"] if method == "skd" else ["ddp-supervised"]
         for name in runs:
             got = _weights(tmp_path / name / "final")
             assert set(got) == set(ref)
@@ -133,6 +135,13 @@ def _compare_with_single_process(tmp_path, train):
     # Only rank 0 wrote: one final, the rolling step checkpoint, no stray temporary folders.
     assert sorted(p.name for p in (tmp_path / "ddp-skd" / "checkpoints").iterdir()) == ["step-000002"]
     assert not list(tmp_path.rglob(".*tmp-*"))
+    events = list((tmp_path / "fsdp-skd-checkpointing" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1                                   # rank 0 alone reports
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
     state = json.loads((tmp_path / "fsdp-skd" / "final" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["sample_chunk"] == 2 and state["step"] == 3
 
