@@ -412,9 +412,9 @@ class _Run:
         start_step = self.state["step"]
         metrics_path = out / "metrics.jsonl"
         first_rec = None
+        # "resolved": what the settings came to for this task (the stop strings sampled with)
+        saved = {**run_config_to_dict(self.cfg), "resolved": {"stop_strings": list(self.scfg.stop_strings)}}
         if dist.is_main:
-            # "resolved": what the settings came to for this task (the stop strings sampled with)
-            saved = {**run_config_to_dict(self.cfg), "resolved": {"stop_strings": list(self.scfg.stop_strings)}}
             ckpt.atomic_write_text(out / "run_config.json", json.dumps(saved, indent=2))
             if start_step > 0 and metrics_path.exists():
                 head = metrics_path.read_text().split("\n", 1)[0]
@@ -430,7 +430,7 @@ class _Run:
         last_rec = None
         t_start = self.t_start = clock(*self.devices)
         try:
-            self.reporter.start(out, run_config_to_dict(self.cfg), start_step=start_step)
+            self.reporter.start(out, saved, start_step=start_step)   # the run config as run_config.json has it
             with _StopRequests() as stop:
                 for step in range(start_step, total_steps):
                     last_rec = self._step(step, first_row, stop, metrics_f)

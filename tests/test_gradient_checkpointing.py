@@ -24,10 +24,10 @@ from skd.core.gradient_checkpointing import disable_gradient_checkpointing, enab
 from skd.core.kvcache import returned_cache
 from skd.core.objective import accumulate_gradients
 from skd.core.presets import tiny_model
+from skd.core.train import TIMING_KEYS as TIMING
 from helpers import addition_examples
 
 V = 103
-TIMING = {"tokens_per_s", "time_sampling", "time_teacher", "time_loss_backward", "time_step", "elapsed"}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
