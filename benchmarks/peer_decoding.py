@@ -135,6 +135,7 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
             results[f"skd_spec_b1/{name}"]["tokens_per_s"] / results[f"hf_assisted_b1/{name}"]["tokens_per_s"])
     gen_cfg = next(iter(drafts.values())).generation_config if drafts else None
     keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+    # None: the draft's generation_config leaves it to transformers (5.x: 20 tokens, constant, threshold 0.4)
     assisted = {k: getattr(gen_cfg, k, None) for k in keys} if gen_cfg is not None else {}
     return {"results": results, "ratios": ratios,
             "settings": {"batch_size": N, "max_new_tokens": max_new_tokens, "gamma": gamma, "greedy": True,
