@@ -30,6 +30,7 @@ clock) every skd row takes its step of the same repeat; step 0 is everyone's war
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import warnings
@@ -264,7 +265,10 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
         with warnings.catch_warnings():   # transformers' deprecation notices about TRL's own calls
             warnings.simplefilter("ignore", FutureWarning)
             trainer, trl_settings = _trl_trainer(kind, pair, order, cfg, steps, hook)
-            trainer.train()
+            try:
+                trainer.train()
+            finally:   # its output folder (nothing is saved there: save_strategy "no")
+                shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
         for step in range(1, steps):
             seen = trl_seen.get(step, {})
             records["trl_on_policy"].append({"seconds": seen["seconds"], "tokens": seen.get("tokens", float("nan"))})
