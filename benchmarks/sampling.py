@@ -1,7 +1,9 @@
 """Throughput of the batched SKD sampler against the authors' per-prompt loop and on-policy sampling.
 
 Public: run(teacher, student, *, task, n_prompts, batch_size, k, gamma, max_new_tokens, device,
-dtype, seed, batch1_prompts, repeats) -> dict.
+dtype, seed, batch1_prompts, repeats) -> dict; compare(teacher, student, tokenizer, prompts, *,
+batch_size, k, gamma, max_new_tokens, stop_strings, seed, batch1_prompts, repeats, settings)
+-> (results, ratios) on models already loaded (skd.benchmarks.peers runs it on its own pair).
 
 Variants, same prompts and settings, in one run:
   skd_batched   — skd.core.sampling.sample, mode skd, B = batch_size (ragged rows, two KV caches);
@@ -30,15 +32,34 @@ from skd.core.sampling import SampleConfig, sample
 def run(teacher: str, student: str, *, task: str = "arith", n_prompts: int = 32, batch_size: int = 32, k: int = 25,
         gamma: int = 5, max_new_tokens: int = 64, device: str = "cpu", dtype: str = "float32", seed: int = 20,
         batch1_prompts: int | None = None, repeats: int = 3) -> dict:
-    from skd.benchmarks.released_loop import released_loop_sample
-
     dev = torch.device(device)
     t_model, tok = load_model_and_tokenizer(teacher, device, dtype)
     s_model, _ = load_model_and_tokenizer(student, device, dtype)
     prompts, task_obj = task_prompts(task, tok, n_prompts, seed=seed)
+    results, ratios = compare(t_model, s_model, tok, prompts, batch_size=batch_size, k=k, gamma=gamma,
+                              max_new_tokens=max_new_tokens, stop_strings=tuple(task_obj.stop_strings), seed=seed,
+                              batch1_prompts=batch1_prompts, repeats=repeats)
+    return {"bench": "sampling", "env": env_info(dev),
+            "config": {"teacher": teacher, "student": student, "task": task, "n_prompts": len(prompts),
+                       "batch_size": batch_size, "k": k, "gamma": gamma, "max_new_tokens": max_new_tokens,
+                       "dtype": dtype, "seed": seed, "repeats": repeats,
+                       "batch1_prompts": results["released_loop"]["prompts"]},
+            "results": results, "ratios": ratios}
+
+
+def compare(t_model, s_model, tok, prompts: list[list[int]], *, batch_size: int, k: int, gamma: int,
+            max_new_tokens: int, stop_strings: tuple[str, ...] = (), seed: int = 20,
+            batch1_prompts: int | None = None, repeats: int = 3, settings: dict | None = None) -> tuple[dict, dict]:
+    """The four variants on loaded models, interleaved `repeats` times: (results per variant, ratios).
+
+    `settings`: further SampleConfig fields for every variant (temperatures, top-p); the defaults are
+    skd's (the paper's)."""
+    from skd.benchmarks.released_loop import released_loop_sample
+
+    dev = next(t_model.parameters()).device
     V = len(tok)
-    base = dict(k=k, gamma=gamma, max_new_tokens=max_new_tokens, stop_strings=tuple(task_obj.stop_strings),
-                keep_teacher_logits=True)
+    base = dict(k=k, gamma=gamma, max_new_tokens=max_new_tokens, stop_strings=tuple(stop_strings),
+                keep_teacher_logits=True, **(settings or {}))
 
     def go(mode, ps, bs):
         cfg = SampleConfig(mode=mode, **base)
@@ -76,9 +97,4 @@ def run(teacher: str, student: str, *, task: str = "arith", n_prompts: int = 32,
     ratios = {"skd_batched_over_released_loop": r["skd_batched"]["tokens_per_s"] / r["released_loop"]["tokens_per_s"],
               "skd_batched_over_batch1": r["skd_batched"]["tokens_per_s"] / r["skd_batch1"]["tokens_per_s"],
               "skd_batched_over_student_only": r["skd_batched"]["tokens_per_s"] / r["student_only"]["tokens_per_s"]}
-    return {"bench": "sampling", "env": env_info(dev),
-            "config": {"teacher": teacher, "student": student, "task": task, "n_prompts": len(prompts),
-                       "batch_size": batch_size, "k": k, "gamma": gamma, "max_new_tokens": max_new_tokens,
-                       "dtype": dtype, "seed": seed, "repeats": repeats,
-                       "batch1_prompts": len(ps1)},
-            "results": results, "ratios": ratios}
+    return results, ratios

@@ -2,7 +2,8 @@
 
 Public: bench (click group) with subcommands `kernels` (skd.benchmarks.kernels), `speculative`
 (skd.benchmarks.speculative), `sampling` (skd.benchmarks.sampling), `distill`
-(skd.benchmarks.distill), `generation`, `steadiness`, `reproduce` (skd.benchmarks.reproduce: the
+(skd.benchmarks.distill), `generation`, `steadiness`, `peers` (skd.benchmarks.peers: skd against TRL's
+on-policy trainer and transformers' assisted generation), `reproduce` (skd.benchmarks.reproduce: the
 paper's comparison at tiny scale) and `real-model` (skd.benchmarks.real_model: the comparison with
 SmolLM2-135M-Instruct on GSM8K).
 torch and the benchmark modules are imported inside the subcommand so `skd --help` stays instant.
@@ -48,6 +49,7 @@ def bench():
       skd bench speculative --teacher runs/teacher/final --student runs/skd/final
       skd bench sampling --batch-size 32
       skd bench distill --output runs/bench/distill.json
+      skd bench peers --quick
       skd bench reproduce --quick
       skd bench real-model --quick
     """
@@ -453,3 +455,179 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
                   "yes" if result["steady"] else "NO (>= 5%)")
     Console().print(table)
     _emit(result, output)
+
+
+@bench.command("peers")
+@click.option("--quick", is_flag=True, help="Tiny presets, a few prompts, tokens and repeats: checks the whole path "
+              "in seconds; numbers mean nothing. Options given explicitly still apply.")
+@click.option("--teacher", default=None, help="Model folder or preset  [default: SmolLM2-135M-Instruct; --quick "
+              "tiny-teacher]")
+@click.option("--student", default=None, help="Model folder or preset  [default: the teacher pruned to "
+              "--student-layers layers; --quick tiny-student]")
+@click.option("--student-layers", type=click.IntRange(min=1), default=None, help="[default: 8]")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Cache of the pruned student and the distilled draft  [default: runs/peers; --quick "
+                   "runs/peers-quick]")
+@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=None,
+              help="Measurement prompts (GSM8K-style, made in code)  [default: 16]")
+@click.option("--train-batch-size", type=click.IntRange(min=1), default=None,
+              help="Sequences per distillation step  [default: 4]")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None,
+              help="The batched decoding and sampling rows  [default: 8]")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="[default: 64]")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Sampling temperature of the distillation steps and the sampler rows  [default: 1]")
+@click.option("--k", type=click.IntRange(min=0), default=None, help="SKD top-K  [default: 25]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate of the timed steps  [default: 1e-5]")
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Timed repeats per row, interleaved; medians  [default: 3]")
+@click.option("--draft-gamma", default=None, help="speculative_generate's draft length: auto or N  [default: auto]")
+@click.option("--sampler-gamma", type=click.IntRange(min=1), default=None, help="[default: 5]")
+@click.option("--distill-steps", type=click.IntRange(min=1), default=None,
+              help="Steps of the cached `skd distill --method skd` run that makes the distilled draft  [default: 40]")
+@click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 5e-5]")
+@click.option("--distill-prompts", type=click.IntRange(min=1), default=None, help="Its training prompts  [default: 64]")
+@click.option("--sections", default=None, help="Comma-separated, of: distill, draft, sampler  [default: all]")
+@click.option("--trl/--no-trl", default=True, show_default=True, help="The TRL row (when trl is installed).")
+@click.option("--trl-trainer", type=click.Choice(["auto", "distillation", "gkd"]), default="auto", show_default=True,
+              help="auto: DistillationTrainer where trl has it, else GKDTrainer with lmbda 1.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="[default: 20]")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
+@_OUTPUT
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG of tokens/s per row (default: next to --output).")
+def peers(quick, teacher, student, student_layers, run_dir, n_prompts, train_batch_size, batch_size, max_new_tokens,
+          temperature, k, lr, repeats, draft_gamma, sampler_gamma, distill_steps, distill_lr, distill_prompts, sections,
+          trl, trl_trainer, seed, device, dtype, threads, output, plot):
+    """Compare skd with TRL's on-policy distillation and transformers' assisted generation, side by side.
+
+    One teacher/student pair, the same prompts, one run, repeats interleaved, medians:
+    a distillation step of TRL's DistillationTrainer against `skd distill --method on-policy` and
+    `--method skd` (same batch, lengths, temperature, forward KL); greedy assisted generation (B = 1)
+    against speculative_generate at B = 1 and batched and the teacher alone (outputs must equal the
+    teacher's greedy output); the authors' per-prompt SKD loop against the batched sampler. TRL is
+    optional (pip install 'skd[peers]'); without it its row is skipped.
+
+    \b
+    Examples:
+      skd bench peers --quick
+      skd bench peers --output runs/bench/peers.json
+      skd bench peers --device cuda --dtype bfloat16 --repeats 5 --output runs/bench/peers-gpu.json
+    """
+    import torch
+    from rich.console import Console
+    from rich.markup import escape
+
+    from skd.benchmarks import peers as prs
+    from skd.core.errors import SkdError
+    from skd.core.overrides import with_overrides
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available to this torch build; use --device cpu", param_hint="--device")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if draft_gamma is not None and draft_gamma != "auto":
+        if not draft_gamma.isdigit():
+            raise SkdError(f"--draft-gamma must be auto or a number (got {draft_gamma!r})", "e.g. --draft-gamma 4")
+        draft_gamma = int(draft_gamma)
+    given = dict(teacher=teacher, student=student, student_layers=student_layers, prompts=n_prompts,
+                 train_batch_size=train_batch_size, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                 temperature=temperature, k=k, lr=lr, repeats=repeats, draft_gamma=draft_gamma,
+                 sampler_gamma=sampler_gamma, distill_steps=distill_steps, distill_lr=distill_lr,
+                 distill_prompts=distill_prompts, seed=seed,
+                 sections=tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None)
+    base = prs.PeersConfig(quick=quick, run_dir=run_dir or ("runs/peers-quick" if quick else "runs/peers"),
+                           trl=trl, trl_trainer=trl_trainer, device=device, dtype=dtype)
+    cfg = with_overrides(base, prs.QUICK if quick else None, given)
+    console = Console(width=max(Console().width, 120))   # the row names are long: wrapped tables are unreadable
+    err = Console(stderr=True)
+
+    def on_event(kind: str, p: dict) -> None:
+        if kind == "section":
+            err.print(f"[bold]{p['name']}[/]: {p['what']} ...")
+        elif kind == "stage":
+            resumed = " (resumed)" if p.get("resume") else ""
+            err.print(escape(f"  training {p['stage']}: {p['steps']} steps{resumed}"))
+        elif kind == "cached":
+            err.print(escape(f"  {p['stage']}: cached ({p['path']})"))
+
+    result = prs.run(cfg, on_event=on_event)
+    _print_peers(console, result)
+    _emit(result, output)
+    png = plot or (output.with_suffix(".png") if output is not None else None)
+    if png is not None and prs.plot(result, str(png)):
+        console.print(escape(f"wrote {png}"))
+    if output is not None:
+        console.print(escape(f"wrote {output}"))
+
+
+def _print_peers(console, result: dict) -> None:
+    """The peers result as tables: one per section, its ratios, and what each row measures."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    env, secs = result["env"], result["sections"]
+    console.print(escape(f"machine: {env['device_name']} ({env['device']}), {env['cpu_count']} CPUs, {env['threads']} "
+                         f"torch threads · torch {env['torch']} · transformers {env['transformers']} · trl "
+                         f"{env['trl'] or 'not installed'} · ops {env['ops_backend']}"))
+    console.print(escape(f"pair: teacher {result['pair']['teacher']} · student {result['pair']['student']} · "
+                         f"{result['prompts']['count']} GSM8K-style prompts made in code"))
+
+    def explain(rows: dict) -> None:
+        for name, r in rows.items():
+            console.print(f"[dim]  {escape(name)}: {escape(r['measures'])}[/]")
+
+    def ratios(sec: dict) -> None:
+        for name, v in sec["ratios"].items():
+            console.print(f"  {escape(name)}: {v:.2f}x")
+
+    if "distill" in secs:
+        sec = secs["distill"]
+        st = sec["settings"]
+        table = Table(title=f"distillation step · batch {st['batch_size']}, <= {st['max_new_tokens']} new tokens, "
+                            f"T {st['temperature']:g}, forward KL · median of {st['timed_steps']}")
+        for col in ("row", "step s", "tok/step", "tok/s", "sampling s", "teacher s", "update s", "accept", "draft len"):
+            table.add_column(col, justify="left" if col == "row" else "right")
+        for name, r in sec["results"].items():
+            table.add_row(name, _fmt(r["step_s"]), f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_s']:.0f}",
+                          _fmt(r.get("sampling_s")), _fmt(r.get("teacher_s")), _fmt(r.get("update_s")),
+                          _fmt(r.get("acceptance_rate")), _fmt(r.get("mean_draft_length"), 2))
+        console.print(table)
+        if sec["skipped"]:
+            console.print(escape(sec["skipped"]))
+        ratios(sec)
+        explain(sec["results"])
+    if "draft" in secs:
+        sec = secs["draft"]
+        table = Table(title=f"greedy decoding with a draft · <= {sec['settings']['max_new_tokens']} new tokens · "
+                            f"gamma {sec['settings']['gamma']} · =T: outputs identical to the teacher's greedy output")
+        for col in ("row", "batch", "tokens", "seconds", "tok/s", "accept", "T/tok", "=T"):
+            table.add_column(col, justify="left" if col == "row" else "right")
+        for name, r in sec["results"].items():
+            same = ("yes" if r["outputs_match_teacher"]
+                    else f"[red]NO ({r['prompts_matching_teacher']}/{r['prompts']})[/]")
+            table.add_row(escape(name), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
+                          f"{r['tokens_per_s']:.0f}",
+                          _fmt(r.get("acceptance_rate")), _fmt(r.get("teacher_forwards_per_token")), same)
+        console.print(table)
+        d = sec["distilled_draft"]
+        console.print(escape(f"  skd-distilled draft: {d['steps']} steps of skd distill --method skd (lr {d['lr']:g}, "
+                             f"batch {d['batch_size']}, {d['prompts']} prompts)"
+                             f"{', cached' if d['cached'] else ''}: {d['checkpoint']}"))
+        ratios(sec)
+        explain(sec["results"])
+    if "sampler" in secs:
+        sec = secs["sampler"]
+        table = Table(title=f"SKD sampling · K {sec['settings']['k']}, gamma {sec['settings']['gamma']}")
+        for col in ("row", "prompts", "batch", "tokens", "seconds", "tok/s", "accept"):
+            table.add_column(col, justify="left" if col == "row" else "right")
+        for name, r in sec["results"].items():
+            table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
+                          f"{r['tokens_per_s']:.0f}", _fmt(r.get("acceptance_rate")))
+        console.print(table)
+        ratios(sec)
+        explain(sec["results"])
+    console.print(f"[dim]{escape(_device_line(result))} · {result['wall_s']:.0f} s in all[/]")

@@ -1,0 +1,85 @@
+"""`skd bench peers --quick` end to end: tiny presets, every section, the JSON record, the greedy checks.
+
+With trl installed the TRL row is measured; without it (CI installs .[test], which has no trl) the row
+is skipped with one line saying how to install it."""
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from skd.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, ["bench", "peers", "--quick", *args], catch_exceptions=False)
+
+
+def test_quick_run_measures_every_section(tmp_path):
+    from skd.benchmarks.peer_steps import trl_trainer
+    from skd.benchmarks.peers import all_ratios
+
+    out = tmp_path / "peers.json"
+    r = _invoke("--run-dir", str(tmp_path / "run"), "--output", str(out))
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["bench"] == "peers" and set(res["sections"]) == {"distill", "draft", "sampler"}
+    for key in ("device_name", "threads", "cpu_count", "torch", "transformers", "trl"):
+        assert key in res["env"]
+    assert "machine:" in r.output and "transformers" in r.output
+
+    distill = res["sections"]["distill"]
+    kind, skip = trl_trainer()
+    rows = distill["results"]
+    if kind is None:
+        assert "trl_on_policy" not in rows and distill["skipped"] == skip
+        assert sum(line.strip() == skip for line in r.output.splitlines()) >= 1
+    else:
+        assert "trl_on_policy" in rows and distill["skipped"] is None and distill["trl_trainer"] == kind
+        assert distill["trl_settings"]["beta"] == 0.0 and distill["trl_settings"]["temperature"] == 1.0
+    for name, row in rows.items():
+        assert row["measures"] and row["steps_timed"] == 2 and row["batch_size"] == 2
+        assert row["step_s"] > 0 and row["tokens_per_s"] > 0
+    for name in ("skd_skd_gamma_auto", "skd_skd_gamma_5"):
+        assert 0 <= rows[name]["acceptance_rate"] <= 1
+    assert rows["skd_skd_gamma_5"]["mean_draft_length"] <= 5
+    assert 1 <= rows["skd_skd_gamma_auto"]["mean_draft_length"] <= 8
+
+    draft = res["sections"]["draft"]
+    names = set(draft["results"])
+    assert {"teacher_hf_b1", "teacher_hf_b2", "teacher_skd_b1", "teacher_skd_b2"} <= names
+    for d in ("student", "skd-distilled"):
+        assert {f"hf_assisted_b1/{d}", f"skd_spec_b1/{d}", f"skd_spec_b2/{d}"} <= names
+    for name, row in draft["results"].items():   # greedy everywhere: every output is the teacher's own
+        assert row["outputs_match_teacher"] is True, name
+    assert (tmp_path / "run" / "draft-skd" / "final" / "config.json").is_file()
+
+    assert set(res["sections"]["sampler"]["results"]) == {"skd_batched", "released_loop", "skd_batch1",
+                                                          "student_only"}
+    ratios = all_ratios(res)
+    assert ratios and all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios
+    assert (tmp_path / "peers.png").stat().st_size > 1000
+
+
+def test_trl_row_is_skipped_with_one_line_without_trl(tmp_path, monkeypatch):
+    from skd.benchmarks import peer_steps
+
+    monkeypatch.setattr(peer_steps, "trl_version", lambda: None)
+    out = tmp_path / "peers.json"
+    r = _invoke("--sections", "distill", "--repeats", "1", "--run-dir", str(tmp_path / "run"), "--output", str(out))
+    assert r.exit_code == 0, r.output
+    line = "TRL rows skipped: trl is not installed (pip install 'skd[peers]')"
+    assert line in r.output.splitlines()
+    res = json.loads(out.read_text())
+    assert "trl_on_policy" not in res["sections"]["distill"]["results"] and res["sections"]["distill"]["ratios"] == {}
+
+
+@pytest.mark.parametrize("args, words", [(("--sections", "distill,nope"), "unknown or no sections"),
+                                         (("--draft-gamma", "x"), "--draft-gamma must be auto")])
+def test_bad_options_are_one_line(tmp_path, args, words):
+    r = CliRunner().invoke(main, ["bench", "peers", "--quick", "--run-dir", str(tmp_path / "run"), *args])
+    assert r.exit_code == 2
+    lines = [x for x in r.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.output
