@@ -1,6 +1,8 @@
 """Small builders shared by several test files (importable as `helpers`: pytest puts tests/ on sys.path).
 
-Public: addition_examples(tok, n, seed=0) -> list[TokenizedExample].
+Public: addition_examples(tok, n, seed=0) -> list[TokenizedExample]; doubling_examples(tok, n) (the
+prompts "i+i="); tiny_llama_models(tok) -> (teacher, student, tok); divergence_of_probs(name, p, q, beta,
+alpha) (the textbook formula of each divergence, on probabilities, differentiable by autograd).
 """
 import torch
 
@@ -17,3 +19,43 @@ def addition_examples(tok, n: int, seed: int = 0) -> list[TokenizedExample]:
                                          tokenize=False)
         out.append(TokenizedExample(tok(prompt)["input_ids"], tok(str(a + b))["input_ids"] + [tok.eos_token_id]))
     return out
+
+
+def doubling_examples(tok, n: int) -> list[TokenizedExample]:
+    """`n` chat prompts "i+i=" (i = 0 .. n-1) answered with 2i and EOS."""
+    out = []
+    for i in range(n):
+        prompt = tok.apply_chat_template([{"role": "user", "content": f"{i}+{i}="}], add_generation_prompt=True,
+                                         tokenize=False)
+        out.append(TokenizedExample(tok(prompt)["input_ids"], tok(str(2 * i))["input_ids"] + [tok.eos_token_id]))
+    return out
+
+
+def tiny_llama_models(tok, vocab: int = 103):
+    """(teacher 2x32, student 1x16, tok): fresh tiny Llamas over the char tokenizer's vocabulary."""
+    from skd.core.presets import tiny_model
+
+    return (tiny_model("llama", vocab, seed=1, hidden=32, layers=2),
+            tiny_model("llama", vocab, seed=2, hidden=16, layers=1), tok)
+
+
+def divergence_of_probs(name: str, p, q, beta: float = 0.5, alpha: float = 0.1):
+    """D(p || q) per row (last dimension) from probabilities p (teacher) and q (student)."""
+    def kl(a, b):  # xlogy: 0 * log 0 = 0
+        return (torch.special.xlogy(a, a) - torch.special.xlogy(a, b)).sum(-1)
+
+    if name == "fkl":
+        return kl(p, q)
+    if name == "rkl":
+        return kl(q, p)
+    if name in ("jsd", "jsd-normalized"):
+        m = beta * p + (1 - beta) * q
+        j = beta * kl(p, m) + (1 - beta) * kl(q, m)
+        return j / (beta * (1 - beta)) if name == "jsd-normalized" else j
+    if name == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    if name == "skew-fkl":
+        return kl(p, alpha * p + (1 - alpha) * q)
+    if name == "skew-rkl":
+        return kl(q, alpha * q + (1 - alpha) * p)
+    raise AssertionError(name)

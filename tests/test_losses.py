@@ -20,6 +20,7 @@ from skd.core.losses import (
     DIVERGENCES, cross_entropy, default_chunk_size, divergence_per_token, fkl, get_divergence, jsd,
     jsd_normalized, rkl, skew_fkl, skew_rkl,
 )
+from helpers import divergence_of_probs
 
 # (name, beta, alpha): every divergence, jsd at an interior beta and skews at a non-default alpha.
 CASES = [("fkl", 0.5, 0.1), ("rkl", 0.5, 0.1), ("jsd", 0.5, 0.1), ("jsd", 0.2, 0.1),
@@ -31,28 +32,7 @@ CASE_IDS = [f"{n}-b{b}-a{a}" for n, b, a in CASES]
 
 def reference_per_token(name, student, teacher, beta=0.5, alpha=0.1):
     """Plain formulas on probabilities, differentiable by autograd."""
-    q, p = student.softmax(-1), teacher.softmax(-1)
-
-    def kl(a, b):  # xlogy: 0 * log 0 = 0
-        return (torch.special.xlogy(a, a) - torch.special.xlogy(a, b)).sum(-1)
-
-    if name == "fkl":
-        return kl(p, q)
-    if name == "rkl":
-        return kl(q, p)
-    if name == "jsd":
-        m = beta * p + (1 - beta) * q
-        return beta * kl(p, m) + (1 - beta) * kl(q, m)
-    if name == "jsd-normalized":
-        m = beta * p + (1 - beta) * q
-        return (beta * kl(p, m) + (1 - beta) * kl(q, m)) / (beta * (1 - beta))
-    if name == "tvd":
-        return 0.5 * (p - q).abs().sum(-1)
-    if name == "skew-fkl":
-        return kl(p, alpha * p + (1 - alpha) * q)
-    if name == "skew-rkl":
-        return kl(q, alpha * q + (1 - alpha) * p)
-    raise AssertionError(name)
+    return divergence_of_probs(name, teacher.softmax(-1), student.softmax(-1), beta, alpha)
 
 
 def make_inputs(shape=(2, 5, 7), dtype=torch.float64, seed=0):

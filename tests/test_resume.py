@@ -21,6 +21,7 @@ from skd.core import checkpoint as ckpt
 from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
 from skd.core.errors import SkdError
 from skd.core.train import TIMING_KEYS as TIMING
+from helpers import doubling_examples, tiny_llama_models
 
 V = 103
 STEPS = 10
@@ -140,21 +141,11 @@ def test_sigterm_saves_the_last_step_and_exits_143_then_resumes_exactly(model_di
 
 
 def _examples(tok, n):
-    from skd.core.data import TokenizedExample
-
-    out = []
-    for i in range(n):
-        prompt = tok.apply_chat_template([{"role": "user", "content": f"{i}+{i}="}], add_generation_prompt=True,
-                                         tokenize=False)
-        out.append(TokenizedExample(tok(prompt)["input_ids"], tok(str(2 * i))["input_ids"] + [tok.eos_token_id]))
-    return out
+    return doubling_examples(tok, n)
 
 
 def _models(tok):
-    from skd.core.presets import tiny_model
-
-    return (tiny_model("llama", V, seed=1, hidden=32, layers=2), tiny_model("llama", V, seed=2, hidden=16, layers=1),
-            tok)
+    return tiny_llama_models(tok)
 
 
 def _cfg(out, **kw):

@@ -15,35 +15,13 @@ import torch
 from skd.core import losses
 from skd.core.errors import SkdError
 from skd.core.sparse_teacher import SparseTeacher
+from helpers import divergence_of_probs
 
 # (name, beta, alpha): every divergence, the skews at a non-default alpha too.
 CASES = [("fkl", 0.5, 0.1), ("rkl", 0.5, 0.1), ("jsd", 0.5, 0.1), ("jsd", 0.2, 0.1), ("jsd-normalized", 0.3, 0.1),
          ("tvd", 0.5, 0.1), ("skew-fkl", 0.5, 0.1), ("skew-fkl", 0.5, 0.3), ("skew-rkl", 0.5, 0.1),
          ("skew-rkl", 0.5, 0.3)]
 IDS = [f"{n}-b{b}-a{a}" for n, b, a in CASES]
-
-
-def divergence_of_probs(name, p, q, beta=0.5, alpha=0.1):
-    """D(p || q) per row from probabilities (last dimension), the textbook formulas."""
-    def kl(a, b):
-        return (torch.special.xlogy(a, a) - torch.special.xlogy(a, b)).sum(-1)
-
-    if name == "fkl":
-        return kl(p, q)
-    if name == "rkl":
-        return kl(q, p)
-    if name in ("jsd", "jsd-normalized"):
-        m = beta * p + (1 - beta) * q
-        j = beta * kl(p, m) + (1 - beta) * kl(q, m)
-        return j / (beta * (1 - beta)) if name == "jsd-normalized" else j
-    if name == "tvd":
-        return 0.5 * (p - q).abs().sum(-1)
-    if name == "skew-fkl":
-        return kl(p, alpha * p + (1 - alpha) * q)
-    if name == "skew-rkl":
-        return kl(q, alpha * q + (1 - alpha) * p)
-    raise AssertionError(name)
-
 
 def bucketed_reference(name, student, sparse: SparseTeacher, beta=0.5, alpha=0.1, temperature=1.0):
     """Per row: D over the N + 1 buckets, the student's tail = 1 - its kept probabilities (autograd)."""
