@@ -57,6 +57,7 @@ def test_reading_says_plainly_whether_skd_is_ahead():
 
     ahead = reading(_results(0.42, 0.35, 0.38))
     assert "SKD ahead of every other method by 0.040" in ahead[0] and "top-3" in ahead[0]
+    assert "SKD minus supervised +0.070, minus on-policy +0.040" in ahead[0]
     assert "0.20 at the start -> 0.10 at the end: the teacher had to repair less" in ahead[1]
     behind = reading(_results(0.33, 0.35, 0.38, corr=(0.1, 0.12)))
     assert "SKD is not ahead of every other method (-0.050 against the best)" in behind[0]
