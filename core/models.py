@@ -1,9 +1,9 @@
 """Load teacher, student and tokenizer by any name `resolve` understands (skd.core.hub).
 
 Public: `load_model(...)`, `load_tokenizer(...)`, `load_pair(...) -> ModelPair`, `ModelPair`,
-`cut_logits(logits, V)`, `freeze(model)`. Shapes: B batch, T time, V vocab. Names and hub errors
-live in skd.core.hub, the built-in presets in skd.core.presets, GGUF conversion and layer pruning
-in skd.core.convert, dtype/device parsing in skd.core.torch_names.
+`cut_logits(logits, V)`, `freeze(model)`, `weight_bytes(model)`. Shapes: B batch, T time, V vocab.
+Names and hub errors live in skd.core.hub, the built-in presets in skd.core.presets, GGUF conversion
+and layer pruning in skd.core.convert, dtype/device parsing in skd.core.torch_names.
 
 Every user mistake (unknown name, missing folder, offline hub, mismatched tokenizers) is an
 `SkdError` with the fix, never a traceback. torch and transformers are imported inside the
@@ -139,6 +139,12 @@ def _check_output_width(model: Any, vocab_size: int, name: str) -> None:
     if width < vocab_size:
         raise SkdError(f"model '{name}' predicts {width} tokens but its tokenizer has {vocab_size}",
                        "resize the embeddings (model.resize_token_embeddings(len(tokenizer))) and save it")
+
+
+def weight_bytes(model: "torch.nn.Module") -> int:
+    """Bytes of the model's parameters (tied weights counted once): what a forward of a few positions
+    reads, the dominant cost of one decoding step at a small batch."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def freeze(model: "PreTrainedModel") -> "PreTrainedModel":

@@ -18,6 +18,7 @@ from skd.core import losses, ops
 from skd.core.config import SampleConfig
 from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
+from skd.core.models import weight_bytes
 from skd.core.rules import (SkdRule, adaptive_gamma, process_logits, sample_tokens, student_settings,
                             teacher_settings)
 from skd.core.sparse_teacher import SparseTeacher
@@ -266,11 +267,12 @@ class _DraftVerify:
         self.s, self.t, self.teacher, self.streams = s, t, t, (s, t)
         self.rule, self.D, self.V = rule, cfg.max_draft, V
         # --gamma auto: each round's draft length from the acceptance so far in this call and the cost of a
-        # teacher forward in student forwards, taken as the parameter ratio (deterministic, unlike a clock,
-        # so the same seeds give the same sequences and a resumed run stays exact).
+        # teacher forward in student forwards, taken as the ratio of their weight bytes: a forward of a few
+        # positions reads every weight once, so a bf16 teacher beside an fp32 student costs half its
+        # parameter ratio (the same as the parameter ratio when both share a dtype). Deterministic, unlike
+        # a clock, so the same seeds give the same sequences and a resumed run stays exact.
         self.auto = cfg.gamma == "auto"
-        self.cost_ratio = (sum(p.numel() for p in t.model.parameters())
-                           / max(1, sum(p.numel() for p in s.model.parameters()))) if self.auto else 0.0
+        self.cost_ratio = (weight_bytes(t.model) / max(1, weight_bytes(s.model))) if self.auto else 0.0
         self.gammas: list[int] = []   # the draft length of each round
         self.st = student_settings(cfg, drafting=True)
         self.s_gen, self.t_gen = student_generator, teacher_generator

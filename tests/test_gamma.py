@@ -98,3 +98,21 @@ def test_gamma_values_are_checked():
     for bad in (0, -1, "often", True):
         with pytest.raises(ConfigValueError, match="gamma must be auto or >= 1"):
             SampleConfig(gamma=bad)
+
+
+def test_auto_prices_a_teacher_forward_by_its_weight_bytes(sharp_pair64):
+    """A teacher stored at half the bytes per weight (float32 beside a float64 student here, as bf16 beside
+    fp32 in practice) costs half as many student forwards: the first round's length follows the byte ratio."""
+    import copy
+
+    from skd.core.models import weight_bytes
+
+    teacher64, student = sharp_pair64
+    teacher32 = copy.deepcopy(teacher64).float()
+    params = sum(p.numel() for p in teacher64.parameters()) / sum(p.numel() for p in student.parameters())
+    bytes_ratio = weight_bytes(teacher32) / weight_bytes(student)
+    assert bytes_ratio == pytest.approx(params / 2)
+    g_bytes, g_params = adaptive_gamma(0.5, bytes_ratio, 6, False), adaptive_gamma(0.5, params, 6, False)
+    assert g_bytes != g_params                       # the two pricings disagree on this pair
+    out = _run((teacher32, student), "skd", k=V)
+    assert out.draft_lengths[0] == g_bytes
