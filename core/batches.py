@@ -18,6 +18,7 @@ import torch
 from skd.core.config import SampleConfig
 from skd.core.data import TokenizedExample
 from skd.core.errors import SkdError
+from skd.core.position_logits import logits_at
 from skd.core.sampling import PROV_PROMPT, PROV_TEACHER, Samples, sample
 from skd.core.sparse_teacher import SparseTeacher
 from skd.core.timing import clock
@@ -220,8 +221,7 @@ def teacher_logits_flat(teacher, s: Samples, vocab_size: int, *, topk: int | Non
         dev = next(teacher.parameters()).device
         pred, _ = response_positions(s)
         with torch.no_grad():
-            logits = teacher(input_ids=s.tokens.to(dev), attention_mask=s.attention_mask.to(dev)).logits
-        flat = logits[..., :vocab_size][pred.to(dev)]
+            flat = logits_at(teacher, s.tokens.to(dev), s.attention_mask.to(dev), pred.to(dev), vocab_size)
     if isinstance(flat, SparseTeacher):
         if topk is None or (flat.num_kept, flat.temperature) != (min(topk, flat.vocab_size), float(temperature)):
             raise ValueError(f"the samples hold top-{flat.num_kept} teacher targets at temperature "

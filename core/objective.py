@@ -14,6 +14,7 @@ import torch
 from skd.core import distributed, losses
 from skd.core.batches import ground_truth_samples, response_positions, teacher_logits_flat
 from skd.core.data import TokenizedExample
+from skd.core.position_logits import logits_at
 from skd.core.sampling import Samples
 from skd.core.timing import clock
 
@@ -33,9 +34,8 @@ def distill_loss(student, s: Samples, teacher_flat: torch.Tensor | None, rows: t
     tokens, attn, pred = tokens[:, :Lm], attn[:, :Lm], pred[:, :Lm].to(dev)
     ctx = (torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None
            else torch.autocast(dev.type, enabled=False))
-    with ctx:
-        logits = student(input_ids=tokens, attention_mask=attn).logits[..., :vocab_size]
-    student_flat = logits[pred]                                          # [N, V]
+    with ctx:   # the output layer only on the columns that predict a response token
+        student_flat = logits_at(student, tokens, attn, pred, vocab_size)   # [N, V]
     w = weights_per_row[rows].to(dev)[:, None].expand_as(pred)[pred]     # [N]
     if s.loss_weights is not None:   # per-token weights (SpecKD's gate), moved to the predicting position
         lw = torch.zeros(len(rows), Lm, dtype=w.dtype, device=dev)
