@@ -19,7 +19,7 @@ def demo(run_dir, methods, distill_steps, quick):
     """Show what SKD is for, offline on a CPU, in minutes.
 
     Trains the tiny teacher on the built-in manyway-short task (word problems with many valid
-    worked solutions), SFTs a tiny student on 100 of them until it has memorised them (a weak start),
+    worked solutions), SFTs a tiny student briefly on 100 of them (a weak start: few valid lines),
     distils it with supervised KD, on-policy KD and SKD on those prompts, then scores every model on the test
     split (graded: share of valid lines; valid: whole valid solutions) and every student as a
     speculative-decoding draft. Every stage is cached in --run-dir: a rerun re-measures nothing.
