@@ -37,7 +37,7 @@ import warnings
 
 import torch
 
-from skd.core.timing import clock
+from skd.core.timing import ForwardClock, clock
 
 ROWS = {
     "trl_on_policy": "TRL DistillationTrainer: one Trainer.train() optimizer step (on_step_begin -> on_step_end): "
@@ -138,23 +138,32 @@ class _SkdRow:
         from skd.core.objective import accumulate_gradients
 
         cfg, B, V = self.cfg, len(batch), len(self.tok)
+        fwd, timings = ForwardClock(self.teacher, self.student), {}   # model compute inside the phases (synced)
         t0 = clock(*self.devices)
         coin = torch.Generator().manual_seed(derive_seed(cfg.seed, "method", step))
         sources = sequence_sources(self.method, B, step=step, total_steps=self.total, coin=coin, gkd_lambda=0.5)
-        s, teacher_flat, t_teacher = sample_rank_batch(
-            self.method, batch, sources, first_row=0, chunk=B, seed=cfg.seed, step=step, total_steps=self.total,
-            teacher=self.teacher, student=self.student, scfg=self.scfg, tokenizer=self.tok, pad_id=self.pad,
-            vocab_size=V, gkd_lambda=0.5, need_teacher=True)
+        with fwd:
+            s, teacher_flat, t_teacher = sample_rank_batch(
+                self.method, batch, sources, first_row=0, chunk=B, seed=cfg.seed, step=step, total_steps=self.total,
+                teacher=self.teacher, student=self.student, scfg=self.scfg, tokenizer=self.tok, pad_id=self.pad,
+                vocab_size=V, gkd_lambda=0.5, need_teacher=True, forward_clock=fwd, timings=timings)
         t1 = clock(*self.devices)
+        fwd_sampling = fwd.seconds - timings.get("teacher_pass_forward", 0.0)
         self.student.train()
         self.opt.zero_grad(set_to_none=True)
-        accumulate_gradients(self.student, s, teacher_flat, divergence=self.div, micro_batch_size=B, loss_norm="token",
-                             vocab_size=V, autocast_dtype=self.autocast)
+        with fwd:
+            accumulate_gradients(self.student, s, teacher_flat, divergence=self.div, micro_batch_size=B,
+                                 loss_norm="token", vocab_size=V, autocast_dtype=self.autocast, timings=timings)
         float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0))
         self.opt.step()
         self.sched.step()
         t2 = clock(*self.devices)
-        return {"seconds": t2 - t0, "sampling_s": t1 - t0 - t_teacher, "teacher_s": t_teacher, "update_s": t2 - t1,
+        sampling = t1 - t0 - t_teacher
+        # The same shares as metrics.jsonl's: forwards while sampling (teacher pass excluded) over the
+        # sampling time, and forwards + backward over the whole step.
+        return {"seconds": t2 - t0, "sampling_s": sampling, "teacher_s": t_teacher, "update_s": t2 - t1,
+                "sampling_forward_share": fwd_sampling / max(sampling, 1e-12),
+                "model_time_share": (fwd.seconds + timings.get("backward", 0.0)) / max(t2 - t0, 1e-12),
                 "tokens": int(s.response_lengths.sum()), "proposed": s.proposed, "accepted": s.accepted,
                 "draft_lengths": list(s.draft_lengths or ())}
 
@@ -288,6 +297,8 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
         if name in rows:
             row.update({f"{k}_s": statistics.median(r[f"{k}_s"] for r in recs)
                         for k in ("sampling", "teacher", "update")})
+            row.update({k: statistics.median(r[k] for r in recs) for k in ("sampling_forward_share",
+                                                                             "model_time_share")})
             proposed, accepted = sum(r["proposed"] for r in recs), sum(r["accepted"] for r in recs)
             drafts = [g for r in recs for g in r["draft_lengths"]]
             row.update(method=rows[name].method, gamma=rows[name].scfg.gamma,

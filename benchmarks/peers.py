@@ -48,6 +48,7 @@ class PeersConfig:
     repeats: int = 3               # timed repeats per row, interleaved, after one warm-up
     draft_gamma: str | int = "auto"   # speculative_generate's draft length in the draft rows
     sampler_gamma: int = 5         # the sampler section (the released code's fixed draft length)
+    batch1_prompts: int | None = None   # the sampler's one-prompt-at-a-time rows: the first N prompts (None: all)
     distill_steps: int = 40        # the skd-distilled draft: steps of `skd distill --method skd`
     distill_lr: float = 5e-5
     distill_prompts: int = 64      # its training prompts (none of them is a measurement prompt)
@@ -69,6 +70,8 @@ class PeersConfig:
             if int(getattr(self, name)) < 1:
                 raise SkdError(f"{name} must be >= 1 (got {getattr(self, name)})",
                                f"pass --{name.replace('_', '-')} 1 or more")
+        if self.batch1_prompts is not None and int(self.batch1_prompts) < 1:
+            raise SkdError(f"batch1_prompts must be >= 1 (got {self.batch1_prompts})", "pass --batch1-prompts 1 or more")
         if self.batch_size < 2:
             raise SkdError(f"batch_size must be >= 2 (got {self.batch_size}): the batched rows need a batch",
                            "pass --batch-size 2 or more")
@@ -187,7 +190,7 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
                         teacher_top_p=1.0)
         results, ratios = compare(teacher, student, tok, [p for _, p, _ in measured], batch_size=cfg.batch_size,
                                   k=cfg.k, gamma=cfg.sampler_gamma, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                  repeats=cfg.repeats, settings=settings)
+                                  batch1_prompts=cfg.batch1_prompts, repeats=cfg.repeats, settings=settings)
         for name, what in SAMPLER_ROWS.items():
             results[name]["measures"] = what
         result["sections"]["sampler"] = {"results": results, "ratios": ratios,

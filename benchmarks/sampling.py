@@ -15,8 +15,9 @@ Variants, same prompts and settings, in one run:
                   without generate()'s per-call cost);
   student_only  — on-policy sampling (mode student) at B = batch_size: the cost floor of sampling.
 Every variant runs `repeats` times, interleaved (so background load hits them alike); the median
-time counts. Reports generated tokens/s of each, the SKD variants' acceptance rates (drafted tokens
-kept: the procedures must sample alike), and the ratios.
+time counts. Reports generated tokens/s of each, the share of its wall time spent inside model
+forwards (skd.core.timing.ForwardClock; generate()'s forwards included), the SKD variants'
+acceptance rates (drafted tokens kept: the procedures must sample alike), and the ratios.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from skd.benchmarks.common import load_model_and_tokenizer, task_prompts, timed
 from skd.core.environment import env_info
 from skd.core.sampling import SampleConfig, sample
+from skd.core.timing import ForwardClock
 
 
 def run(teacher: str, student: str, *, task: str = "arith", n_prompts: int = 32, batch_size: int = 32, k: int = 25,
@@ -84,15 +86,19 @@ def compare(t_model, s_model, tok, prompts: list[list[int]], *, batch_size: int,
                 "skd_batch1": (lambda: go("skd", ps1, 1), len(ps1), 1),
                 "student_only": (lambda: go("student", prompts, batch_size), len(prompts), batch_size)}
     runs = {name: [] for name in variants}
+    shares = {name: [] for name in variants}
     for _ in range(repeats):
         for name, (fn, _, _) in variants.items():
-            runs[name].append(timed(fn, dev))
+            with ForwardClock(t_model, s_model) as fwd:   # model forwards, synced, inside the timed call
+                runs[name].append(timed(fn, dev))
+            shares[name].append(fwd.seconds / max(runs[name][-1][1], 1e-12))
     results = {}
     for name, (_, n_p, bs) in variants.items():
         secs = statistics.median(x[1] for x in runs[name])
         n, acc = runs[name][0][0]   # the same seeds every repeat: the same tokens
         results[name] = {"prompts": n_p, "batch_size": bs, "tokens": n, "seconds": secs, "tokens_per_s": n / secs,
-                         "acceptance_rate": acc, "seconds_each": [x[1] for x in runs[name]]}
+                         "acceptance_rate": acc, "seconds_each": [x[1] for x in runs[name]],
+                         "forward_share": statistics.median(shares[name])}
     r = results
     ratios = {"skd_batched_over_released_loop": r["skd_batched"]["tokens_per_s"] / r["released_loop"]["tokens_per_s"],
               "skd_batched_over_batch1": r["skd_batched"]["tokens_per_s"] / r["skd_batch1"]["tokens_per_s"],

@@ -484,6 +484,9 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
               help="Timed repeats per row, interleaved; medians  [default: 3]")
 @click.option("--draft-gamma", default=None, help="speculative_generate's draft length: auto or N  [default: auto]")
 @click.option("--sampler-gamma", type=click.IntRange(min=1), default=None, help="[default: 5]")
+@click.option("--batch1-prompts", type=click.IntRange(min=1), default=None,
+              help="Prompts of the one-prompt-at-a-time sampler rows (their tokens/s is a rate; the first N "
+                   "prompts)  [default: all]")
 @click.option("--distill-steps", type=click.IntRange(min=1), default=None,
               help="Steps of the cached `skd distill --method skd` run that makes the distilled draft  [default: 40]")
 @click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 5e-5]")
@@ -500,7 +503,7 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of tokens/s per row (default: next to --output).")
 def peers(quick, teacher, student, student_layers, run_dir, n_prompts, train_batch_size, batch_size, max_new_tokens,
-          temperature, k, lr, repeats, draft_gamma, sampler_gamma, distill_steps, distill_lr, distill_prompts, sections,
+          temperature, k, lr, repeats, draft_gamma, sampler_gamma, batch1_prompts, distill_steps, distill_lr, distill_prompts, sections,
           trl, trl_trainer, seed, device, dtype, threads, output, plot):
     """Compare skd with TRL's on-policy distillation and transformers' assisted generation, side by side.
 
@@ -536,7 +539,7 @@ def peers(quick, teacher, student, student_layers, run_dir, n_prompts, train_bat
     given = dict(teacher=teacher, student=student, student_layers=student_layers, prompts=n_prompts,
                  train_batch_size=train_batch_size, batch_size=batch_size, max_new_tokens=max_new_tokens,
                  temperature=temperature, k=k, lr=lr, repeats=repeats, draft_gamma=draft_gamma,
-                 sampler_gamma=sampler_gamma, distill_steps=distill_steps, distill_lr=distill_lr,
+                 sampler_gamma=sampler_gamma, batch1_prompts=batch1_prompts, distill_steps=distill_steps, distill_lr=distill_lr,
                  distill_prompts=distill_prompts, seed=seed,
                  sections=tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None)
     base = prs.PeersConfig(quick=quick, run_dir=run_dir or ("runs/peers-quick" if quick else "runs/peers"),
@@ -589,13 +592,16 @@ def _print_peers(console, result: dict) -> None:
         st = sec["settings"]
         table = Table(title=f"distillation step · batch {st['batch_size']}, <= {st['max_new_tokens']} new tokens, "
                             f"T {st['temperature']:g}, forward KL · median of {st['timed_steps']}")
-        for col in ("row", "step s", "tok/step", "tok/s", "sampling s", "teacher s", "update s", "accept", "draft len"):
+        for col in ("row", "step s", "tok/step", "tok/s", "sampling s", "fwd share", "teacher s", "update s",
+                    "accept", "draft len"):
             table.add_column(col, justify="left" if col == "row" else "right")
         for name, r in sec["results"].items():
             table.add_row(name, _fmt(r["step_s"]), f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_s']:.0f}",
-                          _fmt(r.get("sampling_s")), _fmt(r.get("teacher_s")), _fmt(r.get("update_s")),
+                          _fmt(r.get("sampling_s")), _fmt(r.get("sampling_forward_share"), 2),
+                          _fmt(r.get("teacher_s")), _fmt(r.get("update_s")),
                           _fmt(r.get("acceptance_rate")), _fmt(r.get("mean_draft_length"), 2))
         console.print(table)
+        console.print("  fwd share: the share of the sampling time spent inside model forwards")
         if sec["skipped"]:
             console.print(escape(sec["skipped"]))
         ratios(sec)
@@ -622,12 +628,13 @@ def _print_peers(console, result: dict) -> None:
     if "sampler" in secs:
         sec = secs["sampler"]
         table = Table(title=f"SKD sampling · K {sec['settings']['k']}, gamma {sec['settings']['gamma']}")
-        for col in ("row", "prompts", "batch", "tokens", "seconds", "tok/s", "accept"):
+        for col in ("row", "prompts", "batch", "tokens", "seconds", "tok/s", "accept", "fwd share"):
             table.add_column(col, justify="left" if col == "row" else "right")
         for name, r in sec["results"].items():
             table.add_row(name, str(r["prompts"]), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
-                          f"{r['tokens_per_s']:.0f}", _fmt(r.get("acceptance_rate")))
+                          f"{r['tokens_per_s']:.0f}", _fmt(r.get("acceptance_rate")), _fmt(r.get("forward_share"), 2))
         console.print(table)
+        console.print("  fwd share: the share of the row's wall time spent inside model forwards")
         ratios(sec)
         explain(sec["results"])
     console.print(f"[dim]{escape(_device_line(result))} · {result['wall_s']:.0f} s in all[/]")

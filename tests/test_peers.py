@@ -22,7 +22,7 @@ def test_quick_run_measures_every_section(tmp_path):
     from skd.benchmarks.peers import all_ratios
 
     out = tmp_path / "peers.json"
-    r = _invoke("--run-dir", str(tmp_path / "run"), "--output", str(out))
+    r = _invoke("--run-dir", str(tmp_path / "run"), "--batch1-prompts", "2", "--output", str(out))
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["bench"] == "peers" and set(res["sections"]) == {"distill", "draft", "sampler"}
@@ -45,6 +45,8 @@ def test_quick_run_measures_every_section(tmp_path):
     for name in ("skd_skd_gamma_auto", "skd_skd_gamma_5"):
         assert 0 <= rows[name]["acceptance_rate"] <= 1
     assert rows["skd_skd_gamma_5"]["mean_draft_length"] <= 5
+    for name in ("skd_on_policy", "skd_skd_gamma_auto", "skd_skd_gamma_5"):   # hooks saw the forwards
+        assert 0 < rows[name]["sampling_forward_share"] <= 1 and 0 < rows[name]["model_time_share"] <= 1
     assert 1 <= rows["skd_skd_gamma_auto"]["mean_draft_length"] <= 8
 
     draft = res["sections"]["draft"]
@@ -56,8 +58,12 @@ def test_quick_run_measures_every_section(tmp_path):
         assert row["outputs_match_teacher"] is True, name
     assert (tmp_path / "run" / "draft-skd" / "final" / "config.json").is_file()
 
-    assert set(res["sections"]["sampler"]["results"]) == {"skd_batched", "released_loop", "skd_batch1",
-                                                          "student_only"}
+    sampler = res["sections"]["sampler"]["results"]
+    assert set(sampler) == {"skd_batched", "released_loop", "skd_batch1", "student_only"}
+    assert sampler["released_loop"]["prompts"] == sampler["skd_batch1"]["prompts"] == 2
+    assert sampler["skd_batched"]["prompts"] == 3
+    for name, row in sampler.items():   # generate()'s forwards are counted too
+        assert 0 < row["forward_share"] <= 1, name
     ratios = all_ratios(res)
     assert ratios and all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios
     assert (tmp_path / "peers.png").stat().st_size > 1000
