@@ -130,9 +130,10 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
         bs = row["batch_size"]
         ratios[f"{name}_over_teacher_hf_b{bs}"] = row["tokens_per_s"] / results[f"teacher_hf_b{bs}"]["tokens_per_s"]
         ratios[f"{name}_over_teacher_skd_b{bs}"] = row["tokens_per_s"] / results[f"teacher_skd_b{bs}"]["tokens_per_s"]
-    for name in drafts:
-        ratios[f"skd_spec_b1/{name}_over_hf_assisted_b1/{name}"] = (
-            results[f"skd_spec_b1/{name}"]["tokens_per_s"] / results[f"hf_assisted_b1/{name}"]["tokens_per_s"])
+    for name in drafts:   # assisted generation runs at B = 1 only: both skd sizes against it
+        for bs in (1, N):
+            ratios[f"skd_spec_b{bs}/{name}_over_hf_assisted_b1/{name}"] = (
+                results[f"skd_spec_b{bs}/{name}"]["tokens_per_s"] / results[f"hf_assisted_b1/{name}"]["tokens_per_s"])
     gen_cfg = next(iter(drafts.values())).generation_config if drafts else None
     keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
     # None: the draft's generation_config leaves it to transformers (5.x: 20 tokens, constant, threshold 0.4)

@@ -57,6 +57,9 @@ def test_quick_run_measures_every_section(tmp_path):
     for name, row in draft["results"].items():   # greedy everywhere: every output is the teacher's own
         assert row["outputs_match_teacher"] is True, name
     assert (tmp_path / "run" / "draft-skd" / "final" / "config.json").is_file()
+    for d in ("student", "skd-distilled"):   # assisted generation (B = 1) against both skd sizes
+        assert {f"skd_spec_b1/{d}_over_hf_assisted_b1/{d}", f"skd_spec_b2/{d}_over_hf_assisted_b1/{d}"} <= set(
+            draft["ratios"])
 
     sampler = res["sections"]["sampler"]["results"]
     assert set(sampler) == {"skd_batched", "released_loop", "skd_batch1", "student_only"}
