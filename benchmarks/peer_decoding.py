@@ -96,7 +96,7 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
             if st is not None:
                 stats = st if stats is None else type(st)(**{k: getattr(stats, k) + getattr(st, k) for k in
                                                              ("drafted", "accepted", "generated", "rounds",
-                                                              "row_rounds")})
+                                                              "row_rounds", "teacher_only_rounds")})
         return outs, stats
 
     for fn, bs, _, _ in rows.values():   # warm-up: one batch of every row
@@ -121,7 +121,8 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
                "outputs_match_teacher": same == len(ref), "prompts_matching_teacher": same}
         if stats is not None:
             row.update(acceptance_rate=stats.acceptance_rate, mean_accepted_per_round=stats.mean_accepted_per_round,
-                       teacher_forwards_per_token=stats.teacher_forwards_per_token)
+                       teacher_forwards_per_token=stats.teacher_forwards_per_token,
+                       teacher_only_round_share=stats.teacher_only_rounds / max(1, stats.rounds))
         results[name] = row
     ratios = {}
     for name, row in results.items():

@@ -64,7 +64,8 @@ def run(teacher: str, students: list[str], *, task: str = "arith", n_prompts: in
                     outs += o
                     agg = st if agg is None else type(st)(**{k: getattr(agg, k) + getattr(st, k)
                                                              for k in ("drafted", "accepted", "generated",
-                                                                       "rounds", "row_rounds")})
+                                                                       "rounds", "row_rounds",
+                                                                       "teacher_only_rounds")})
                 return outs, agg
             (outs, stats), secs = timed(spec, dev)
             tps = stats.generated / secs

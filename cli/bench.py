@@ -610,15 +610,17 @@ def _print_peers(console, result: dict) -> None:
         sec = secs["draft"]
         table = Table(title=f"greedy decoding with a draft · <= {sec['settings']['max_new_tokens']} new tokens · "
                             f"gamma {sec['settings']['gamma']} · =T: outputs identical to the teacher's greedy output")
-        for col in ("row", "batch", "tokens", "seconds", "tok/s", "accept", "T/tok", "=T"):
+        for col in ("row", "batch", "tokens", "seconds", "tok/s", "accept", "T/tok", "T-only", "=T"):
             table.add_column(col, justify="left" if col == "row" else "right")
         for name, r in sec["results"].items():
             same = ("yes" if r["outputs_match_teacher"]
                     else f"[red]NO ({r['prompts_matching_teacher']}/{r['prompts']})[/]")
             table.add_row(escape(name), str(r["batch_size"]), str(r["tokens"]), _fmt(r["seconds"], 2),
                           f"{r['tokens_per_s']:.0f}",
-                          _fmt(r.get("acceptance_rate")), _fmt(r.get("teacher_forwards_per_token")), same)
+                          _fmt(r.get("acceptance_rate")), _fmt(r.get("teacher_forwards_per_token")),
+                          _fmt(r.get("teacher_only_round_share"), 2), same)
         console.print(table)
+        console.print("  T/tok: teacher passes per token; T-only: share of rounds without a draft (gamma auto)")
         d = sec["distilled_draft"]
         console.print(escape(f"  skd-distilled draft: {d['steps']} steps of skd distill --method skd (lr {d['lr']:g}, "
                              f"batch {d['batch_size']}, {d['prompts']} prompts)"

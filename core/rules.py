@@ -3,7 +3,8 @@
 Public: process_logits(logits, temperature, top_k, top_p); sample_tokens(logits, u, ...);
 teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling arguments);
 SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's);
-adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`.
+adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`;
+drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds).
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
 from __future__ import annotations
@@ -74,6 +75,11 @@ def adaptive_gamma(acceptance: float, cost_ratio: float, gamma_max: int, bonus: 
     or (1 - a^(g+1)) / (1 - a) when a full acceptance also keeps the teacher's bonus token; it costs
     g student forwards plus one teacher forward, i.e. g + cost_ratio student-forward units. The
     smallest g in 1..gamma_max with the best ratio is returned (ties go to the shorter draft)."""
+    return _best_draft(acceptance, cost_ratio, gamma_max, bonus)[0]
+
+
+def _best_draft(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> tuple[int, float]:
+    """(adaptive_gamma's draft length, its expected tokens per student-forward unit of cost)."""
     a = min(max(float(acceptance), 0.0), 1.0)
     best, best_rate = 1, -1.0
     for g in range(1, gamma_max + 1):
@@ -82,7 +88,14 @@ def adaptive_gamma(acceptance: float, cost_ratio: float, gamma_max: int, bonus: 
         rate = tokens / (g + cost_ratio)
         if rate > best_rate * (1 + 1e-12):
             best, best_rate = g, rate
-    return best
+    return best, best_rate
+
+
+def drafting_pays(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> bool:
+    """Whether drafting at adaptive_gamma's length yields more tokens per unit of cost than the teacher
+    alone, which writes one token per teacher forward (cost_ratio student-forward units), under the
+    same model of independent acceptances (Leviathan et al. 2023, section 3)."""
+    return _best_draft(acceptance, cost_ratio, gamma_max, bonus)[1] * cost_ratio > 1.0
 
 
 # --------------------------------------------------------------------------- verification rules
@@ -124,6 +137,10 @@ class SpeculativeRule:
 
     draws_per_round = None  # set in __init__: D acceptance uniforms + 1 for the correction
     keep_bonus = True
+    # Any round may be the teacher's alone (its output distribution does not depend on the draft), so
+    # --gamma auto skips drafting where it does not pay. SKD's rule has no such rounds: its student
+    # must propose every token the teacher does not replace.
+    may_skip_draft = True
 
     def __init__(self, temperature: float, top_p: float, gamma: int):
         """gamma: the longest draft a round may have (with --gamma auto, the upper bound gamma_max)."""
@@ -145,10 +162,13 @@ class SpeculativeRule:
         return torch.minimum(n, draft_len)
 
     def token(self, t_rows, q_rows, rejected, u):
-        """The teacher's token per row: from the residual max(0, p - q) where rejected, else from p."""
+        """The teacher's token per row: from the residual max(0, p - q) where rejected, else from p
+        (q_rows None: no draft, every row from p)."""
         if self.temperature == 0:
             return t_rows.argmax(-1)
         p = self._probs(t_rows)
+        if q_rows is None:
+            q_rows, rejected = torch.zeros_like(p), torch.zeros_like(rejected)
         resid = (p - q_rows).clamp_(min=0)
         # p == q makes the residual vanish; rejection is then impossible, but keep p as a safe fallback.
         resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p)

@@ -19,8 +19,8 @@ from skd.core.config import SampleConfig
 from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
 from skd.core.models import weight_bytes
-from skd.core.rules import (SkdRule, adaptive_gamma, process_logits, sample_tokens, student_settings,
-                            teacher_settings)
+from skd.core.rules import (SkdRule, adaptive_gamma, drafting_pays, process_logits, sample_tokens,
+                            student_settings, teacher_settings)
 from skd.core.sparse_teacher import SparseTeacher
 from skd.core.stops import StopChecker, eos_ids
 
@@ -29,6 +29,10 @@ __all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV
 
 PROV_PAD, PROV_PROMPT, PROV_STUDENT, PROV_TEACHER = 0, 1, 2, 3
 PROV_REJECTED = 4   # a student token left in the sequence although the teacher's test rejected it (SpecKD)
+
+# --gamma auto under a rule that allows teacher-only rounds (speculative decoding): while drafting does
+# not pay, every PROBE_EVERY-th round still drafts, so the acceptance estimate can recover.
+PROBE_EVERY = 16
 
 # Shapes: B prompts, A rows still active, P prompt length, L sequence capacity, R max_new_tokens,
 # D draft length (gamma), V vocabulary (the tokenizer's; padded logit columns are cut).
@@ -273,31 +277,47 @@ class _DraftVerify:
         # a clock, so the same seeds give the same sequences and a resumed run stays exact.
         self.auto = cfg.gamma == "auto"
         self.cost_ratio = (weight_bytes(t.model) / max(1, weight_bytes(s.model))) if self.auto else 0.0
-        self.gammas: list[int] = []   # the draft length of each round
+        self.may_skip = self.auto and getattr(rule, "may_skip_draft", False)
+        self.skipped = 0              # teacher-only rounds since the last draft
+        self.gammas: list[int] = []   # the draft length of each round (0: a teacher-only round)
         self.st = student_settings(cfg, drafting=True)
         self.s_gen, self.t_gen = student_generator, teacher_generator
-        # A fully accepted draft followed by a bonus token leaves the last draft token unseen by the
-        # student (it drafts D tokens from D forwards); it is fed, with the bonus, in the next round.
-        self.s_extra = torch.full((B,), -1, dtype=torch.long)
+        # Committed tokens the student has not consumed, per row, right-aligned, -1 = none: the last draft
+        # token of a fully accepted draft followed by a bonus token (the student drafts D tokens from D
+        # forwards), and the tokens of teacher-only rounds. They are fed, before the pending token, in
+        # the next round's first student forward.
+        self.s_extra = torch.full((B, 1), -1, dtype=torch.long)
 
     def round(self, b: _Batch) -> torch.Tensor:
         """Draft, verify (with the correction) and commit one round; the tokens each active row gained [A]."""
         d = self.draft(b)
+        if d is None:
+            return self.teacher_round(b)
         v = self.verify(b, d)
         return self.commit(b, d, v)
 
     def draft_length(self, b: _Batch) -> int:
         """This round's draft length: fixed, or (--gamma auto) rules.adaptive_gamma of the acceptance so far
-        (Laplace estimate (accepted + 1) / (proposed + 2), so the first round drafts for a coin flip)."""
+        (Laplace estimate (accepted + 1) / (proposed + 2), so the first round drafts for a coin flip).
+        0 (a teacher-only round) where the rule allows it and rules.drafting_pays says no draft beats the
+        teacher alone, except every PROBE_EVERY-th such round."""
         if not self.auto:
             return self.D
-        return adaptive_gamma((b.accepted + 1) / (b.proposed + 2), self.cost_ratio, self.D, self.rule.keep_bonus)
+        a = (b.accepted + 1) / (b.proposed + 2)
+        if self.may_skip and not drafting_pays(a, self.cost_ratio, self.D, self.rule.keep_bonus):
+            if self.skipped < PROBE_EVERY - 1:
+                self.skipped += 1
+                return 0
+        self.skipped = 0
+        return adaptive_gamma(a, self.cost_ratio, self.D, self.rule.keep_bonus)
 
-    def draft(self, b: _Batch) -> _Draft:
-        """The student proposes up to D tokens per row, stopping a row at EOS or its budget."""
+    def draft(self, b: _Batch) -> _Draft | None:
+        """The student proposes up to D tokens per row, stopping a row at EOS or its budget (None: D = 0)."""
         s, st, dev = self.s, self.st, self.s.device
         D = self.draft_length(b)
         self.gammas.append(D)
+        if D == 0:
+            return None
         A = b.active.numel()
         draft = torch.full((A, D), b.pad, dtype=torch.long, device=dev)
         draft_len = torch.full((A,), D, dtype=torch.long, device=dev)
@@ -307,9 +327,9 @@ class _DraftVerify:
         q = torch.zeros(A, D, self.V, dtype=torch.float32, device=dev) if self.rule.needs_q else None
         for j in range(D):
             if j == 0 and bool((self.s_extra >= 0).any()):
-                two = torch.stack([self.s_extra.clamp(min=0), b.pend], 1)
-                valid = torch.stack([self.s_extra >= 0, torch.ones_like(self.s_extra, dtype=torch.bool)], 1)
-                logits = s.forward(two.to(dev), valid)[:, -1]
+                ids = torch.cat([self.s_extra.clamp(min=0), b.pend[:, None]], 1)
+                valid = torch.cat([self.s_extra >= 0, torch.ones(A, 1, dtype=torch.bool)], 1)
+                logits = s.forward(ids.to(dev), valid)[:, -1]
             else:
                 logits = s.forward(cur[:, None])[:, -1]
             tok = sample_tokens(logits, _draw(self.s_gen, b.B, b.active, dev), **st)
@@ -362,8 +382,23 @@ class _DraftVerify:
         self.s.invalidate_tail(D_eff - s_valid)
         t_valid = 1 + n - (~need_tok).long()  # the accepted last draft token is re-fed next round
         self.t.invalidate_tail(D_eff + 1 - t_valid)
-        self.s_extra = torch.where(full & need_tok, draft[:, D_eff - 1], torch.full_like(n, -1))
+        self.s_extra = torch.where(full & need_tok, draft[:, D_eff - 1], torch.full_like(n, -1))[:, None]
         return n + need_tok.long()
+
+    def teacher_round(self, b: _Batch) -> torch.Tensor:
+        """A round without a draft: the teacher writes one token per row (its own distribution, or its
+        argmax when greedy); the student catches up on it in the next drafting round."""
+        t_dev, A = self.t.device, b.active.numel()
+        t_logits = self.t.forward(b.pend.to(t_dev)[:, None])                # [A, 1, V]
+        u = torch.stack([_draw(self.t_gen, b.B, b.active, t_dev) for _ in range(self.rule.draws_per_round)], 1)
+        tok = self.rule.token(t_logits[:, 0], None, torch.zeros(A, dtype=torch.bool, device=t_dev), u[:, -1]).cpu()
+        b.keep_teacher_logits(t_logits, torch.ones(A, 1, dtype=torch.bool))
+        b.commit(torch.zeros(A, 0, dtype=torch.long), torch.zeros(A, dtype=torch.long), tok)
+        extra = torch.cat([self.s_extra, b.pend[:, None]], 1)
+        used = (extra >= 0).any(0).nonzero()
+        self.s_extra = extra[:, int(used[0]):]   # drop the columns no row uses (on the left)
+        b.pend = tok
+        return torch.ones(A, dtype=torch.long)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the active rows `keep`."""

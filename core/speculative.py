@@ -27,6 +27,7 @@ class SpecStats:
     generated: int               # output tokens (accepted + teacher corrections / bonus tokens)
     rounds: int                  # batched teacher verification passes
     row_rounds: int              # sum over rounds of the rows in the pass (= passes for B = 1)
+    teacher_only_rounds: int = 0  # --gamma auto: rounds without a draft (drafting did not pay)
 
     acceptance_rate = property(lambda self: share(self.accepted, self.drafted), doc="Accepted / drafted tokens.")
     mean_accepted_per_round = property(lambda self: share(self.accepted, self.row_rounds),
@@ -50,7 +51,11 @@ def speculative_generate(teacher, student, prompt_ids: list[list[int]], *, gamma
                          vocab_size: int | None = None) -> tuple[list[list[int]], SpecStats]:
     """Generated ids per prompt (response only, EOS included) and acceptance statistics.
 
-    gamma: a fixed draft length, or "auto" (each round's from the acceptance so far, up to 8)."""
+    gamma: a fixed draft length, or "auto": each round's from the acceptance so far, up to 8, and no
+    draft at all (the teacher alone writes the round's token) while no draft length is expected to beat
+    the teacher alone, with a probing draft every skd.core.sampling.PROBE_EVERY such rounds. Greedy
+    output is the teacher's greedy output and sampled output follows the teacher's distribution either
+    way."""
     cfg = SampleConfig(mode="skd", gamma=gamma, keep_bonus=True, max_new_tokens=max_new_tokens,
                        student_temperature=temperature, student_top_p=top_p, teacher_temperature=temperature,
                        teacher_top_p=top_p, stop_strings=tuple(stop_strings), keep_teacher_logits=False)
@@ -58,5 +63,5 @@ def speculative_generate(teacher, student, prompt_ids: list[list[int]], *, gamma
     out = sample(teacher, student, prompt_ids, cfg, student_generator=generator, teacher_generator=generator,
                  tokenizer=tokenizer, eos_token_id=eos_token_id, vocab_size=vocab_size, rule=rule)
     stats = SpecStats(drafted=out.proposed, accepted=out.accepted, generated=out.generated, rounds=out.rounds,
-                      row_rounds=out.row_rounds)
+                      row_rounds=out.row_rounds, teacher_only_rounds=sum(g == 0 for g in out.draft_lengths or ()))
     return out.responses(), stats

@@ -116,3 +116,62 @@ def test_auto_prices_a_teacher_forward_by_its_weight_bytes(sharp_pair64):
     assert g_bytes != g_params                       # the two pricings disagree on this pair
     out = _run((teacher32, student), "skd", k=V)
     assert out.draft_lengths[0] == g_bytes
+
+
+@pytest.mark.parametrize("a", [0.0, 0.1, 0.3, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("ratio", [0.5, 1.0, 2.4, 10.0])
+def test_drafting_pays_when_some_draft_beats_the_teacher_alone(a, ratio):
+    from skd.core.rules import drafting_pays
+
+    def rate(g):   # expected tokens per student-forward unit, bonus token kept (speculative decoding)
+        return sum((k + 1) * a ** k * (1 - a) for k in range(g)) + (g + 1) * a ** g
+
+    best = max(rate(g) / (g + ratio) for g in range(1, 9))
+    assert drafting_pays(a, ratio, 8, True) == (best * ratio > 1.0)   # the teacher alone: 1 token per `ratio`
+
+
+def test_speculative_auto_stops_drafting_for_a_useless_draft_and_probes(sharp_pair64):
+    """The unrelated student's drafts are rejected: after the first round most rounds are the teacher's alone,
+    every PROBE_EVERY-th still drafts, and the output stays the teacher's greedy output."""
+    from skd.core.sampling import PROBE_EVERY
+
+    teacher, student = sharp_pair64
+    n = 2 * PROBE_EVERY + 8
+    spec, stats = speculative_generate(teacher, student, PROMPTS, gamma="auto", max_new_tokens=n,
+                                       eos_token_id=NO_EOS, vocab_size=V)
+    greedy = sample(teacher, None, PROMPTS, SampleConfig(mode="teacher", teacher_temperature=0, max_new_tokens=n),
+                    eos_token_id=NO_EOS, vocab_size=V).responses()
+    assert spec == greedy
+    drafting = stats.rounds - stats.teacher_only_rounds
+    assert stats.acceptance_rate < 0.2 and stats.teacher_only_rounds > stats.rounds / 2
+    assert drafting >= 3   # the first round and at least two probes
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_teacher_only_rounds_leave_the_drafts_cache_exact(monkeypatch, arch):
+    """The teacher as its own draft, with a forced schedule of teacher-only rounds (two of every three): the
+    draft must catch up on the tokens it skipped, so every drafted token still equals the teacher's argmax."""
+    import itertools
+
+    from skd.core import sampling
+    from skd.core.presets import tiny_model
+
+    teacher = tiny_model(arch, V, seed=3, dtype=torch.float64)
+    with torch.no_grad():
+        teacher.get_output_embeddings().weight.mul_(8.0)
+    schedule = itertools.cycle([False, False, True])
+    monkeypatch.setattr(sampling, "drafting_pays", lambda *a: next(schedule))
+    spec, stats = speculative_generate(teacher, teacher, PROMPTS, gamma="auto", max_new_tokens=30,
+                                       eos_token_id=NO_EOS, vocab_size=V)
+    greedy = sample(teacher, None, PROMPTS, SampleConfig(mode="teacher", teacher_temperature=0, max_new_tokens=30),
+                    eos_token_id=NO_EOS, vocab_size=V).responses()
+    assert spec == greedy
+    assert stats.teacher_only_rounds >= stats.rounds / 2 and stats.drafted > 0
+    assert stats.acceptance_rate == 1.0
+
+
+def test_skd_sampling_never_skips_the_draft(sharp_pair64):
+    """SKD's student proposes every token the teacher does not replace: no teacher-only rounds, however
+    poor the student (K = 0 rejects every proposal)."""
+    out = _run(sharp_pair64, "skd", k=0, max_new_tokens=2 * 16 + 8)
+    assert min(out.draft_lengths) >= 1

@@ -59,7 +59,15 @@ def _chi2(counts, probs, n):
     return float((((obs - exp) ** 2)[nz] / exp[nz]).sum()), int(nz.sum()) - 1
 
 
-def test_sampled_speculative_output_follows_the_teacher_distribution():
+@pytest.mark.parametrize("gamma", [3, "auto"])
+def test_sampled_speculative_output_follows_the_teacher_distribution(monkeypatch, gamma):
+    """gamma auto: with a forced schedule that alternates drafting and teacher-only rounds."""
+    import itertools
+
+    from skd.core import sampling
+
+    schedule = itertools.cycle([True, False])
+    monkeypatch.setattr(sampling, "drafting_pays", lambda *a: next(schedule))
     Vs = 8
     teacher = tiny_model("llama", Vs, seed=11, dtype=torch.float64, hidden=16, layers=1)
     student = tiny_model("llama", Vs, seed=12, dtype=torch.float64, hidden=16, layers=1)
@@ -72,10 +80,11 @@ def test_sampled_speculative_output_follows_the_teacher_distribution():
         prompt, T, N = [1, 6, 7], 1.0, 6000
         p1, p2 = _exact_two_token_distribution(teacher, prompt, T)
         gen = torch.Generator().manual_seed(0)
-        toks, stats = speculative_generate(teacher, student, [prompt] * N, gamma=3, max_new_tokens=2, temperature=T,
-                                           generator=gen, eos_token_id=NO_EOS, vocab_size=Vs)
+        toks, stats = speculative_generate(teacher, student, [prompt] * N, gamma=gamma, max_new_tokens=2,
+                                           temperature=T, generator=gen, eos_token_id=NO_EOS, vocab_size=Vs)
         x = torch.tensor(toks)
         assert 0.05 < stats.acceptance_rate < 0.95  # both the accept and the residual paths are exercised
+        assert (stats.teacher_only_rounds > 0) == (gamma == "auto")
         crit = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}  # chi-square 0.999 quantiles
         for pos, probs in ((0, p1), (1, p2)):
             counts = torch.bincount(x[:, pos], minlength=Vs).double()
