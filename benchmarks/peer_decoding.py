@@ -94,9 +94,7 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
             o, st = fn(prompts[i: i + bs])
             outs += o
             if st is not None:
-                stats = st if stats is None else type(st)(**{k: getattr(stats, k) + getattr(st, k) for k in
-                                                             ("drafted", "accepted", "generated", "rounds",
-                                                              "row_rounds", "teacher_only_rounds")})
+                stats = st if stats is None else stats + st
         return outs, stats
 
     for fn, bs, _, _ in rows.values():   # warm-up: one batch of every row

@@ -62,10 +62,7 @@ def run(teacher: str, students: list[str], *, task: str = "arith", n_prompts: in
                                                  temperature=temperature, generator=g, tokenizer=tok,
                                                  stop_strings=stops, vocab_size=V)
                     outs += o
-                    agg = st if agg is None else type(st)(**{k: getattr(agg, k) + getattr(st, k)
-                                                             for k in ("drafted", "accepted", "generated",
-                                                                       "rounds", "row_rounds",
-                                                                       "teacher_only_rounds")})
+                    agg = st if agg is None else agg + st
                 return outs, agg
             (outs, stats), secs = timed(spec, dev)
             tps = stats.generated / secs

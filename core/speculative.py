@@ -38,6 +38,10 @@ class SpecStats:
                                           doc="Teacher passes a sequence needed per generated token "
                                               "(1.0 = plain teacher decoding).")
 
+    def __add__(self, other: "SpecStats") -> "SpecStats":
+        """Counts of two calls together (every field is a count)."""
+        return SpecStats(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(acceptance_rate=self.acceptance_rate, mean_accepted_per_round=self.mean_accepted_per_round,
