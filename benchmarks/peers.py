@@ -99,6 +99,8 @@ SAMPLER_ROWS = {
                      "one teacher forward verifies, caches cropped (skd.benchmarks.released_loop)",
     "skd_batch1": "skd sample(mode skd), one prompt at a time",
     "student_only": "skd sample(mode student), batches of --batch-size: on-policy sampling, the cost floor",
+    "skd_batched_auto": "skd sample(mode skd, gamma auto: skd's default draft length; the same token law as "
+                        "a fixed gamma), batches of --batch-size",
 }
 
 
@@ -192,7 +194,8 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
                                   k=cfg.k, gamma=cfg.sampler_gamma, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                                   batch1_prompts=cfg.batch1_prompts, repeats=cfg.repeats, settings=settings)
         for name, what in SAMPLER_ROWS.items():
-            results[name]["measures"] = what
+            if name in results:
+                results[name]["measures"] = what
         result["sections"]["sampler"] = {"results": results, "ratios": ratios,
                                          "settings": {"k": cfg.k, "gamma": cfg.sampler_gamma, "vocab_size": V,
                                                       "max_new_tokens": cfg.max_new_tokens, "stop": "EOS only",

@@ -13,7 +13,12 @@ Variants, same prompts and settings, in one run:
                   "SKD sampler >= 10x the batch-1 loop" is about;
   skd_batch1    — a stricter baseline: our own sampler at B = 1 (the same per-prompt procedure
                   without generate()'s per-call cost);
-  student_only  — on-policy sampling (mode student) at B = batch_size: the cost floor of sampling.
+  student_only  — on-policy sampling (mode student) at B = batch_size: the cost floor of sampling;
+  skd_batched_auto — skd_batched with skd's default draft length (`gamma="auto"`) where the others
+                  use the fixed `gamma`; only when the teacher's bonus token is discarded (the
+                  default), where every token is a student proposal put to the top-K test and so
+                  follows the same law whatever the draft length (tests/test_gamma.py): the same
+                  sampling at another cost.
 Every variant runs `repeats` times, interleaved (so background load hits them alike); the median
 time counts. Reports generated tokens/s of each, the share of its wall time spent inside model
 forwards (skd.core.timing.ForwardClock; generate()'s forwards included), the SKD variants'
@@ -63,8 +68,8 @@ def compare(t_model, s_model, tok, prompts: list[list[int]], *, batch_size: int,
     base = dict(k=k, gamma=gamma, max_new_tokens=max_new_tokens, stop_strings=tuple(stop_strings),
                 keep_teacher_logits=True, **(settings or {}))
 
-    def go(mode, ps, bs):
-        cfg = SampleConfig(mode=mode, **base)
+    def go(mode, ps, bs, **over):
+        cfg = SampleConfig(mode=mode, **{**base, **over})
         sg, tg = torch.Generator(device=dev).manual_seed(seed), torch.Generator(device=dev).manual_seed(seed + 1)
         n = proposed = accepted = 0
         for i in range(0, len(ps), bs):
@@ -85,6 +90,9 @@ def compare(t_model, s_model, tok, prompts: list[list[int]], *, batch_size: int,
                 "released_loop": (lambda: released(ps1), len(ps1), 1),
                 "skd_batch1": (lambda: go("skd", ps1, 1), len(ps1), 1),
                 "student_only": (lambda: go("student", prompts, batch_size), len(prompts), batch_size)}
+    if gamma != "auto" and not base.get("keep_bonus", False):
+        variants["skd_batched_auto"] = (lambda: go("skd", prompts, batch_size, gamma="auto"), len(prompts),
+                                        batch_size)
     runs = {name: [] for name in variants}
     shares = {name: [] for name in variants}
     for _ in range(repeats):
@@ -103,4 +111,7 @@ def compare(t_model, s_model, tok, prompts: list[list[int]], *, batch_size: int,
     ratios = {"skd_batched_over_released_loop": r["skd_batched"]["tokens_per_s"] / r["released_loop"]["tokens_per_s"],
               "skd_batched_over_batch1": r["skd_batched"]["tokens_per_s"] / r["skd_batch1"]["tokens_per_s"],
               "skd_batched_over_student_only": r["skd_batched"]["tokens_per_s"] / r["student_only"]["tokens_per_s"]}
+    if "skd_batched_auto" in r:
+        ratios["skd_batched_auto_over_released_loop"] = (r["skd_batched_auto"]["tokens_per_s"]
+                                                         / r["released_loop"]["tokens_per_s"])
     return results, ratios

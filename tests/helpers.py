@@ -59,3 +59,14 @@ def divergence_of_probs(name: str, p, q, beta: float = 0.5, alpha: float = 0.1):
     if name == "skew-rkl":
         return kl(q, alpha * q + (1 - alpha) * p)
     raise AssertionError(name)
+
+
+def chi_square(counts, probs, n):
+    """Pearson's statistic of observed `counts` against the law `probs` over `n` draws, cells with an
+    expected count under 5 pooled into one: (statistic, degrees of freedom)."""
+    expected = probs * n
+    keep = expected >= 5
+    obs = torch.cat([counts[keep], counts[~keep].sum().view(1)])
+    exp = torch.cat([expected[keep], expected[~keep].sum().view(1)])
+    nz = exp > 0
+    return float((((obs - exp) ** 2)[nz] / exp[nz]).sum()), int(nz.sum()) - 1

@@ -7,6 +7,7 @@ the draft length falls to 1 for a student whose tokens are rejected and rises fo
 """
 import pytest
 import torch
+from helpers import chi_square
 
 from skd.core.rules import adaptive_gamma
 from skd.core.sampling import PROV_STUDENT, SampleConfig, sample
@@ -175,3 +176,49 @@ def test_skd_sampling_never_skips_the_draft(sharp_pair64):
     poor the student (K = 0 rejects every proposal)."""
     out = _run(sharp_pair64, "skd", k=0, max_new_tokens=2 * 16 + 8)
     assert min(out.draft_lengths) >= 1
+
+
+def _skd_law(teacher, student, prefixes, k, Vs):
+    """The SKD token law at the next position of each prefix (temperature 1, no truncation, bonus
+    discarded): the student's token x ~ q is kept when it lies in the teacher's top-K, else a teacher
+    token ~ p replaces it: r(x) = q(x) [x in top-K(p)] + (1 - q(top-K(p))) p(x)."""
+    with torch.no_grad():
+        p = torch.softmax(teacher(torch.tensor(prefixes)).logits[:, -1, :Vs].double(), -1)
+        q = torch.softmax(student(torch.tensor(prefixes)).logits[:, -1, :Vs].double(), -1)
+    top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(k, -1).indices, True)
+    kept = q * top
+    return kept + (1 - kept.sum(-1, keepdim=True)) * p
+
+
+@pytest.mark.parametrize("gamma", [1, 5, "auto"])
+def test_skd_token_law_does_not_depend_on_the_draft_length(gamma):
+    """Each position's token follows the same SKD law whatever the draft length (the bonus token is
+    discarded, so every token is a student proposal put to the top-K test): `--gamma auto` samples what
+    a fixed gamma samples, only at another cost. Chi-square against the exact law of the first two
+    positions, computed by enumeration, with a power check against teacher sampling."""
+    from skd.core.presets import tiny_model
+
+    Vs, k, prompt, N = 8, 3, [1, 6, 7], 6000
+    teacher = tiny_model("llama", Vs, seed=21, dtype=torch.float64, hidden=16, layers=1)
+    student = tiny_model("llama", Vs, seed=22, dtype=torch.float64, hidden=16, layers=1)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(3.0)
+        student.lm_head.weight.mul_(3.0)
+    r1 = _skd_law(teacher, student, [prompt], k, Vs)[0]
+    r2 = r1 @ _skd_law(teacher, student, [prompt + [x] for x in range(Vs)], k, Vs)
+    cfg = SampleConfig(mode="skd", k=k, gamma=gamma, gamma_max=6, max_new_tokens=2, student_temperature=1.0,
+                       student_top_p=1.0, teacher_temperature=1.0, teacher_top_p=1.0)
+    out = sample(teacher, student, [prompt] * N, cfg, eos_token_id=NO_EOS, vocab_size=Vs,
+                 student_generator=torch.Generator().manual_seed(3), teacher_generator=torch.Generator().manual_seed(4))
+    x = torch.tensor(out.responses())
+    assert 0.05 < out.acceptance_rate < 0.95        # both the kept and the replaced paths are exercised
+    crit = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}  # chi-square 0.999 quantiles
+    for pos, probs in ((0, r1), (1, r2)):
+        stat, df = chi_square(torch.bincount(x[:, pos], minlength=Vs).double(), probs, N)
+        assert stat < crit[df], f"position {pos}: chi2 {stat:.1f} with {df} dof"
+    with torch.no_grad():   # power: the teacher's own law at the first position is rejected by the same test
+        p1 = torch.softmax(teacher(torch.tensor([prompt])).logits[0, -1].double(), -1)
+    assert (p1 - r1).abs().sum() > 0.1
+    draws = torch.multinomial(p1, N, replacement=True, generator=torch.Generator().manual_seed(5))
+    stat, df = chi_square(torch.bincount(draws, minlength=Vs).double(), r1, N)
+    assert stat > crit[df]

@@ -62,7 +62,7 @@ def test_quick_run_measures_every_section(tmp_path):
             draft["ratios"])
 
     sampler = res["sections"]["sampler"]["results"]
-    assert set(sampler) == {"skd_batched", "released_loop", "skd_batch1", "student_only"}
+    assert set(sampler) == {"skd_batched", "released_loop", "skd_batch1", "student_only", "skd_batched_auto"}
     assert sampler["released_loop"]["prompts"] == sampler["skd_batch1"]["prompts"] == 2
     assert sampler["skd_batched"]["prompts"] == 3
     for name, row in sampler.items():   # generate()'s forwards are counted too

@@ -82,13 +82,13 @@ def test_bench_sampling_on_tiny_models(tmp_path):
                                   "--repeats", "1", "--output", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
-    assert set(res["results"]) == {"skd_batched", "released_loop", "skd_batch1", "student_only"}
+    assert set(res["results"]) == {"skd_batched", "released_loop", "skd_batch1", "student_only", "skd_batched_auto"}
     assert res["results"]["released_loop"]["batch_size"] == 1
     for x in res["results"].values():
         assert x["tokens"] > 0 and x["tokens_per_s"] > 0
-    for name in ("skd_batched", "released_loop", "skd_batch1"):
+    for name in ("skd_batched", "released_loop", "skd_batch1", "skd_batched_auto"):
         assert 0 <= res["results"][name]["acceptance_rate"] <= 1
     assert res["results"]["student_only"]["acceptance_rate"] is None
     assert set(res["ratios"]) == {"skd_batched_over_released_loop", "skd_batched_over_batch1",
-                                  "skd_batched_over_student_only"}
+                                  "skd_batched_over_student_only", "skd_batched_auto_over_released_loop"}
     assert "skd_batched_over_released_loop" in r.output

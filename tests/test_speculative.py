@@ -2,6 +2,7 @@
 teacher's distribution (chi-square against the exact distribution, with a power check)."""
 import pytest
 import torch
+from helpers import chi_square
 
 from skd.core.presets import tiny_model
 from skd.core.sampling import SampleConfig, sample
@@ -50,15 +51,6 @@ def _exact_two_token_distribution(teacher, prompt, temperature):
     return p1, p1 @ p2_given
 
 
-def _chi2(counts, probs, n):
-    expected = probs * n
-    keep = expected >= 5  # pool rare cells
-    obs = torch.cat([counts[keep], counts[~keep].sum().view(1)])
-    exp = torch.cat([expected[keep], expected[~keep].sum().view(1)])
-    nz = exp > 0
-    return float((((obs - exp) ** 2)[nz] / exp[nz]).sum()), int(nz.sum()) - 1
-
-
 @pytest.mark.parametrize("gamma", [3, "auto"])
 def test_sampled_speculative_output_follows_the_teacher_distribution(monkeypatch, gamma):
     """gamma auto: with a forced schedule that alternates drafting and teacher-only rounds."""
@@ -88,14 +80,14 @@ def test_sampled_speculative_output_follows_the_teacher_distribution(monkeypatch
         crit = {4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}  # chi-square 0.999 quantiles
         for pos, probs in ((0, p1), (1, p2)):
             counts = torch.bincount(x[:, pos], minlength=Vs).double()
-            stat, df = _chi2(counts, probs, N)
+            stat, df = chi_square(counts, probs, N)
             assert stat < crit[df], f"position {pos}: chi2 {stat:.1f} with {df} dof"
         # Power: the student's own first-token distribution is rejected by the same test.
         with torch.no_grad():
             q1 = torch.softmax(student(torch.tensor([prompt])).logits[0, -1].double() / T, -1)
         assert (q1 - p1).abs().sum() > 0.1
         draws = torch.multinomial(q1, N, replacement=True, generator=torch.Generator().manual_seed(1))
-        stat, df = _chi2(torch.bincount(draws, minlength=Vs).double(), p1, N)
+        stat, df = chi_square(torch.bincount(draws, minlength=Vs).double(), p1, N)
         assert stat > crit[df]
     finally:
         V = V_saved
