@@ -13,6 +13,13 @@ Rows (each decodes every prompt once per repeat; greedy, at most max_new_tokens,
 The reference is teacher_hf_b1: every row's outputs are compared with it token for token
 (`outputs_match_teacher`, and how many prompts match). Throughput = response tokens / median
 seconds; speedups are over the teacher alone at the same batch size, decoded by transformers and by skd.
+
+Per draft, untimed: `teacher_forced_match`, the share of the reference's tokens that the draft's argmax
+predicts from the teacher's own prefix (one forward per prompt): the greedy acceptance a draft would
+see if every position were put to the test, whatever the schedule; and `break_even_acceptance`, the
+acceptance above which some draft length pays under the cost model of `--gamma auto`
+(skd.core.rules.drafting_pays with the teacher / draft weight-byte ratio): below it no schedule of
+this draft beats the teacher alone.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ import statistics
 
 import torch
 
+from skd.core.models import weight_bytes
+from skd.core.rules import drafting_pays
 from skd.core.timing import clock
 
 
@@ -29,6 +38,32 @@ def _cut(ids: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return ids[: i + 1]
     return ids
+
+
+@torch.no_grad()
+def _teacher_forced_match(draft, prompts: list[list[int]], responses: list[list[int]], V: int) -> float:
+    """Share of the response tokens the draft's argmax predicts from the prompt and the response so far."""
+    dev = next(draft.parameters()).device
+    hits = total = 0
+    for p, r in zip(prompts, responses):
+        if not r:
+            continue
+        ids = torch.tensor([p + r], device=dev)
+        pred = draft(input_ids=ids).logits[0, len(p) - 1: len(p) + len(r) - 1, :V].argmax(-1).cpu()
+        hits += int((pred == torch.tensor(r)).sum())
+        total += len(r)
+    return hits / max(1, total)
+
+
+def _break_even(cost_ratio: float, gamma_max: int) -> float:
+    """The smallest acceptance (to 1e-4) at which drafting pays: the bonus token is kept in decoding."""
+    lo, hi = 0.0, 1.0
+    if drafting_pays(lo, cost_ratio, gamma_max, True):
+        return 0.0
+    for _ in range(14):   # drafting_pays is monotone in the acceptance
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if drafting_pays(mid, cost_ratio, gamma_max, True) else (mid, hi)
+    return hi
 
 
 def _greedy_kwargs(eos: list[int], pad: int, max_new_tokens: int) -> dict:
@@ -133,10 +168,16 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
         for bs in (1, N):
             ratios[f"skd_spec_b{bs}/{name}_over_hf_assisted_b1/{name}"] = (
                 results[f"skd_spec_b{bs}/{name}"]["tokens_per_s"] / results[f"hf_assisted_b1/{name}"]["tokens_per_s"])
+    draft_info = {}
+    for name, d in drafts.items():
+        ratio = weight_bytes(teacher) / max(1, weight_bytes(d))
+        draft_info[name] = {"teacher_forced_match": _teacher_forced_match(d, prompts, ref, V),
+                            "cost_ratio": ratio,
+                            "break_even_acceptance": _break_even(ratio, 8 if gamma == "auto" else int(gamma))}
     gen_cfg = next(iter(drafts.values())).generation_config if drafts else None
     keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
     # None: the draft's generation_config leaves it to transformers (5.x: 20 tokens, constant, threshold 0.4)
     assisted = {k: getattr(gen_cfg, k, None) for k in keys} if gen_cfg is not None else {}
-    return {"results": results, "ratios": ratios,
+    return {"results": results, "ratios": ratios, "drafts": draft_info,
             "settings": {"batch_size": N, "max_new_tokens": max_new_tokens, "gamma": gamma, "greedy": True,
                          "stop": "EOS only", "reference": "teacher_hf_b1", "hf_assisted_defaults": assisted}}

@@ -621,6 +621,11 @@ def _print_peers(console, result: dict) -> None:
                           _fmt(r.get("teacher_only_round_share"), 2), same)
         console.print(table)
         console.print("  T/tok: teacher passes per token; T-only: share of rounds without a draft (gamma auto)")
+        for name, info in sec.get("drafts", {}).items():
+            console.print(escape(f"  draft {name}: predicts {info['teacher_forced_match']:.3f} of the teacher's greedy "
+                                 f"tokens from the teacher's prefix; drafting pays above an acceptance of "
+                                 f"{info['break_even_acceptance']:.2f} (teacher / draft weight bytes "
+                                 f"{info['cost_ratio']:.2f})"))
         d = sec["distilled_draft"]
         console.print(escape(f"  skd-distilled draft: {d['steps']} steps of skd distill --method skd (lr {d['lr']:g}, "
                              f"batch {d['batch_size']}, {d['prompts']} prompts)"

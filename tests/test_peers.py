@@ -57,6 +57,10 @@ def test_quick_run_measures_every_section(tmp_path):
     for name, row in draft["results"].items():   # greedy everywhere: every output is the teacher's own
         assert row["outputs_match_teacher"] is True, name
     assert (tmp_path / "run" / "draft-skd" / "final" / "config.json").is_file()
+    for d in ("student", "skd-distilled"):
+        info = draft["drafts"][d]
+        assert 0 <= info["teacher_forced_match"] <= 1 and 0 < info["break_even_acceptance"] <= 1
+    assert "of the teacher's greedy tokens from the teacher's prefix" in r.output
     for d in ("student", "skd-distilled"):   # assisted generation (B = 1) against both skd sizes
         assert {f"skd_spec_b1/{d}_over_hf_assisted_b1/{d}", f"skd_spec_b2/{d}_over_hf_assisted_b1/{d}"} <= set(
             draft["ratios"])
