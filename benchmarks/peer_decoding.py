@@ -173,7 +173,7 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
         ratio = weight_bytes(teacher) / max(1, weight_bytes(d))
         draft_info[name] = {"teacher_forced_match": _teacher_forced_match(d, prompts, ref, V),
                             "cost_ratio": ratio,
-                            "break_even_acceptance": _break_even(ratio, 8 if gamma == "auto" else int(gamma))}
+                            "break_even_acceptance": _break_even(ratio, SampleConfig(gamma=gamma).max_draft)}
     gen_cfg = next(iter(drafts.values())).generation_config if drafts else None
     keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
     # None: the draft's generation_config leaves it to transformers (5.x: 20 tokens, constant, threshold 0.4)
