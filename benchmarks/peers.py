@@ -11,7 +11,8 @@ Three sections, each with its variants' repeats interleaved and medians reported
   draft    greedy decoding with a draft: transformers' assisted generation (B = 1) against
            speculative_generate at B = 1 and batched, and the teacher alone at both sizes; tokens/s and
            whether every output equals the teacher's greedy output (skd.benchmarks.peer_decoding). Drafts:
-           the pair's student, and the same after a short cached `skd distill --method skd` run;
+           the pair's student, and the same after a short cached `skd distill --method skd` run (or, with
+           --draft, a trained draft the user names instead of that run);
   sampler  the authors' per-prompt SKD procedure against the batched SKD sampler, as `skd bench sampling`
            (skd.benchmarks.sampling.compare).
 The pair (skd.benchmarks.peer_pair): SmolLM2-135M-Instruct and a copy pruned to 8 of its 30 layers;
@@ -37,6 +38,7 @@ class PeersConfig:
     teacher: str | None = None     # a model folder or preset; None: SmolLM2-135M-Instruct (--quick: tiny-teacher)
     student: str | None = None     # None: the teacher pruned to student_layers layers (--quick: tiny-student)
     student_layers: int = 8        # of SmolLM2's 30 (evenly spread, first and last kept)
+    draft: str | None = None       # the draft rows' trained draft (a model folder); None: the cached skd-distilled one
     run_dir: str = "runs/peers"    # the pruned student and the distilled draft are cached here
     prompts: int = 16              # measurement prompts (the distillation steps cycle through them)
     train_batch_size: int = 4      # sequences per distillation step (both trainers)
@@ -123,6 +125,18 @@ def _prompts(cfg, tok):
     return measured, [TokenizedExample(p, r) for _, p, r in map(encode, train)]
 
 
+def _given_draft(name: str, tok):
+    """The --draft folder, checked to share the pair's tokenizer (a draft's tokens are the teacher's tokens)."""
+    from skd.benchmarks.peer_pair import model_folder
+    from skd.core import models as model_lib
+
+    folder = model_folder(name)
+    if model_lib.load_tokenizer(str(folder)).get_vocab() != tok.get_vocab():
+        raise SkdError(f"draft {name} uses a different tokenizer from the teacher's",
+                       "pass a draft of the teacher's family (e.g. a student skd distilled from it)")
+    return folder
+
+
 def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
     """All sections of cfg.sections on one pair; the result dict (JSON-ready)."""
     import torch
@@ -160,22 +174,29 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
         gc.collect()
 
     if "draft" in cfg.sections:
-        emit("section", {"name": "draft", "what": "skd-distilled draft (cached stage)"})
         t0 = time.perf_counter()
-        stage = distilled_draft(cfg, pair, train_examples, emit=emit)
+        if cfg.draft is None:
+            emit("section", {"name": "draft", "what": "skd-distilled draft (cached stage)"})
+            stage = distilled_draft(cfg, pair, train_examples, emit=emit)
+            trained, trained_dir = "skd-distilled", stage["checkpoint"]
+        else:
+            trained_dir = str(_given_draft(cfg.draft, tok))
+            trained, stage = "given", None
         emit("section", {"name": "draft", "what": "greedy decoding: assisted generation vs speculative_generate"})
         teacher = model_lib.freeze(model_lib.load_model(str(pair.teacher), dtype=cfg.dtype, device=cfg.device))
         drafts = {"pruned" if pair.student_stamp else "student":
                   model_lib.freeze(model_lib.load_model(str(pair.student), dtype=cfg.dtype, device=cfg.device)),
-                  "skd-distilled": model_lib.freeze(model_lib.load_model(stage["checkpoint"], dtype=cfg.dtype,
-                                                                         device=cfg.device))}
+                  trained: model_lib.freeze(model_lib.load_model(trained_dir, dtype=cfg.dtype, device=cfg.device))}
         sec = peer_decoding.run(teacher, drafts, tok, [p for _, p, _ in measured], batch_size=cfg.batch_size,
                                 max_new_tokens=cfg.max_new_tokens, gamma=cfg.draft_gamma, repeats=cfg.repeats)
-        sec["distilled_draft"] = {k: stage.get(k) for k in ("checkpoint", "cached", "steps", "final_loss",
-                                                            "correction_rate_start", "correction_rate_end",
-                                                            "train_wall_s")}
-        sec["distilled_draft"].update(method="skd", lr=cfg.distill_lr, batch_size=cfg.train_batch_size,
-                                      prompts=len(train_examples))
+        if stage is not None:
+            sec["distilled_draft"] = {k: stage.get(k) for k in ("checkpoint", "cached", "steps", "final_loss",
+                                                                "correction_rate_start", "correction_rate_end",
+                                                                "train_wall_s")}
+            sec["distilled_draft"].update(method="skd", lr=cfg.distill_lr, batch_size=cfg.train_batch_size,
+                                          prompts=len(train_examples))
+        else:
+            sec["given_draft"] = {"path": trained_dir}
         result["sections"]["draft"] = sec
         sec["wall_s"] = time.perf_counter() - t0   # with the draft's training when it was not cached
         del teacher, drafts

@@ -465,6 +465,8 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
 @click.option("--student", default=None, help="Model folder or preset  [default: the teacher pruned to "
               "--student-layers layers; --quick tiny-student]")
 @click.option("--student-layers", type=click.IntRange(min=1), default=None, help="[default: 8]")
+@click.option("--draft", default=None, help="Model folder of a trained draft for the draft rows, instead of the "
+              "cached `skd distill --method skd` run  [default: that run]")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Cache of the pruned student and the distilled draft  [default: runs/peers; --quick "
                    "runs/peers-quick]")
@@ -502,7 +504,7 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
 @_OUTPUT
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of tokens/s per row (default: next to --output).")
-def peers(quick, teacher, student, student_layers, run_dir, n_prompts, train_batch_size, batch_size, max_new_tokens,
+def peers(quick, teacher, student, student_layers, draft, run_dir, n_prompts, train_batch_size, batch_size, max_new_tokens,
           temperature, k, lr, repeats, draft_gamma, sampler_gamma, batch1_prompts, distill_steps, distill_lr, distill_prompts, sections,
           trl, trl_trainer, seed, device, dtype, threads, output, plot):
     """Compare skd with TRL's on-policy distillation and transformers' assisted generation, side by side.
@@ -536,7 +538,7 @@ def peers(quick, teacher, student, student_layers, run_dir, n_prompts, train_bat
         if not draft_gamma.isdigit():
             raise SkdError(f"--draft-gamma must be auto or a number (got {draft_gamma!r})", "e.g. --draft-gamma 4")
         draft_gamma = int(draft_gamma)
-    given = dict(teacher=teacher, student=student, student_layers=student_layers, prompts=n_prompts,
+    given = dict(teacher=teacher, student=student, student_layers=student_layers, draft=draft, prompts=n_prompts,
                  train_batch_size=train_batch_size, batch_size=batch_size, max_new_tokens=max_new_tokens,
                  temperature=temperature, k=k, lr=lr, repeats=repeats, draft_gamma=draft_gamma,
                  sampler_gamma=sampler_gamma, batch1_prompts=batch1_prompts, distill_steps=distill_steps, distill_lr=distill_lr,
@@ -626,10 +628,13 @@ def _print_peers(console, result: dict) -> None:
                                  f"tokens from the teacher's prefix; drafting pays above an acceptance of "
                                  f"{info['break_even_acceptance']:.2f} (teacher / draft weight bytes "
                                  f"{info['cost_ratio']:.2f})"))
-        d = sec["distilled_draft"]
-        console.print(escape(f"  skd-distilled draft: {d['steps']} steps of skd distill --method skd (lr {d['lr']:g}, "
-                             f"batch {d['batch_size']}, {d['prompts']} prompts)"
-                             f"{', cached' if d['cached'] else ''}: {d['checkpoint']}"))
+        d = sec.get("distilled_draft")
+        if d is not None:
+            console.print(escape(f"  skd-distilled draft: {d['steps']} steps of skd distill --method skd (lr "
+                                 f"{d['lr']:g}, batch {d['batch_size']}, {d['prompts']} prompts)"
+                                 f"{', cached' if d['cached'] else ''}: {d['checkpoint']}"))
+        else:
+            console.print(escape(f"  given draft (--draft): {sec['given_draft']['path']}"))
         ratios(sec)
         explain(sec["results"])
     if "sampler" in secs:

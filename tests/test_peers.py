@@ -96,3 +96,37 @@ def test_bad_options_are_one_line(tmp_path, args, words):
     assert r.exit_code == 2
     lines = [x for x in r.output.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.output
+
+
+def test_draft_option_replaces_the_distilled_draft(tmp_path):
+    """--draft names the trained draft: no distillation run, its rows under 'given', outputs still the
+    teacher's own; a draft with another tokenizer is refused in one line."""
+    from skd.core.presets import materialize_preset
+
+    out = tmp_path / "peers.json"
+    r = _invoke("--sections", "draft", "--repeats", "1", "--run-dir", str(tmp_path / "run"),
+                "--draft", str(materialize_preset("tiny-teacher")), "--output", str(out))
+    assert r.exit_code == 0, r.output
+    sec = json.loads(out.read_text())["sections"]["draft"]
+    assert not (tmp_path / "run" / "draft-skd").exists() and "distilled_draft" not in sec
+    assert {"hf_assisted_b1/given", "skd_spec_b1/given", "skd_spec_b2/given"} <= set(sec["results"])
+    assert all(row["outputs_match_teacher"] for row in sec["results"].values())
+    assert sec["drafts"]["given"]["teacher_forced_match"] == 1.0   # the teacher drafting for itself
+    assert "given draft (--draft):" in r.output
+
+
+def test_a_draft_with_another_tokenizer_is_one_line(tmp_path):
+    from skd.core.presets import materialize_preset, tiny_model
+    from skd.core.tokenizer import build_char_tokenizer
+
+    for name in ("tiny-teacher", "tiny-student"):   # written before the call: their progress bars are not its output
+        materialize_preset(name)
+    other = build_char_tokenizer()
+    other.add_tokens(["<extra>"])
+    tiny_model("llama", len(other), seed=3, hidden=16, layers=1).save_pretrained(tmp_path / "other")
+    other.save_pretrained(tmp_path / "other")
+    r = CliRunner().invoke(main, ["bench", "peers", "--quick", "--sections", "draft", "--run-dir",
+                                  str(tmp_path / "run"), "--draft", str(tmp_path / "other")])
+    lines = [x for x in r.output.strip().splitlines() if x.strip()]
+    assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert "different tokenizer" in lines[0] and "teacher's family" in lines[0]
