@@ -3,6 +3,7 @@
 Public: process_logits(logits, temperature, top_k, top_p); sample_tokens(logits, u, ...);
 teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling arguments);
 SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's);
+acceptance_estimate(accepted, rejected) -> the per-token acceptance `--gamma auto` plans with;
 adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`;
 drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds).
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
@@ -15,7 +16,7 @@ from skd.core import ops
 from skd.core.config import SampleConfig
 
 __all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
-           "SpeculativeRule", "adaptive_gamma"]
+           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma"]
 
 
 def teacher_settings(cfg: SampleConfig) -> dict:
@@ -65,6 +66,18 @@ def sample_tokens(logits: torch.Tensor, u: torch.Tensor, *, temperature: float, 
 
 
 # --------------------------------------------------------------------------- draft length
+
+def acceptance_estimate(accepted: int, rejected: int) -> float:
+    """The per-token acceptance probability a of the model adaptive_gamma assumes, from the rounds so far.
+
+    Under that model a round's drafted tokens are tested in order until the first rejection, so the
+    tokens drafted after a rejection are never tested: each round contributes its kept prefix (accepted
+    tokens) and at most one rejection, and the maximum-likelihood estimate of a is accepted / (accepted
+    + rejected). (Accepted / drafted, the acceptance rate reported to users, counts the untested
+    tokens too and reads low: at a = 0.8 and 5-token drafts it is ~0.54.) Laplace-smoothed, so the
+    first round, with nothing seen, drafts for a coin flip."""
+    return (accepted + 1) / (accepted + rejected + 2)
+
 
 def adaptive_gamma(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> int:
     """The draft length that maximises expected tokens per unit of cost for one round.

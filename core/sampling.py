@@ -19,8 +19,8 @@ from skd.core.config import SampleConfig
 from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
 from skd.core.models import weight_bytes
-from skd.core.rules import (SkdRule, adaptive_gamma, drafting_pays, process_logits, sample_tokens,
-                            student_settings, teacher_settings)
+from skd.core.rules import (SkdRule, acceptance_estimate, adaptive_gamma, drafting_pays, process_logits,
+                            sample_tokens, student_settings, teacher_settings)
 from skd.core.sparse_teacher import SparseTeacher
 from skd.core.stops import StopChecker, eos_ids
 
@@ -298,12 +298,13 @@ class _DraftVerify:
 
     def draft_length(self, b: _Batch) -> int:
         """This round's draft length: fixed, or (--gamma auto) rules.adaptive_gamma of the acceptance so far
-        (Laplace estimate (accepted + 1) / (proposed + 2), so the first round drafts for a coin flip).
+        (rules.acceptance_estimate: the kept tokens over the tested ones, each round's rejection being the
+        last token it tested; the first round drafts for a coin flip).
         0 (a teacher-only round) where the rule allows it and rules.drafting_pays says no draft beats the
         teacher alone, except every PROBE_EVERY-th such round."""
         if not self.auto:
             return self.D
-        a = (b.accepted + 1) / (b.proposed + 2)
+        a = acceptance_estimate(b.accepted, b.replaced)   # replaced: the drafting rounds' rejections
         if self.may_skip and not drafting_pays(a, self.cost_ratio, self.D, self.rule.keep_bonus):
             if self.skipped < PROBE_EVERY - 1:
                 self.skipped += 1

@@ -222,3 +222,30 @@ def test_skd_token_law_does_not_depend_on_the_draft_length(gamma):
     draws = torch.multinomial(p1, N, replacement=True, generator=torch.Generator().manual_seed(5))
     stat, df = chi_square(torch.bincount(draws, minlength=Vs).double(), r1, N)
     assert stat > crit[df]
+
+
+@pytest.mark.parametrize("a, g", [(0.3, 2), (0.8, 5), (0.95, 8)])
+def test_acceptance_estimate_recovers_the_per_token_acceptance(a, g):
+    """Rounds drawn from the model adaptive_gamma plans with (each drafted token kept with probability a
+    until the first rejection): the estimate lands on a, where accepted / drafted reads low."""
+    from skd.core.rules import acceptance_estimate
+
+    gen = torch.Generator().manual_seed(0)
+    accepted = rejected = drafted = 0
+    for _ in range(4000):
+        kept = int(torch.cumprod((torch.rand(g, generator=gen) < a).long(), 0).sum())
+        accepted, rejected, drafted = accepted + kept, rejected + (kept < g), drafted + g
+    assert acceptance_estimate(accepted, rejected) == pytest.approx(a, abs=0.015)
+    assert accepted / drafted < a - 0.04          # the reported rate is not an estimate of a
+    assert acceptance_estimate(0, 0) == 0.5
+
+
+def test_auto_plans_with_the_acceptance_estimate(sharp_pair64, monkeypatch):
+    """The sampler's draft length is adaptive_gamma of rules.acceptance_estimate of its own counts."""
+    from skd.core import sampling
+
+    seen = []
+    monkeypatch.setattr(sampling, "acceptance_estimate", lambda acc, rej: seen.append((acc, rej)) or 1.0)
+    out = _run(sharp_pair64, "skd", k=3)
+    assert len(seen) == len(out.draft_lengths) and set(out.draft_lengths) == {6}   # a = 1: the longest draft
+    assert seen[0] == (0, 0) and seen[-1][0] + seen[-1][1] > 0
