@@ -347,11 +347,20 @@ class _DraftVerify:
         return _Draft(draft[:, :D_eff], draft_len, ended, q)
 
     def verify(self, b: _Batch, d: _Draft) -> _Verdict:
-        """One teacher pass over [last committed token, draft]; the kept prefix and the teacher's token."""
+        """One teacher pass over [last committed token, draft]; the kept prefix and the teacher's token.
+
+        With the bonus token discarded (SKD's default) no round needs the teacher's distribution after
+        its last drafted token, so the pass covers [last committed token, draft without its last token]:
+        D_eff positions, every row a test of one drafted token. A fully kept draft's last token is the
+        next round's first teacher input, as it must be anyway. With the bonus kept the pass covers the
+        whole draft (D_eff + 1 positions, the last one the bonus row). Same logits at every tested
+        position; one position fewer per pass, which a CPU's forward prices (its cost grows with its
+        positions)."""
         t_dev, rule = self.t.device, self.rule
         D_eff = d.tokens.shape[1]
-        t_in = torch.cat([b.pend.to(t_dev)[:, None], d.tokens.to(t_dev)], 1)
-        t_logits = self.t.forward(t_in)                                      # [A, D_eff + 1, V]
+        W = D_eff + 1 if rule.keep_bonus else D_eff                        # teacher positions this round
+        t_in = torch.cat([b.pend.to(t_dev)[:, None], d.tokens[:, :W - 1].to(t_dev)], 1)
+        t_logits = self.t.forward(t_in)                                      # [A, W, V]
         u = torch.stack([_draw(self.t_gen, b.B, b.active, t_dev) for _ in range(rule.draws_per_round)], 1)
         q = d.q[:, :D_eff].to(t_dev) if d.q is not None else None
         n = rule.accept(t_logits, d.tokens.to(t_dev), d.length.to(t_dev), q, u).cpu()
@@ -360,7 +369,8 @@ class _DraftVerify:
         # ended its row and was kept whole gets none (CONTRACT.md §2, step 6).
         full = n == d.length
         need_tok = ~full | (~d.ended & rule.keep_bonus)
-        row = torch.where(full, torch.full_like(n, D_eff), n)               # t_logits row to sample from
+        # The t_logits row to sample from; a full draft without the bonus needs no token (row clamped, unused).
+        row = torch.where(full, torch.full_like(n, D_eff), n).clamp(max=W - 1)
         ar = torch.arange(n.shape[0])
         q_rows = q[ar.to(t_dev), row.clamp(max=D_eff - 1).to(t_dev)] if q is not None else None
         t_tok = rule.token(t_logits[ar.to(t_dev), row.to(t_dev)], q_rows, (~full).to(t_dev), u[:, -1]).cpu()
@@ -370,7 +380,8 @@ class _DraftVerify:
         """Write the kept prefix and the teacher's token; turn the rejected slots of both caches into holes."""
         n, full, need_tok, t_tok, draft = v.n, v.full, v.need_tok, v.t_tok, d.tokens
         A, D_eff = draft.shape
-        J = torch.arange(D_eff + 1)[None, :]
+        W = v.t_logits.shape[1]                  # teacher positions of the round: D_eff + 1, or D_eff (no bonus)
+        J = torch.arange(W)[None, :]
         b.keep_teacher_logits(v.t_logits, (J < n[:, None]) | ((J == n[:, None]) & need_tok[:, None]))
         b.commit(draft, n, torch.where(need_tok, t_tok, torch.full_like(t_tok, -1)))
         b.proposed += int(d.length.sum())
@@ -381,8 +392,11 @@ class _DraftVerify:
         b.pend = torch.where(need_tok, t_tok, last_draft)
         s_valid = 1 + torch.minimum(n, torch.full_like(n, D_eff - 1))
         self.s.invalidate_tail(D_eff - s_valid)
-        t_valid = 1 + n - (~need_tok).long()  # the accepted last draft token is re-fed next round
-        self.t.invalidate_tail(D_eff + 1 - t_valid)
+        # The teacher's slots that stay: the last committed token and the kept draft tokens, less a kept last
+        # draft token without a teacher token after it (it is next round's first input; without the bonus
+        # it was never fed).
+        t_valid = 1 + n - (~need_tok).long()
+        self.t.invalidate_tail(W - t_valid)
         self.s_extra = torch.where(full & need_tok, draft[:, D_eff - 1], torch.full_like(n, -1))[:, None]
         return n + need_tok.long()
 

@@ -301,3 +301,30 @@ def test_growing_layer_readopts_tensors_replaced_from_outside():
         layer.reset()
         layer.update(k0, k0 + 1)
     torch.testing.assert_close(grow.keys, ref.keys)
+
+
+@pytest.mark.parametrize("gamma", [1, 3])
+@pytest.mark.parametrize("keep_bonus", [False, True])
+def test_the_teacher_pass_covers_the_draft_less_its_last_token_without_the_bonus(pair64, keep_bonus, gamma):
+    """Without the bonus token no round needs the teacher's distribution after its last drafted token: each
+    verification pass has as many positions as the round's draft (one more with the bonus), and the
+    kept teacher logits still equal a fresh forward."""
+    teacher, student = (copy.deepcopy(m).float() for m in pair64)
+    widths = []
+    hook = teacher.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
+                                             with_kwargs=True)
+    try:
+        out = sample(teacher, student, PROMPTS, SampleConfig(mode="skd", k=4, gamma=gamma, keep_bonus=keep_bonus,
+                                                             max_new_tokens=20, student_temperature=1.0,
+                                                             teacher_temperature=1.0), eos_token_id=NO_EOS,
+                     vocab_size=V, **_gens())
+    finally:
+        hook.remove()
+    passes = widths[1:]                                   # widths[0]: the prompts' prefill
+    full = gamma + 1 if keep_bonus else gamma
+    assert len(passes) == out.rounds and out.accepted > 0 and out.replaced > 0
+    assert max(passes) == full and all(1 <= w <= full for w in passes)
+    if gamma == 1:                                        # every round drafts one token
+        assert set(passes) == {full}
+    for b, ref in enumerate(_fresh_teacher_logits(teacher, out)):
+        torch.testing.assert_close(out.teacher_logits[b, :ref.shape[0]], ref, rtol=0, atol=1e-5)
