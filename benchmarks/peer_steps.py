@@ -27,6 +27,9 @@ row), gradients clipped to norm 1, linear decay. Rows (ROWS):
                       logits of the verification passes are the loss targets), --gamma auto and 5.
 The repeats are interleaved: TRL's training loop drives, and after each of its steps (outside its
 clock) every skd row takes its step of the same repeat; step 0 is everyone's warm-up. Medians.
+The SKD rows also report the per-token acceptance (kept / tested tokens, the unsmoothed form of
+rules.acceptance_estimate) beside the reported kept / drafted rate, and the section ends with the floor of each SKD row
+(skd.benchmarks.peer_floor): forward prices measured after the timed steps, on the first batch.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import warnings
 
 import torch
 
+from skd.benchmarks.peer_floor import floors, forward_costs
 from skd.core.timing import ForwardClock, clock
 
 ROWS = {
@@ -165,7 +169,7 @@ class _SkdRow:
                 "sampling_forward_share": fwd_sampling / max(sampling, 1e-12),
                 "model_time_share": (fwd.seconds + timings.get("backward", 0.0)) / max(t2 - t0, 1e-12),
                 "tokens": int(s.response_lengths.sum()), "proposed": s.proposed, "accepted": s.accepted,
-                "draft_lengths": list(s.draft_lengths or ())}
+                "rejected": s.replaced, "draft_lengths": list(s.draft_lengths or ())}
 
 
 def _trl_trainer(kind: str, pair, prompts: list[tuple[str, list[int], list[int]]], cfg, steps: int, hook):
@@ -301,8 +305,10 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
                                                                              "model_time_share")})
             proposed, accepted = sum(r["proposed"] for r in recs), sum(r["accepted"] for r in recs)
             drafts = [g for r in recs for g in r["draft_lengths"]]
+            rejected = sum(r["rejected"] for r in recs)
             row.update(method=rows[name].method, gamma=rows[name].scfg.gamma,
                        acceptance_rate=accepted / proposed if proposed else None,
+                       per_token_acceptance=accepted / (accepted + rejected) if accepted + rejected else None,
                        mean_draft_length=statistics.fmean(drafts) if drafts else None)
         results[name] = row
     ratios = {}
@@ -311,7 +317,14 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
         for name in rows:   # both > 1 where skd is faster
             ratios[f"{name}_over_trl_on_policy_tokens_per_s"] = results[name]["tokens_per_s"] / trl["tokens_per_s"]
             ratios[f"trl_on_policy_over_{name}_step_s"] = trl["step_s"] / results[name]["step_s"]
-    return {"results": results, "ratios": ratios, "trl": trl_version(), "trl_trainer": kind, "skipped": skip,
+    # The floor (skd.benchmarks.peer_floor): forward prices measured on the first batch's prompts.
+    gamma_max = rows["skd_skd_gamma_auto"].scfg.gamma_max
+    costs = forward_costs(teacher, rows["skd_skd_gamma_auto"].student, [ex.prompt_ids for ex in batches[0]],
+                          vocab_size=len(tok), q_max=gamma_max, pad_id=rows["skd_on_policy"].pad)
+    floor = {"forward_ms": costs, "batch_size": B, "rows": floors(results, costs, gamma_max=gamma_max,
+                                                                  target=cfg.floor_target)}
+    return {"results": results, "ratios": ratios, "floor": floor, "trl": trl_version(), "trl_trainer": kind,
+            "skipped": skip,
             "trl_settings": trl_settings,
             "settings": {"batch_size": B, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                          "top_p": 1.0, "top_k": None, "divergence": "forward KL(teacher || student), token mean",

@@ -607,6 +607,22 @@ def _print_peers(console, result: dict) -> None:
         if sec["skipped"]:
             console.print(escape(sec["skipped"]))
         ratios(sec)
+        floor = sec.get("floor")
+        if floor:
+            ms = floor["forward_ms"]
+            t = ms["teacher"]
+            console.print(escape(f"  forward ms at batch {floor['batch_size']}: student, 1 position {ms['student'][0]:.1f}; "
+                                 f"teacher, 1 / 2 / 3 / {len(t)} positions "
+                                 + " / ".join(f"{x:.1f}" for x in (t[:3] + t[-1:]))))
+            for name, f in floor["rows"].items():
+                line = (f"  floor of {name}: per-token acceptance {f['per_token_acceptance']:.3f}, best draft "
+                        f"length {f['best_gamma']}: {f['floor_step_s']:.2f} s per step")
+                if "floor_over_trl" in f:
+                    need = f.get("acceptance_for_target")
+                    line += (f" = {f['floor_over_trl']:.2f}x TRL's step (measured {f['measured_over_floor']:.2f}x the "
+                             f"floor); {f['target']:g}x TRL's needs a per-token acceptance of "
+                             + (f">= {need:.2f}" if need is not None else "more than 1 (unreachable)"))
+                console.print(escape(line))
         explain(sec["results"])
     if "draft" in secs:
         sec = secs["draft"]

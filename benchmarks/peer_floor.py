@@ -1,0 +1,101 @@
+"""The SKD step's floor on the machine at hand: what any draft length could reach at the acceptance
+measured, priced with forward costs measured here, and the acceptance a step-time target needs.
+
+Public: forward_costs(teacher, student, prompt_rows, *, vocab_size, q_max, repeats) -> dict;
+sampling_ratio(acceptance, costs, gammas) -> (gamma, ratio); floors(results, costs, *, gamma_max,
+target) -> dict.
+
+Why: a measured SKD step over TRL's on-policy step says how far skd is from a target, not whether any
+implementation of SKD's semantics could meet it on this hardware. The model is the one `--gamma auto`
+plans with (Leviathan et al. 2023, section 3): each drafted token is kept with probability a,
+independently, until the first rejection; with the bonus token discarded (SKD) a round that drafts g
+tokens yields (1 - a^g) / (1 - a) tokens per row and costs g one-position student forwards plus one
+teacher forward over g positions (the last committed token and the draft less its last token, as
+skd.core.sampling's verification pass covers them without the bonus). On-policy sampling
+costs one one-position student forward per token. The prices are measured (ms per KV-cached forward
+at the step's batch, after its prompts), not weight bytes: on a CPU a forward's price grows with its
+positions, which the weight-byte model of `--gamma auto` does not see. The floor of a step is then
+ratio x the measured on-policy sampling time + the SKD row's own update time (its teacher targets
+come from the verification passes, so it has no teacher pass).
+"""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from skd.core.kvcache import KVStream
+from skd.core.timing import clock
+
+
+def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size: int, q_max: int,
+                  repeats: int = 5, pad_id: int = 0) -> dict:
+    """Median ms of one KV-cached forward of q new positions per row, over the batch prompt_rows:
+    {"student": [ms at q = 1], "teacher": [ms at q = 1, ..., q_max]} (entry q - 1 for q positions). Each q starts from a fresh prefill of the
+    prompts (not timed) and one untimed forward; the cache then grows by q per timed forward, as a
+    sampler's does."""
+    devices = [next(m.parameters()).device for m in (teacher, student)]
+    out = {}
+    for name, model, qs in (("student", student, (1,)), ("teacher", teacher, range(1, q_max + 1))):
+        per_q = []
+        for q in qs:
+            stream = KVStream(model, vocab_size)
+            stream.prefill(prompt_rows, pad_id, reserve=(repeats + 1) * q)
+            ids = torch.full((len(prompt_rows), q), pad_id, dtype=torch.long)
+            stream.forward(ids)
+            times = []
+            for _ in range(repeats):
+                t0 = clock(*devices)
+                stream.forward(ids)
+                times.append(clock(*devices) - t0)
+            per_q.append(1000.0 * statistics.median(times))
+        out[name] = per_q
+    return out
+
+
+def _tokens_per_round(a: float, g: int) -> float:
+    """Expected tokens a g-token draft round writes per row, bonus token discarded."""
+    return float(g) if a >= 1.0 else (1.0 - a ** g) / (1.0 - a)
+
+
+def sampling_ratio(acceptance: float, costs: dict, gammas) -> tuple[int, float]:
+    """(best g among `gammas`, SKD sampling cost per token over on-policy sampling's) at acceptance a."""
+    a = min(max(float(acceptance), 0.0), 1.0)
+    s1, t = costs["student"][0], costs["teacher"]
+    best = None
+    for g in gammas:
+        ratio = (g * s1 + t[g - 1]) / (_tokens_per_round(a, g) * s1)   # t[g - 1]: the teacher over g positions
+        if best is None or ratio < best[1] * (1 - 1e-12):
+            best = (g, ratio)
+    return best
+
+
+def floors(results: dict, costs: dict, *, gamma_max: int, target: float | None = None) -> dict:
+    """Per SKD row of the distill section's results: its floor step time (s), that over TRL's step and the
+    measured step over its floor; and the per-token acceptance at which the floor meets `target` x TRL's
+    step (None where even a = 1 does not). Rows of --gamma auto may choose any g in 1..gamma_max, fixed-
+    gamma rows only theirs."""
+    pol, trl = results.get("skd_on_policy"), results.get("trl_on_policy")
+    if pol is None:
+        return {}
+    out = {}
+    for name, row in results.items():
+        a = row.get("per_token_acceptance")
+        if row.get("method") != "skd" or a is None:
+            continue
+        gammas = range(1, gamma_max + 1) if row["gamma"] == "auto" else (int(row["gamma"]),)
+
+        def step_s(acc: float) -> tuple[int, float]:
+            g, ratio = sampling_ratio(acc, costs, gammas)
+            return g, ratio * pol["sampling_s"] + row["update_s"] + row["teacher_s"]
+
+        g, floor_s = step_s(a)
+        rec = {"per_token_acceptance": a, "best_gamma": g, "floor_step_s": floor_s,
+               "measured_over_floor": row["step_s"] / floor_s}
+        if trl is not None:
+            rec["floor_over_trl"] = floor_s / trl["step_s"]
+            if target is not None:
+                need = next((i / 100 for i in range(101) if step_s(i / 100)[1] <= target * trl["step_s"]), None)
+                rec.update(target=target, acceptance_for_target=need)
+        out[name] = rec
+    return out
