@@ -3,7 +3,7 @@ measured, priced with forward costs measured here, and the acceptance a step-tim
 
 Public: forward_costs(teacher, student, prompt_rows, *, vocab_size, q_max, repeats) -> dict;
 sampling_ratio(acceptance, costs, gammas) -> (gamma, ratio); floors(results, costs, *, gamma_max,
-target) -> dict.
+targets) -> dict.
 
 Why: a measured SKD step over TRL's on-policy step says how far skd is from a target, not whether any
 implementation of SKD's semantics could meet it on this hardware. The model is the one `--gamma auto`
@@ -29,28 +29,29 @@ from skd.core.timing import clock
 
 
 def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size: int, q_max: int,
-                  repeats: int = 5, pad_id: int = 0) -> dict:
+                  repeats: int = 3, sweeps: int = 3, pad_id: int = 0) -> dict:
     """Median ms of one KV-cached forward of q new positions per row, over the batch prompt_rows:
-    {"student": [ms at q = 1], "teacher": [ms at q = 1, ..., q_max]} (entry q - 1 for q positions). Each q starts from a fresh prefill of the
-    prompts (not timed) and one untimed forward; the cache then grows by q per timed forward, as a
-    sampler's does."""
+    {"student": [ms at q = 1], "teacher": [ms at q = 1, ..., q_max]} (entry q - 1 for q positions).
+
+    Each measurement starts from a fresh prefill of the prompts (not timed) and one untimed forward;
+    the cache then grows by q per timed forward, as a sampler's does. The (model, q) cells are
+    measured in `sweeps` interleaved passes, alternately forwards and backwards, `repeats` forwards
+    each, so a slow spell of a shared machine spreads over every cell instead of skewing a few."""
     devices = [next(m.parameters()).device for m in (teacher, student)]
-    out = {}
-    for name, model, qs in (("student", student, (1,)), ("teacher", teacher, range(1, q_max + 1))):
-        per_q = []
-        for q in qs:
+    cells = [("student", student, 1)] + [("teacher", teacher, q) for q in range(1, q_max + 1)]
+    times: dict[tuple[str, int], list[float]] = {(name, q): [] for name, _, q in cells}
+    for sweep in range(sweeps):
+        for name, model, q in (cells if sweep % 2 == 0 else cells[::-1]):
             stream = KVStream(model, vocab_size)
             stream.prefill(prompt_rows, pad_id, reserve=(repeats + 1) * q)
             ids = torch.full((len(prompt_rows), q), pad_id, dtype=torch.long)
             stream.forward(ids)
-            times = []
             for _ in range(repeats):
                 t0 = clock(*devices)
                 stream.forward(ids)
-                times.append(clock(*devices) - t0)
-            per_q.append(1000.0 * statistics.median(times))
-        out[name] = per_q
-    return out
+                times[(name, q)].append(clock(*devices) - t0)
+    return {"student": [1000.0 * statistics.median(times[("student", 1)])],
+            "teacher": [1000.0 * statistics.median(times[("teacher", q)]) for q in range(1, q_max + 1)]}
 
 
 def _tokens_per_round(a: float, g: int) -> float:
@@ -70,11 +71,11 @@ def sampling_ratio(acceptance: float, costs: dict, gammas) -> tuple[int, float]:
     return best
 
 
-def floors(results: dict, costs: dict, *, gamma_max: int, target: float | None = None) -> dict:
+def floors(results: dict, costs: dict, *, gamma_max: int, targets: tuple[float, ...] = ()) -> dict:
     """Per SKD row of the distill section's results: its floor step time (s), that over TRL's step and the
-    measured step over its floor; and the per-token acceptance at which the floor meets `target` x TRL's
-    step (None where even a = 1 does not). Rows of --gamma auto may choose any g in 1..gamma_max, fixed-
-    gamma rows only theirs."""
+    measured step over its floor; and per target t the per-token acceptance at which the floor meets t x
+    TRL's step (None where even a = 1 does not; keyed by f"{t:g}"). Rows of --gamma auto may choose any g
+    in 1..gamma_max, fixed-gamma rows only theirs."""
     pol, trl = results.get("skd_on_policy"), results.get("trl_on_policy")
     if pol is None:
         return {}
@@ -94,8 +95,9 @@ def floors(results: dict, costs: dict, *, gamma_max: int, target: float | None =
                "measured_over_floor": row["step_s"] / floor_s}
         if trl is not None:
             rec["floor_over_trl"] = floor_s / trl["step_s"]
-            if target is not None:
-                need = next((i / 100 for i in range(101) if step_s(i / 100)[1] <= target * trl["step_s"]), None)
-                rec.update(target=target, acceptance_for_target=need)
+            if targets:
+                rec["acceptance_for_target"] = {
+                    f"{t:g}": next((i / 100 for i in range(101) if step_s(i / 100)[1] <= t * trl["step_s"]), None)
+                    for t in targets}
         out[name] = rec
     return out

@@ -322,7 +322,7 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
     costs = forward_costs(teacher, rows["skd_skd_gamma_auto"].student, [ex.prompt_ids for ex in batches[0]],
                           vocab_size=len(tok), q_max=gamma_max, pad_id=rows["skd_on_policy"].pad)
     floor = {"forward_ms": costs, "batch_size": B, "rows": floors(results, costs, gamma_max=gamma_max,
-                                                                  target=cfg.floor_target)}
+                                                                  targets=cfg.floor_targets)}
     return {"results": results, "ratios": ratios, "floor": floor, "trl": trl_version(), "trl_trainer": kind,
             "skipped": skip,
             "trl_settings": trl_settings,

@@ -48,7 +48,7 @@ class PeersConfig:
     k: int = 25                    # SKD top-K (paper)
     lr: float = 1e-5               # the timed distillation steps (paper)
     repeats: int = 3               # timed repeats per row, interleaved, after one warm-up
-    floor_target: float = 1.2      # the SKD step over TRL's step that the distill section's floor is solved for
+    floor_targets: tuple[float, ...] = (1.2, 1.5)   # SKD step / TRL's step values the distill floor is solved for
     draft_gamma: str | int = "auto"   # speculative_generate's draft length in the draft rows
     sampler_gamma: int = 5         # the sampler section (the released code's fixed draft length)
     batch1_prompts: int | None = None   # the sampler's one-prompt-at-a-time rows: the first N prompts (None: all)

@@ -618,10 +618,11 @@ def _print_peers(console, result: dict) -> None:
                 line = (f"  floor of {name}: per-token acceptance {f['per_token_acceptance']:.3f}, best draft "
                         f"length {f['best_gamma']}: {f['floor_step_s']:.2f} s per step")
                 if "floor_over_trl" in f:
-                    need = f.get("acceptance_for_target")
                     line += (f" = {f['floor_over_trl']:.2f}x TRL's step (measured {f['measured_over_floor']:.2f}x the "
-                             f"floor); {f['target']:g}x TRL's needs a per-token acceptance of "
-                             + (f">= {need:.2f}" if need is not None else "more than 1 (unreachable)"))
+                             f"floor)")
+                    for t, need in f.get("acceptance_for_target", {}).items():
+                        line += f"; {t}x TRL's needs a per-token acceptance of " + (
+                            f">= {need:.2f}" if need is not None else "more than 1 (unreachable)")
                 console.print(escape(line))
         explain(sec["results"])
     if "draft" in secs:

@@ -49,7 +49,7 @@ def _results(a_auto, a_fixed=0.5):
 
 def test_floors_per_row_and_the_acceptance_a_target_needs():
     costs = _costs(40.0, [90.0 + 20.0 * q for q in range(8)])
-    out = floors(_results(0.68), costs, gamma_max=8, target=1.2)
+    out = floors(_results(0.68), costs, gamma_max=8, targets=(1.2, 1.5))
     assert set(out) == {"skd_skd_gamma_auto", "skd_skd_gamma_5"}
     auto, fixed = out["skd_skd_gamma_auto"], out["skd_skd_gamma_5"]
     g, ratio = sampling_ratio(0.68, costs, range(1, 9))
@@ -57,15 +57,17 @@ def test_floors_per_row_and_the_acceptance_a_target_needs():
     assert auto["floor_over_trl"] == pytest.approx(auto["floor_step_s"] / 7.0)
     assert auto["measured_over_floor"] == pytest.approx(9.0 / auto["floor_step_s"])
     assert fixed["best_gamma"] == 5 and fixed["per_token_acceptance"] == 0.5
-    need = auto["acceptance_for_target"]
+    need, looser = auto["acceptance_for_target"]["1.2"], auto["acceptance_for_target"]["1.5"]
     assert need is not None and 0 < need <= 1
+    assert looser is not None and looser <= need
 
     def step(a):
         return sampling_ratio(a, costs, range(1, 9))[1] * 3.0 + 2.0
 
     assert step(need) <= 1.2 * 7.0 < step(need - 0.01)       # the smallest grid point that meets it
     slow = _costs(40.0, [400.0] * 8)                          # a teacher 10 student forwards dear
-    assert floors(_results(0.68), slow, gamma_max=8, target=1.2)["skd_skd_gamma_auto"]["acceptance_for_target"] is None
+    assert floors(_results(0.68), slow, gamma_max=8, targets=(1.2,))["skd_skd_gamma_auto"]["acceptance_for_target"] == {
+        "1.2": None}
 
 
 def test_a_fixed_gamma_row_is_priced_at_its_own_length():
