@@ -219,6 +219,10 @@ def sft(ctx, **params):
                      "student) or a fixed N (the released code: 5). The sequences' distribution does not depend "
                      "on it; the exact tokens of a seed do.")
 @setting_option("gamma_max", help="SKD with --gamma auto: the longest draft.")
+@setting_option("teacher_prices", type=click.STRING, default_text="the teacher / student weight-byte ratio",
+                help="SKD with --gamma auto: the price of a teacher pass over 1, 2, ... positions in one-position "
+                     "student forwards, comma-separated (longer passes take the last), e.g. measured on the "
+                     "machine by `skd bench peers` (its distill section's forward ms).")
 @setting_option("semantics", choices=SEMANTICS,
                 help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
 @setting_option("keep_bonus", help="SKD: keep the teacher's bonus token on full acceptance.")

@@ -69,6 +69,9 @@ class SampleConfig:
     gamma: int | str = "auto"          # student draft length per round: "auto" (adaptive, rules.adaptive_gamma)
                                        # or a fixed N (the released code: 5)
     gamma_max: int = 8                 # the longest draft "auto" may choose
+    teacher_prices: tuple[float, ...] | None = None  # "auto"'s price of a teacher pass over w positions (entry
+                                       # w - 1) in one-position student forwards, e.g. measured on the machine;
+                                       # None: the teacher / student weight-byte ratio at every width
     semantics: str = "paper"           # paper | code (CONTRACT.md §2)
     keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
     student_temperature: float = 0.5   # paper config for student proposals
@@ -107,6 +110,17 @@ class SampleConfig:
                                         and self.gamma >= 1),
                f"gamma must be auto or >= 1 (got {self.gamma})",
                "pass --gamma auto (adaptive draft length) or a fixed --gamma 1 or more (the paper uses 5)", "gamma")
+        if self.teacher_prices is not None:   # "1.4,1.9,2.1" (command line, repeatable) or a list (config file)
+            items = [self.teacher_prices] if isinstance(self.teacher_prices, str) else list(self.teacher_prices)
+            parts = [p for x in items for p in (x.split(",") if isinstance(x, str) else [x])]
+            try:
+                object.__setattr__(self, "teacher_prices", tuple(float(x) for x in parts))
+            except (TypeError, ValueError):
+                raise ConfigValueError(f"teacher_prices must be comma-separated numbers (got {self.teacher_prices!r})",
+                                       "e.g. --teacher-prices 1.4,1.9,2.1", ("teacher_prices",)) from None
+            _check(len(self.teacher_prices) > 0 and all(math.isfinite(x) and x > 0 for x in self.teacher_prices),
+                   f"teacher_prices must be positive numbers (got {self.teacher_prices})",
+                   "give one price per teacher pass width, in student forwards, or leave it unset", "teacher_prices")
         _check(isinstance(self.gamma_max, int) and self.gamma_max >= 1, f"gamma_max must be >= 1 (got {self.gamma_max})",
                "pass --gamma-max 1 or more", "gamma_max")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1 (got {self.max_new_tokens})",

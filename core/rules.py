@@ -5,6 +5,7 @@ teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling ar
 SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's);
 acceptance_estimate(accepted, rejected) -> the per-token acceptance `--gamma auto` plans with;
 adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`;
+teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards;
 drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds).
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
@@ -16,7 +17,7 @@ from skd.core import ops
 from skd.core.config import SampleConfig
 
 __all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
-           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma"]
+           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma", "teacher_price"]
 
 
 def teacher_settings(cfg: SampleConfig) -> dict:
@@ -79,36 +80,48 @@ def acceptance_estimate(accepted: int, rejected: int) -> float:
     return (accepted + 1) / (accepted + rejected + 2)
 
 
-def adaptive_gamma(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> int:
+def teacher_price(cost_ratio, width: int) -> float:
+    """The price of a teacher pass over `width` positions, in one-position student forwards: cost_ratio
+    itself when it is one number (a pass costs the same at every width, as on a GPU at small widths),
+    else entry width - 1 of the sequence (the last entry for longer passes)."""
+    if isinstance(cost_ratio, (int, float)):
+        return float(cost_ratio)
+    return float(cost_ratio[min(width, len(cost_ratio)) - 1])
+
+
+def adaptive_gamma(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -> int:
     """The draft length that maximises expected tokens per unit of cost for one round.
 
     With each drafted token kept with probability a (independently, the usual speculative-decoding
     model, Leviathan et al. 2023, section 3), a round that drafts g tokens yields on average
     (1 - a^g) / (1 - a) tokens (the kept prefix, then the teacher's token at the first rejection),
     or (1 - a^(g+1)) / (1 - a) when a full acceptance also keeps the teacher's bonus token; it costs
-    g student forwards plus one teacher forward, i.e. g + cost_ratio student-forward units. The
-    smallest g in 1..gamma_max with the best ratio is returned (ties go to the shorter draft)."""
+    g student forwards plus one teacher pass over g positions (g + 1 with the bonus), i.e. g +
+    teacher_price(cost_ratio, width) student-forward units. cost_ratio: one number, or prices per
+    pass width (teacher_price). The smallest g in 1..gamma_max with the best ratio is returned (ties
+    go to the shorter draft)."""
     return _best_draft(acceptance, cost_ratio, gamma_max, bonus)[0]
 
 
-def _best_draft(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> tuple[int, float]:
+def _best_draft(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -> tuple[int, float]:
     """(adaptive_gamma's draft length, its expected tokens per student-forward unit of cost)."""
     a = min(max(float(acceptance), 0.0), 1.0)
     best, best_rate = 1, -1.0
     for g in range(1, gamma_max + 1):
         n = g + 1 if bonus else g
         tokens = float(n) if a >= 1.0 else (1.0 - a ** n) / (1.0 - a)
-        rate = tokens / (g + cost_ratio)
+        rate = tokens / (g + teacher_price(cost_ratio, n))   # the pass covers n positions either way
         if rate > best_rate * (1 + 1e-12):
             best, best_rate = g, rate
     return best, best_rate
 
 
-def drafting_pays(acceptance: float, cost_ratio: float, gamma_max: int, bonus: bool) -> bool:
+def drafting_pays(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -> bool:
     """Whether drafting at adaptive_gamma's length yields more tokens per unit of cost than the teacher
-    alone, which writes one token per teacher forward (cost_ratio student-forward units), under the
-    same model of independent acceptances (Leviathan et al. 2023, section 3)."""
-    return _best_draft(acceptance, cost_ratio, gamma_max, bonus)[1] * cost_ratio > 1.0
+    alone, which writes one token per one-position teacher pass (teacher_price(cost_ratio, 1)
+    student-forward units), under the same model of independent acceptances (Leviathan et al. 2023,
+    section 3)."""
+    return _best_draft(acceptance, cost_ratio, gamma_max, bonus)[1] * teacher_price(cost_ratio, 1) > 1.0
 
 
 # --------------------------------------------------------------------------- verification rules

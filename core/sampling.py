@@ -274,9 +274,13 @@ class _DraftVerify:
         # teacher forward in student forwards, taken as the ratio of their weight bytes: a forward of a few
         # positions reads every weight once, so a bf16 teacher beside an fp32 student costs half its
         # parameter ratio (the same as the parameter ratio when both share a dtype). Deterministic, unlike
-        # a clock, so the same seeds give the same sequences and a resumed run stays exact.
+        # a clock, so the same seeds give the same sequences and a resumed run stays exact. Prices measured
+        # once on the machine (SampleConfig.teacher_prices, per pass width: on a CPU a pass's price grows
+        # with its positions) replace the ratio and stay as deterministic, being fixed numbers.
         self.auto = cfg.gamma == "auto"
-        self.cost_ratio = (weight_bytes(t.model) / max(1, weight_bytes(s.model))) if self.auto else 0.0
+        self.cost_ratio = 0.0
+        if self.auto:   # given prices per pass width (SampleConfig.teacher_prices), else the weight-byte ratio
+            self.cost_ratio = cfg.teacher_prices or weight_bytes(t.model) / max(1, weight_bytes(s.model))
         self.may_skip = self.auto and getattr(rule, "may_skip_draft", False)
         self.skipped = 0              # teacher-only rounds since the last draft
         self.gammas: list[int] = []   # the draft length of each round (0: a teacher-only round)

@@ -88,6 +88,8 @@ CASES = [
     ("negative-k", "--k -1", "k must be >= 0"),
     ("gamma-zero", "--gamma 0", "gamma must be auto or >= 1"),
     ("gamma-not-a-number", "--gamma often", "is neither auto nor an integer"),
+    ("teacher-prices-not-numbers", "--gamma auto --teacher-prices 1.5,x", "teacher_prices must be comma-separated"),
+    ("teacher-prices-zero", "--gamma auto --teacher-prices 1.5,0", "teacher_prices must be positive numbers"),
     ("beta-above-1", "--beta 1.5", "beta must be in [0, 1]"),
     ("beta-below-0", "--beta -0.1", "beta must be in [0, 1]"),
     ("negative-student-temperature", "--student-temperature -0.5", "student_temperature must be >= 0"),

@@ -249,3 +249,38 @@ def test_auto_plans_with_the_acceptance_estimate(sharp_pair64, monkeypatch):
     out = _run(sharp_pair64, "skd", k=3)
     assert len(seen) == len(out.draft_lengths) and set(out.draft_lengths) == {6}   # a = 1: the longest draft
     assert seen[0] == (0, 0) and seen[-1][0] + seen[-1][1] > 0
+
+
+@pytest.mark.parametrize("a", [0.0, 0.3, 0.7, 0.9, 1.0])
+@pytest.mark.parametrize("bonus", [False, True])
+def test_adaptive_gamma_with_prices_per_pass_width(a, bonus):
+    """A price per pass width: the rule maximises tokens per cost with the pass's own price (g positions,
+    g + 1 with the bonus); one price at every width is the same as the single number."""
+    from skd.core.rules import drafting_pays, teacher_price
+
+    prices = (1.4, 1.9, 2.1, 2.6, 2.8, 3.3)   # rising with positions, as on a CPU; longer passes: the last
+
+    def rate(g):
+        n = g + 1 if bonus else g
+        tokens = sum((k + 1) * a ** k * (1 - a) for k in range(g)) + (n * a ** g)
+        return tokens / (g + prices[min(n, len(prices)) - 1])
+
+    g = adaptive_gamma(a, prices, 8, bonus)
+    assert rate(g) == pytest.approx(max(rate(x) for x in range(1, 9)), rel=1e-9)
+    assert teacher_price(prices, 7) == 3.3 and teacher_price(2.4, 7) == 2.4
+    assert adaptive_gamma(a, (2.4,) * 9, 8, bonus) == adaptive_gamma(a, 2.4, 8, bonus)
+    assert drafting_pays(a, prices, 8, bonus) == (max(rate(x) for x in range(1, 9)) * 1.4 > 1.0)
+
+
+def test_auto_uses_the_given_teacher_prices(sharp_pair64, monkeypatch):
+    from skd.core import sampling
+    from skd.core.config import ConfigValueError
+
+    seen = []
+    real = sampling.adaptive_gamma
+    monkeypatch.setattr(sampling, "adaptive_gamma", lambda a, c, D, b: seen.append(c) or real(a, c, D, b))
+    _run(sharp_pair64, "skd", k=3, teacher_prices=[1.5, 2.0, 2.5])
+    assert seen and all(c == (1.5, 2.0, 2.5) for c in seen)
+    for bad in ([], [1.0, 0.0], [float("nan")]):
+        with pytest.raises(ConfigValueError, match="teacher_prices"):
+            SampleConfig(teacher_prices=bad)
