@@ -24,12 +24,14 @@ row), gradients clipped to norm 1, linear decay. Rows (ROWS):
                       (student samples, then one teacher pass), skd.core.objective.accumulate_gradients,
                       clipping, AdamW, scheduler;
   skd_skd_gamma_*     the same with --method skd (interleaved SKD samples, top-K cfg.k; the teacher
-                      logits of the verification passes are the loss targets), --gamma auto and 5.
+                      logits of the verification passes are the loss targets), --gamma auto and 5;
+  skd_skd_gamma_auto_priced  --gamma auto with --teacher-prices measured in this run (per pass width).
 The repeats are interleaved: TRL's training loop drives, and after each of its steps (outside its
 clock) every skd row takes its step of the same repeat; step 0 is everyone's warm-up. Medians.
 The SKD rows also report the per-token acceptance (kept / tested tokens, the unsmoothed form of
 rules.acceptance_estimate) beside the reported kept / drafted rate, and the section ends with the floor of each SKD row
-(skd.benchmarks.peer_floor): forward prices measured after the timed steps, on the first batch.
+(skd.benchmarks.peer_floor), from forward prices measured before the timed steps on the first
+batch; the row skd_skd_gamma_auto_priced runs --gamma auto with those prices per pass width.
 """
 from __future__ import annotations
 
@@ -51,13 +53,16 @@ ROWS = {
     "skd_skd_gamma_auto": "skd distill --method skd --gamma auto: interleaved SKD samples (teacher logits of the "
                           "verification passes reused as targets), accumulate_gradients, clip, AdamW",
     "skd_skd_gamma_5": "skd distill --method skd --gamma 5: as gamma auto, a fixed draft length of 5",
+    "skd_skd_gamma_auto_priced": "skd distill --method skd --gamma auto --teacher-prices <measured>: as gamma "
+                                 "auto, each teacher pass priced per width from this run's measured forward ms",
 }
 TRL_ROWS = {"distillation": ROWS["trl_on_policy"],
             "gkd": "TRL GKDTrainer, lmbda 1, beta 0: one Trainer.train() optimizer step "
                    "(on_step_begin -> on_step_end): "
                    "student generate(), teacher + student forwards (full logits), forward KL, backward, clip, AdamW"}
 SKD_ROWS = {"skd_on_policy": ("on-policy", "auto"), "skd_skd_gamma_auto": ("skd", "auto"),
-            "skd_skd_gamma_5": ("skd", 5)}   # name: (method, gamma)
+            "skd_skd_gamma_5": ("skd", 5), "skd_skd_gamma_auto_priced": ("skd", "auto")}   # name: (method, gamma)
+PRICED = "skd_skd_gamma_auto_priced"   # the row whose --gamma auto gets the measured teacher prices
 TRL_TRAINERS = ("auto", "distillation", "gkd")
 
 
@@ -120,7 +125,7 @@ def _optimizer(model, cfg, total_steps: int):
 class _SkdRow:
     """One skd row: its student copy, optimizer and the training loop's step functions."""
 
-    def __init__(self, method: str, gamma, *, pair, teacher, tok, cfg, total_steps: int):
+    def __init__(self, method: str, gamma, *, pair, teacher, tok, cfg, total_steps: int, prices=None):
         from skd.core import losses
         from skd.core import models as model_lib
         from skd.core.config import SampleConfig
@@ -131,7 +136,8 @@ class _SkdRow:
         self.opt, self.sched = _optimizer(self.student, cfg, total_steps)
         self.scfg = SampleConfig(k=cfg.k, gamma=gamma, max_new_tokens=cfg.max_new_tokens,
                                  student_temperature=cfg.temperature, student_top_p=1.0,
-                                 teacher_temperature=cfg.temperature, teacher_top_p=1.0, stop_strings=())
+                                 teacher_temperature=cfg.temperature, teacher_top_p=1.0, stop_strings=(),
+                                 teacher_prices=prices)
         self.div = losses.get_divergence("fkl")
         self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
         self.devices = [next(m.parameters()).device for m in (teacher, self.student)]
@@ -257,7 +263,15 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
     tok = model_lib.load_tokenizer(str(pair.student))
     teacher = model_lib.freeze(model_lib.load_model(str(pair.teacher), dtype=cfg.dtype, device=cfg.device))
     rows = {name: _SkdRow(m, g, pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps)
-            for name, (m, g) in SKD_ROWS.items()}
+            for name, (m, g) in SKD_ROWS.items() if name != PRICED}
+    # Forward prices (skd.benchmarks.peer_floor), measured on the first batch's prompts before any timed
+    # step: the floor's, and the priced row's teacher prices in one-position student forwards.
+    gamma_max = rows["skd_skd_gamma_auto"].scfg.gamma_max
+    costs = forward_costs(teacher, rows["skd_skd_gamma_auto"].student, [ex.prompt_ids for ex in batches[0]],
+                          vocab_size=len(tok), q_max=gamma_max, pad_id=rows["skd_on_policy"].pad)
+    prices = tuple(t / costs["student"][0] for t in costs["teacher"])
+    rows[PRICED] = _SkdRow("skd", "auto", pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps,
+                           prices=prices)
     records: dict[str, list[dict]] = {name: [] for name in ([] if skip else ["trl_on_policy"]) + list(rows)}
 
     def skd_steps(step: int) -> None:
@@ -317,11 +331,7 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
         for name in rows:   # both > 1 where skd is faster
             ratios[f"{name}_over_trl_on_policy_tokens_per_s"] = results[name]["tokens_per_s"] / trl["tokens_per_s"]
             ratios[f"trl_on_policy_over_{name}_step_s"] = trl["step_s"] / results[name]["step_s"]
-    # The floor (skd.benchmarks.peer_floor): forward prices measured on the first batch's prompts.
-    gamma_max = rows["skd_skd_gamma_auto"].scfg.gamma_max
-    costs = forward_costs(teacher, rows["skd_skd_gamma_auto"].student, [ex.prompt_ids for ex in batches[0]],
-                          vocab_size=len(tok), q_max=gamma_max, pad_id=rows["skd_on_policy"].pad)
-    floor = {"forward_ms": costs, "batch_size": B, "rows": floors(results, costs, gamma_max=gamma_max,
+    floor = {"forward_ms": costs, "teacher_prices": prices, "batch_size": B, "rows": floors(results, costs, gamma_max=gamma_max,
                                                                   targets=cfg.floor_targets)}
     return {"results": results, "ratios": ratios, "floor": floor, "trl": trl_version(), "trl_trainer": kind,
             "skipped": skip,

@@ -6,8 +6,9 @@ all_ratios(result) -> dict, plot(result, path) -> str | None.
 
 Three sections, each with its variants' repeats interleaved and medians reported:
   distill  one on-policy distillation step: TRL's DistillationTrainer against `skd distill --method
-           on-policy` and `--method skd` (--gamma auto and 5): seconds per step, response tokens/s, the
-           acceptance rate and mean draft length of the SKD rows (skd.benchmarks.peer_steps);
+           on-policy` and `--method skd` (--gamma auto, auto with measured teacher prices, and 5):
+           seconds per step, response tokens/s, the acceptance rate and mean draft length of the SKD
+           rows, and each SKD row's floor (skd.benchmarks.peer_steps);
   draft    greedy decoding with a draft: transformers' assisted generation (B = 1) against
            speculative_generate at B = 1 and batched, and the teacher alone at both sizes; tokens/s and
            whether every output equals the teacher's greedy output (skd.benchmarks.peer_decoding). Drafts:
