@@ -25,6 +25,7 @@ import statistics
 import torch
 
 from skd.core.kvcache import KVStream
+from skd.core.rules import round_tokens
 from skd.core.timing import clock
 
 
@@ -54,18 +55,12 @@ def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size:
             "teacher": [1000.0 * statistics.median(times[("teacher", q)]) for q in range(1, q_max + 1)]}
 
 
-def _tokens_per_round(a: float, g: int) -> float:
-    """Expected tokens a g-token draft round writes per row, bonus token discarded."""
-    return float(g) if a >= 1.0 else (1.0 - a ** g) / (1.0 - a)
-
-
 def sampling_ratio(acceptance: float, costs: dict, gammas) -> tuple[int, float]:
     """(best g among `gammas`, SKD sampling cost per token over on-policy sampling's) at acceptance a."""
-    a = min(max(float(acceptance), 0.0), 1.0)
     s1, t = costs["student"][0], costs["teacher"]
     best = None
-    for g in gammas:
-        ratio = (g * s1 + t[g - 1]) / (_tokens_per_round(a, g) * s1)   # t[g - 1]: the teacher over g positions
+    for g in gammas:   # t[g - 1]: the teacher over g positions (bonus discarded)
+        ratio = (g * s1 + t[g - 1]) / (round_tokens(acceptance, g) * s1)
         if best is None or ratio < best[1] * (1 - 1e-12):
             best = (g, ratio)
     return best

@@ -5,7 +5,8 @@ teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling ar
 SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's);
 acceptance_estimate(accepted, rejected) -> the per-token acceptance `--gamma auto` plans with;
 adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`;
-teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards;
+teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards; round_tokens(a, n) ->
+a round's expected tokens;
 drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds).
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
@@ -17,7 +18,7 @@ from skd.core import ops
 from skd.core.config import SampleConfig
 
 __all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
-           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma", "teacher_price"]
+           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma", "round_tokens", "teacher_price"]
 
 
 def teacher_settings(cfg: SampleConfig) -> dict:
@@ -80,6 +81,14 @@ def acceptance_estimate(accepted: int, rejected: int) -> float:
     return (accepted + 1) / (accepted + rejected + 2)
 
 
+def round_tokens(acceptance: float, n: int) -> float:
+    """Expected tokens per row of a round whose first n - 1 drafted tokens are tested and whose n-th token
+    comes at the latest (n = g without the bonus token, g + 1 with it), each drafted token kept with
+    probability a until the first rejection (Leviathan et al. 2023, section 3): (1 - a^n) / (1 - a)."""
+    a = min(max(float(acceptance), 0.0), 1.0)
+    return float(n) if a >= 1.0 else (1.0 - a ** n) / (1.0 - a)
+
+
 def teacher_price(cost_ratio, width: int) -> float:
     """The price of a teacher pass over `width` positions, in one-position student forwards: cost_ratio
     itself when it is one number (a pass costs the same at every width, as on a GPU at small widths),
@@ -105,12 +114,10 @@ def adaptive_gamma(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -
 
 def _best_draft(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -> tuple[int, float]:
     """(adaptive_gamma's draft length, its expected tokens per student-forward unit of cost)."""
-    a = min(max(float(acceptance), 0.0), 1.0)
     best, best_rate = 1, -1.0
     for g in range(1, gamma_max + 1):
         n = g + 1 if bonus else g
-        tokens = float(n) if a >= 1.0 else (1.0 - a ** n) / (1.0 - a)
-        rate = tokens / (g + teacher_price(cost_ratio, n))   # the pass covers n positions either way
+        rate = round_tokens(acceptance, n) / (g + teacher_price(cost_ratio, n))   # the pass covers n positions
         if rate > best_rate * (1 + 1e-12):
             best, best_rate = g, rate
     return best, best_rate
