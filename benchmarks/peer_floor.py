@@ -1,9 +1,8 @@
 """The SKD step's floor on the machine at hand: what any draft length could reach at the acceptance
 measured, priced with forward costs measured here, and the acceptance a step-time target needs.
 
-Public: forward_costs(teacher, student, prompt_rows, *, vocab_size, q_max, repeats) -> dict;
-sampling_ratio(acceptance, costs, gammas) -> (gamma, ratio); floors(results, costs, *, gamma_max,
-targets) -> dict.
+Public: sampling_ratio(acceptance, costs, gammas) -> (gamma, ratio); floors(results, costs, *,
+gamma_max, targets) -> dict. The costs are skd.core.forward_prices.forward_costs's.
 
 Why: a measured SKD step over TRL's on-policy step says how far skd is from a target, not whether any
 implementation of SKD's semantics could meet it on this hardware. The model is the one `--gamma auto`
@@ -20,39 +19,7 @@ come from the verification passes, so it has no teacher pass).
 """
 from __future__ import annotations
 
-import statistics
-
-import torch
-
-from skd.core.kvcache import KVStream
 from skd.core.rules import round_tokens
-from skd.core.timing import clock
-
-
-def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size: int, q_max: int,
-                  repeats: int = 3, sweeps: int = 3, pad_id: int = 0) -> dict:
-    """Median ms of one KV-cached forward of q new positions per row, over the batch prompt_rows:
-    {"student": [ms at q = 1], "teacher": [ms at q = 1, ..., q_max]} (entry q - 1 for q positions).
-
-    Each measurement starts from a fresh prefill of the prompts (not timed) and one untimed forward;
-    the cache then grows by q per timed forward, as a sampler's does. The (model, q) cells are
-    measured in `sweeps` interleaved passes, alternately forwards and backwards, `repeats` forwards
-    each, so a slow spell of a shared machine spreads over every cell instead of skewing a few."""
-    devices = [next(m.parameters()).device for m in (teacher, student)]
-    cells = [("student", student, 1)] + [("teacher", teacher, q) for q in range(1, q_max + 1)]
-    times: dict[tuple[str, int], list[float]] = {(name, q): [] for name, _, q in cells}
-    for sweep in range(sweeps):
-        for name, model, q in (cells if sweep % 2 == 0 else cells[::-1]):
-            stream = KVStream(model, vocab_size)
-            stream.prefill(prompt_rows, pad_id, reserve=(repeats + 1) * q)
-            ids = torch.full((len(prompt_rows), q), pad_id, dtype=torch.long)
-            stream.forward(ids)
-            for _ in range(repeats):
-                t0 = clock(*devices)
-                stream.forward(ids)
-                times[(name, q)].append(clock(*devices) - t0)
-    return {"student": [1000.0 * statistics.median(times[("student", 1)])],
-            "teacher": [1000.0 * statistics.median(times[("teacher", q)]) for q in range(1, q_max + 1)]}
 
 
 def sampling_ratio(acceptance: float, costs: dict, gammas) -> tuple[int, float]:

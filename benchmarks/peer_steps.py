@@ -42,7 +42,8 @@ import warnings
 
 import torch
 
-from skd.benchmarks.peer_floor import floors, forward_costs
+from skd.benchmarks.peer_floor import floors
+from skd.core.forward_prices import forward_costs, prices_from_costs
 from skd.core.timing import ForwardClock, clock
 
 ROWS = {
@@ -264,12 +265,12 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
     teacher = model_lib.freeze(model_lib.load_model(str(pair.teacher), dtype=cfg.dtype, device=cfg.device))
     rows = {name: _SkdRow(m, g, pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps)
             for name, (m, g) in SKD_ROWS.items() if name != PRICED}
-    # Forward prices (skd.benchmarks.peer_floor), measured on the first batch's prompts before any timed
+    # Forward prices (skd.core.forward_prices), measured on the first batch's prompts before any timed
     # step: the floor's, and the priced row's teacher prices in one-position student forwards.
     gamma_max = rows["skd_skd_gamma_auto"].scfg.gamma_max
     costs = forward_costs(teacher, rows["skd_skd_gamma_auto"].student, [ex.prompt_ids for ex in batches[0]],
                           vocab_size=len(tok), q_max=gamma_max, pad_id=rows["skd_on_policy"].pad)
-    prices = tuple(t / costs["student"][0] for t in costs["teacher"])
+    prices = prices_from_costs(costs)
     rows[PRICED] = _SkdRow("skd", "auto", pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps,
                            prices=prices)
     records: dict[str, list[dict]] = {name: [] for name in ([] if skip else ["trl_on_policy"]) + list(rows)}

@@ -221,8 +221,10 @@ def sft(ctx, **params):
 @setting_option("gamma_max", help="SKD with --gamma auto: the longest draft.")
 @setting_option("teacher_prices", type=click.STRING, default_text="the teacher / student weight-byte ratio",
                 help="SKD with --gamma auto: the price of a teacher pass over 1, 2, ... positions in one-position "
-                     "student forwards, comma-separated (longer passes take the last), e.g. measured on the "
-                     "machine by `skd bench peers` (its distill section's forward ms).")
+                     "student forwards, comma-separated (longer passes take the last), or measure: timed on "
+                     "this machine before the first step (a few seconds to a minute) and kept in the "
+                     "checkpoints, so --resume reuses them. Measured prices differ between machines and runs, "
+                     "and so do the draft lengths and the exact tokens of a seed.")
 @setting_option("semantics", choices=SEMANTICS,
                 help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
 @setting_option("keep_bonus", help="SKD: keep the teacher's bonus token on full acceptance.")

@@ -1,7 +1,7 @@
 """Run configuration: small frozen dataclasses, validated on creation, saved as JSON per run.
 
 Public: SampleConfig, ModelConfig, DataConfig, TrainConfig, RunConfig, ConfigValueError, METHODS,
-CE_METHODS, DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES,
+CE_METHODS, MEASURE_PRICES, DIVERGENCE_NAMES, DTYPES, LOSS_NORMS, SEMANTICS, SPECKD_VERIFICATIONS, SWITCH_DIVERGENCES,
 REPORT_TO, FLAT_KEYS, run_config_to_dict(cfg), resolve_dtype(dtype, device_type).
 
 Defaults follow the paper's setup (Xu et al., ICLR 2025, section 4 / appendix; CONTRACT.md §2-§5);
@@ -34,6 +34,9 @@ METHODS = (
 # Methods trained with cross-entropy on their sequences: no teacher logits, no divergence (the same
 # tuple as skd.core.objective.CE_METHODS, which the loss dispatches on; a test keeps them equal).
 CE_METHODS = ("sft", "seqkd")
+# --teacher-prices measure: training measures the teacher's price per pass width before its first step
+# (skd.core.forward_prices) instead of taking given numbers or the weight-byte ratio.
+MEASURE_PRICES = "measure"
 # skd.core.losses.DIVERGENCES has the same names. "jsd" is GKD's / TRL's generalised JSD,
 # "jsd-normalized" the same divided by beta (1 - beta).
 DIVERGENCE_NAMES = ("fkl", "rkl", "jsd", "jsd-normalized", "tvd", "skew-fkl", "skew-rkl")
@@ -69,9 +72,10 @@ class SampleConfig:
     gamma: int | str = "auto"          # student draft length per round: "auto" (adaptive, rules.adaptive_gamma)
                                        # or a fixed N (the released code: 5)
     gamma_max: int = 8                 # the longest draft "auto" may choose
-    teacher_prices: tuple[float, ...] | None = None  # "auto"'s price of a teacher pass over w positions (entry
-                                       # w - 1) in one-position student forwards, e.g. measured on the machine;
-                                       # None: the teacher / student weight-byte ratio at every width
+    teacher_prices: tuple[float, ...] | str | None = None  # "auto"'s price of a teacher pass over w positions
+                                       # (entry w - 1) in one-position student forwards; "measure": measured
+                                       # by training before its first step (skd.core.forward_prices) and kept
+                                       # in the checkpoints; None: the teacher / student weight-byte ratio
     semantics: str = "paper"           # paper | code (CONTRACT.md §2)
     keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
     student_temperature: float = 0.5   # paper config for student proposals
@@ -110,17 +114,21 @@ class SampleConfig:
                                         and self.gamma >= 1),
                f"gamma must be auto or >= 1 (got {self.gamma})",
                "pass --gamma auto (adaptive draft length) or a fixed --gamma 1 or more (the paper uses 5)", "gamma")
-        if self.teacher_prices is not None:   # "1.4,1.9,2.1" (command line, repeatable) or a list (config file)
+        if isinstance(self.teacher_prices, str) and self.teacher_prices.strip().lower() == MEASURE_PRICES:
+            object.__setattr__(self, "teacher_prices", MEASURE_PRICES)   # measured once at the start of training
+        elif self.teacher_prices is not None:   # "1.4,1.9,2.1" (command line, repeatable) or a list (config file)
             items = [self.teacher_prices] if isinstance(self.teacher_prices, str) else list(self.teacher_prices)
             parts = [p for x in items for p in (x.split(",") if isinstance(x, str) else [x])]
             try:
                 object.__setattr__(self, "teacher_prices", tuple(float(x) for x in parts))
             except (TypeError, ValueError):
                 raise ConfigValueError(f"teacher_prices must be comma-separated numbers (got {self.teacher_prices!r})",
-                                       "e.g. --teacher-prices 1.4,1.9,2.1", ("teacher_prices",)) from None
+                                       "e.g. --teacher-prices 1.4,1.9,2.1, or --teacher-prices measure",
+                                       ("teacher_prices",)) from None
             _check(len(self.teacher_prices) > 0 and all(math.isfinite(x) and x > 0 for x in self.teacher_prices),
                    f"teacher_prices must be positive numbers (got {self.teacher_prices})",
-                   "give one price per teacher pass width, in student forwards, or leave it unset", "teacher_prices")
+                   "give one price per teacher pass width, in student forwards, or measure, or leave it unset",
+                   "teacher_prices")
         _check(isinstance(self.gamma_max, int) and self.gamma_max >= 1, f"gamma_max must be >= 1 (got {self.gamma_max})",
                "pass --gamma-max 1 or more", "gamma_max")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1 (got {self.max_new_tokens})",

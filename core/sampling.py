@@ -280,6 +280,9 @@ class _DraftVerify:
         self.auto = cfg.gamma == "auto"
         self.cost_ratio = 0.0
         if self.auto:   # given prices per pass width (SampleConfig.teacher_prices), else the weight-byte ratio
+            if isinstance(cfg.teacher_prices, str):   # "measure" is resolved to numbers by training
+                raise SkdError(f"teacher_prices {cfg.teacher_prices!r} reached the sampler unmeasured",
+                               "pass numbers (--teacher-prices 1.4,1.9,...); measure is for skd distill")
             self.cost_ratio = cfg.teacher_prices or weight_bytes(t.model) / max(1, weight_bytes(s.model))
         self.may_skip = self.auto and getattr(rule, "may_skip_draft", False)
         self.skipped = 0              # teacher-only rounds since the last draft

@@ -47,9 +47,10 @@ import torch
 from skd.core import checkpoint as ckpt
 from skd.core import distributed, losses
 from skd.core.batches import RNG_SCHEME, derive_seed, sample_rank_batch, sequence_sources
-from skd.core.config import RunConfig, SampleConfig, resolve_dtype, run_config_to_dict
+from skd.core.config import MEASURE_PRICES, RunConfig, SampleConfig, resolve_dtype, run_config_to_dict
 from skd.core.data import ExampleStream, tokenize_examples
 from skd.core.errors import SkdError
+from skd.core.forward_prices import measure_teacher_prices
 from skd.core.gating import speckd_gate
 from skd.core.gradient_checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
 from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
@@ -57,6 +58,15 @@ from skd.core.reporting import reporter_for
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 from skd.core.timing import ForwardClock, clock
 from skd.core.torch_names import parse_device
+
+
+# The methods whose sequences the student drafts and the teacher verifies (SampleConfig mode "skd"):
+# the ones --gamma auto and --teacher-prices act on.
+DRAFTING_METHODS = ("skd", "mixed-skd")
+
+
+def _fmt_prices(prices) -> str:
+    return ", ".join(f"{p:.2f}" for p in prices)
 
 
 # The metrics.jsonl keys that are clock readings (they differ between otherwise identical runs).
@@ -294,6 +304,15 @@ class _Run:
             else:
                 ckpt.load_weights(resume_from, student)    # before wrapping: every rank starts from these weights
 
+        # --teacher-prices measure: the prices --gamma auto plans with, measured here once (rank 0, for all
+        # ranks: lockstep sampling needs the same draft lengths everywhere) or read back from the checkpoint
+        # resumed, so a resumed run drafts as the run it continues. Kept in every checkpoint's state.
+        self.teacher_prices = None
+        if self.scfg.teacher_prices == MEASURE_PRICES:
+            if self.scfg.gamma == "auto" and self.method in DRAFTING_METHODS:
+                self.teacher_prices = self.measured_prices(resume_state, resume_from)
+            self.scfg = SampleConfig(**{**self.scfg.__dict__, "teacher_prices": self.teacher_prices})
+
         # Only the training forward checkpoints (train mode, gradients on); sampling keeps its KV cache.
         self.checkpointing = tc.gradient_checkpointing
         if self.checkpointing:
@@ -322,6 +341,8 @@ class _Run:
         self.data = ExampleStream(len(train_ex), tc.seed, lengths, tc.batch_size)   # lengths: group by length
         self.state = {"step": 0, "total_steps": total, "data_cursor": 0, "seed": tc.seed,
                       "world_size": dist.world_size, "sample_chunk": self.chunk, "rng_scheme": RNG_SCHEME}
+        if self.teacher_prices is not None:
+            self.state["teacher_prices"] = list(self.teacher_prices)
         self.resume_from = resume_from
         if resume_from is not None:
             distributed.load_optimizer_state(self.train_model, self.optimizer, saved["optimizer"])
@@ -334,6 +355,28 @@ class _Run:
             self.state["data_cursor"] = self.data.cursor
 
     # ------------------------------------------------------------------ helpers
+
+    def measured_prices(self, resume_state: dict | None, resume_from: Path | None) -> tuple[float, ...]:
+        """--teacher-prices measure: the checkpoint's prices when resuming a run that measured them, else
+        measured now on the first sampling chunk's prompts (skd.core.forward_prices); said in one line."""
+        stored = (resume_state or {}).get("teacher_prices")
+        if stored:
+            prices = tuple(float(x) for x in stored)
+            self.emit("notice", {"message": f"--teacher-prices measure: the prices measured when the run began "
+                                            f"(from {resume_from}): {_fmt_prices(prices)}"})
+            return prices
+        measured = None
+        if self.dist.is_main:
+            rows = [ex.prompt_ids for ex in self.train_ex[: self.chunk]]
+            t0 = clock(*self.devices)
+            prices, costs = measure_teacher_prices(self.teacher, self.student, rows, vocab_size=self.vocab_size,
+                                                   gamma_max=self.scfg.gamma_max, pad_id=self.pad_id)
+            measured = list(prices)
+            self.emit("notice", {"message": f"--teacher-prices measure: a teacher pass over 1, 2, ... positions "
+                                            f"costs {_fmt_prices(prices)} one-position student forwards "
+                                            f"(student {costs['student'][0]:.1f} ms; measured on {len(rows)} "
+                                            f"prompts in {clock(*self.devices) - t0:.1f} s)"})
+        return tuple(float(x) for x in self.dist.broadcast_object(measured))
 
     def emit(self, kind: str, payload: dict) -> None:
         if self.dist.is_main:
@@ -412,8 +455,11 @@ class _Run:
         start_step = self.state["step"]
         metrics_path = out / "metrics.jsonl"
         first_rec = None
-        # "resolved": what the settings came to for this task (the stop strings sampled with)
-        saved = {**run_config_to_dict(self.cfg), "resolved": {"stop_strings": list(self.scfg.stop_strings)}}
+        # "resolved": what the settings came to for this run (the stop strings sampled with; measured prices)
+        resolved = {"stop_strings": list(self.scfg.stop_strings)}
+        if self.teacher_prices is not None:   # --teacher-prices measure: what was measured (or read back)
+            resolved["teacher_prices"] = list(self.teacher_prices)
+        saved = {**run_config_to_dict(self.cfg), "resolved": resolved}
         if dist.is_main:
             ckpt.atomic_write_text(out / "run_config.json", json.dumps(saved, indent=2))
             if start_step > 0 and metrics_path.exists():

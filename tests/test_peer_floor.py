@@ -4,7 +4,7 @@ measured forward prices on tiny models."""
 import pytest
 import torch
 
-from skd.benchmarks.peer_floor import floors, forward_costs, sampling_ratio
+from skd.benchmarks.peer_floor import floors, sampling_ratio
 from skd.core.rules import adaptive_gamma
 
 
@@ -77,10 +77,3 @@ def test_a_fixed_gamma_row_is_priced_at_its_own_length():
     assert out["skd_skd_gamma_5"]["best_gamma"] == 5 and out["skd_skd_gamma_5"]["floor_step_s"] == pytest.approx(g5)
     assert out["skd_skd_gamma_5"]["floor_step_s"] >= out["skd_skd_gamma_auto"]["floor_step_s"]
     assert "acceptance_for_target" not in out["skd_skd_gamma_auto"]    # no target asked
-
-
-def test_forward_costs_on_tiny_models(tiny_pair, one_thread):
-    costs = forward_costs(tiny_pair.teacher, tiny_pair.student, [[5, 6, 7], [8, 9]], vocab_size=tiny_pair.vocab_size,
-                          q_max=4, repeats=2)
-    assert len(costs["student"]) == 1 and len(costs["teacher"]) == 4
-    assert all(x > 0 for x in costs["student"] + costs["teacher"])
