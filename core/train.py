@@ -308,8 +308,12 @@ class _Run:
         # ranks: lockstep sampling needs the same draft lengths everywhere) or read back from the checkpoint
         # resumed, so a resumed run drafts as the run it continues. Kept in every checkpoint's state.
         self.teacher_prices = None
+        drafts_auto = self.scfg.gamma == "auto" and self.method in DRAFTING_METHODS
+        if self.scfg.teacher_prices is not None and not drafts_auto:
+            self.emit("notice", {"message": f"--teacher-prices has no effect here: only --gamma auto with "
+                                            f"--method {' / '.join(DRAFTING_METHODS)} chooses draft lengths"})
         if self.scfg.teacher_prices == MEASURE_PRICES:
-            if self.scfg.gamma == "auto" and self.method in DRAFTING_METHODS:
+            if drafts_auto:
                 self.teacher_prices = self.measured_prices(resume_state, resume_from)
             self.scfg = SampleConfig(**{**self.scfg.__dict__, "teacher_prices": self.teacher_prices})
 

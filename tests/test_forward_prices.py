@@ -138,9 +138,12 @@ def test_nothing_is_measured_where_auto_does_not_draft(char_tokenizer, tmp_path,
     from skd.core.train import train
 
     ex = (addition_examples(char_tokenizer, 8), [])
+    events = []
     train(_cfg(tmp_path / "r", method, steps=1, gamma=gamma, teacher_prices="measure"),
-          models=(*_pair(), char_tokenizer), examples=ex)
+          models=(*_pair(), char_tokenizer), examples=ex, on_event=lambda kind, p: events.append((kind, p)))
     assert fixed_measure["n"] == 0
+    assert [p["message"] for kind, p in events if kind == "notice"] == [
+        "--teacher-prices has no effect here: only --gamma auto with --method skd / mixed-skd chooses draft lengths"]
     saved = json.loads((tmp_path / "r" / "run_config.json").read_text())
     assert "teacher_prices" not in saved["resolved"]
     assert "teacher_prices" not in ckpt.read_trainer_state(tmp_path / "r" / "final")
