@@ -47,6 +47,9 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @click.option("--ks", default=None, help="SKD top-K sweep; V = the vocabulary size (on-policy KD)  "
               "[default: 1,3,25,V; --quick 1,V]")
 @click.option("--seeds", default=None, help="Comma-separated integer seeds  [default: 0,1,2; --quick 0]")
+@click.option("--init-seed", type=click.IntRange(min=0), default=None,
+              help="Start every seed from the student init of this seed, so seeds differ only in the distillation's "
+                   "data order and sampling  [default: each seed its own init]")
 @click.option("--weak-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the weak init  [default: 300]")
 @click.option("--mid-steps", type=click.IntRange(min=1), default=None, help="SFT steps of the mid init  [default: 600]")
 @click.option("--strong-steps", type=click.IntRange(min=1), default=None,
@@ -76,7 +79,8 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
               "nothing. Options given explicitly still apply.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the whole result as one JSON line to this file.")
-def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime, inits, ks, seeds, weak_steps, mid_steps, strong_steps, init_lr,
+def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime, inits, ks, seeds, init_seed, weak_steps,
+              mid_steps, strong_steps, init_lr,
               distill_steps, batch_size, lr, gamma, eval_examples, spec_prompts, spec_gamma, max_new_tokens, dtype,
               device, threads, report_only, quick, output):
     """Reproduce the paper's comparison at tiny scale: methods x inits x data regimes x K x seeds.
@@ -114,7 +118,7 @@ def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime,
                  strong_steps=strong_steps,
                  init_lr=init_lr, distill_steps=distill_steps, batch_size=batch_size, lr=lr, gamma=gamma,
                  eval_examples=eval_examples, spec_prompts=spec_prompts, spec_gamma=spec_gamma,
-                 max_new_tokens=max_new_tokens, dtype=dtype)
+                 max_new_tokens=max_new_tokens, dtype=dtype, init_seed=init_seed)
     if seeds is not None:
         try:
             given["seeds"] = tuple(int(s) for s in _csv(seeds))

@@ -52,7 +52,7 @@ def test_every_knob_reaches_the_study_config_over_quick(tmp_path, monkeypatch):
             "--methods", "sft,skd", "--regimes", "12", "--init-regime", "30", "--inits", "weak", "--ks", "2,V", "--seeds", "3,4",
             "--weak-steps", "7", "--mid-steps", "8", "--strong-steps", "9", "--init-lr", "0.002", "--distill-steps", "5",
             "--batch-size", "3", "--lr", "0.0007", "--gamma", "2", "--eval-examples", "11", "--spec-prompts", "6",
-            "--spec-gamma", "3", "--max-new-tokens", "33", "--dtype", "float32"]
+            "--spec-gamma", "3", "--max-new-tokens", "33", "--dtype", "float32", "--init-seed", "4"]
     with pytest.raises(_Captured):
         _invoke(args)
     cfg = seen["cfg"]
@@ -63,6 +63,7 @@ def test_every_knob_reaches_the_study_config_over_quick(tmp_path, monkeypatch):
     assert (cfg.weak_steps, cfg.mid_steps, cfg.strong_steps, cfg.init_lr, cfg.distill_steps) == (7, 8, 9, 0.002, 5)
     assert (cfg.batch_size, cfg.lr, cfg.gamma, cfg.eval_examples) == (3, 0.0007, 2, 11)
     assert (cfg.spec_prompts, cfg.spec_gamma, cfg.max_new_tokens, cfg.dtype) == (6, 3, 33, "float32")
+    assert cfg.init_seed == 4 and rep.init_seeds(cfg) == (4,) and rep.plan(cfg)["inits"] == 1
     assert "reproduce" in CliRunner().invoke(main, ["bench", "--help"]).output   # listed under `skd bench`
 
 
@@ -177,7 +178,7 @@ def test_teacher_stage_is_the_demos(tmp_path, teacher_dir):
 
 
 def test_bad_values_are_one_line_errors(tmp_path):
-    for args in (["--ks", "1,x"], ["--regimes", "lots"], ["--methods", "gkd"], ["--seeds", "a"]):
+    for args in (["--ks", "1,x"], ["--regimes", "lots"], ["--methods", "gkd"], ["--seeds", "a"], ["--init-seed", "-1"]):
         r = CliRunner().invoke(main, ["bench", "reproduce", "--run-dir", str(tmp_path), *args])
         assert r.exit_code != 0 and "error" in r.output.lower(), (args, r.output)
 
@@ -232,3 +233,71 @@ def test_report_only_reads_finished_stages_and_trains_nothing(tmp_path, teacher_
     assert all(row["n_failed"] == 0 for row in res["summary"])
     md = (tmp_path / "b" / "reproduce.md").read_text()
     assert "Not run yet (--report-only): 3 of 4 runs" in md and "## Failed runs" not in md
+
+
+def test_init_seed_starts_every_seed_from_one_init(tmp_path, teacher_dir):
+    """--init-seed 0: seeds 0 and 1 distil from the same init (trained once); only the distillation's
+    seed differs, and the runs of the second seed live in their own folder beside the first's."""
+    from skd.core.errors import SkdError
+    from skd.core.studies import reproduce as rep
+
+    run_dir, out_dir = tmp_path / "runs", tmp_path / "out"
+    args = ["--run-dir", str(run_dir), "--output-dir", str(out_dir), "--teacher", str(teacher_dir),
+            "--regimes", "6", "--inits", "weak", "--weak-steps", "1", "--methods", "supervised,skd", "--ks", "1",
+            "--seeds", "0,1", "--init-seed", "0", "--distill-steps", "2", "--batch-size", "2", "--eval-examples", "2",
+            "--spec-prompts", "1", "--max-new-tokens", "4", "--dtype", "float32"]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out_dir / "reproduce.json").read_text())
+    assert [(i["seed"], i["status"]) for i in res["inits"]] == [(0, "ok")]
+    assert res["summary"][0]["variant"] == "init" and res["summary"][0]["n_ok"] == 1
+    cell = run_dir / "reproduce" / "6" / "weak"
+    assert (cell / "seed0" / "init" / "final").is_dir() and not (cell / "seed1").exists()
+    for seed, folder in ((0, "seed0"), (1, "seed1-init0")):
+        cfg = json.loads((cell / folder / "supervised" / "run_config.json").read_text())
+        assert cfg["train"]["seed"] == seed
+    assert {(x["seed"], x["init_seed"]) for x in res["runs"]} == {(0, 0), (1, 0)}
+    assert all(x["status"] == "ok" for x in res["runs"])
+    md = (out_dir / "reproduce.md").read_text()
+    assert "seeds 0, 1 (every seed from the init of seed 0)" in md
+    # a rerun finds every run cached; without --init-seed seed 0's runs are the same runs (cached), seed
+    # 1's are other runs (from its own init)
+    assert "4 of 4 runs already have a result" in _invoke(args).output
+    i = args.index("--init-seed")
+    assert "2 of 4 runs already have a result" in _invoke(args[:i] + args[i + 2:]).output
+    assert (cell / "seed1" / "init" / "final").is_dir() and (cell / "seed1-init0" / "supervised").is_dir()
+    with pytest.raises(SkdError, match="init seed"):
+        rep.check_config(rep.ReproConfig(init_seed=-2))
+
+
+def test_claims_pair_the_seeds():
+    """The paired difference is SKD minus the baseline seed by seed, over the seeds both finished; the
+    claims line reports its mean ± std and the seeds SKD is ahead in, beside the unpaired test."""
+    from skd.core.studies.reproduce import ReproConfig
+    from skd.core.studies.reproduce_report import aggregate, paired_differences, render_markdown
+
+    def run(seed, variant, graded, status="ok"):
+        method, _, k = variant.partition("-k")
+        return {"regime": "100", "init": "weak", "seed": seed, "variant": variant, "method": method,
+                "k_label": k or None, "k": int(k) if k else None, "status": status, "test_graded": graded,
+                "test_accuracy": graded / 2, "draft": {"acceptance_rate": 0.5, "teacher_forwards_per_token": 0.5}}
+
+    skd = [0.101, 0.091, 0.098, 0.076, 0.074]
+    onp = [0.082, 0.065, 0.067, 0.047, 0.042]
+    runs = [run(s, "skd-k3", v) for s, v in enumerate(skd)] + [run(s, "on-policy", v) for s, v in enumerate(onp)]
+    runs.append(run(5, "skd-k3", 0.2))                       # no on-policy run of seed 5: not paired
+    runs.append(run(6, "on-policy", 0.3, status="error"))   # a failed run: not paired
+    d = paired_differences(runs, "100", "weak", "skd-k3", "on-policy", "test_graded")
+    assert d == pytest.approx([a - b for a, b in zip(skd, onp)])
+    assert paired_differences(runs, "100", "weak", "on-policy", "skd-k3", "draft_acceptance") == [0.0] * 5
+    cfg = ReproConfig(task="manyway-short", methods=("on-policy", "skd"), regimes=("100",), inits=("weak",),
+                      ks=("3",), seeds=(0, 1, 2, 3, 4, 5, 6))
+    result = {"config": __import__("dataclasses").asdict(cfg), "runs": runs, "inits": [],
+              "env": {k: "x" for k in ("device_name", "device", "torch", "transformers", "skd", "ops_backend", "time")},
+              "teacher": {"path": "t", "source": "s", "eval": {"test_accuracy": 0.5, "test_examples": 5}},
+              "vocab_size": 103}
+    result["summary"] = aggregate(runs, cfg, [])
+    md = render_markdown(result)
+    unpaired = statistics.fmean(skd + [0.2]) - statistics.fmean(onp)
+    assert f"- 100 / weak / K = 3: on-policy {unpaired:+.3f} (" in md
+    assert f"; paired {statistics.fmean(d):+.3f} ± {statistics.stdev(d):.3f}, ahead in 5 of 5)" in md

@@ -1,9 +1,9 @@
 """`skd bench reproduce`: the paper's comparison (Xu et al., ICLR 2025, CONTRACT.md §7) at tiny scale.
 
-Public: ReproConfig, QUICK, SCHEMA, STUDY_METHODS, K_METHODS, CORRECTING, INITS, parse_regime(name) -> int, parse_ks(text),
-variants(cfg), variant_name(method, k), plan(cfg) -> dict, check_config(cfg), study_teacher_config(run_dir,
-task), Study, run(cfg, *, on_event=None, teacher_stage=None) -> dict. The summary, the markdown and
-the plots are skd.core.studies.reproduce_report.
+Public: ReproConfig, QUICK, SCHEMA, STUDY_METHODS, K_METHODS, CORRECTING, INITS, parse_regime(name) -> int,
+parse_ks(text), variants(cfg), variant_name(method, k), init_seed_of(cfg, seed), init_seeds(cfg), plan(cfg) -> dict,
+check_config(cfg), study_teacher_config(run_dir, task), Study, run(cfg, *, on_event=None, teacher_stage=None) -> dict.
+The summary, the markdown and the plots are skd.core.studies.reproduce_report.
 
 Grid: regime (the paper's "1k" / "100" training prompt sets: the first 1,000 / 100 `arith` train
 problems after the seed-20 shuffle) x student init (weak: briefly SFT'd; strong: SFT'd for many more
@@ -15,6 +15,9 @@ SFT on the regime's ground truth for the same steps (the no-teacher baseline). E
 A seed sets the student's initial weights (the `tiny-student` preset re-initialised with preset seed +
 seed, so seed 0 is the demo's student), the init SFT's and the distillation's data order and sampling
 generators. The prompt sets and the test problems are fixed (data seed 20, as the paper's sets are).
+With `init_seed` set, every seed's runs start from the one init trained with that seed, so the
+seeds differ only in the distillation's data order and sampling: the spread of the inits then
+leaves the seed-to-seed std of every method.
 
 Measured per run: held-out test accuracy (greedy, exact match), the per-step correction rate from
 metrics.jsonl (CONTRACT.md §7, last claim), and the student as a greedy speculative-decoding draft of
@@ -26,7 +29,8 @@ Caching (skd.core.studies.engine; a rerun or an interrupted study resumes where 
                                                         not the demo's shortened one
   inits         <run_dir>/reproduce/<regime>/<init>/seed<s>/init   recipe.txt stamp, like the demo
   each run      <run_dir>/reproduce/<regime>/<init>/seed<s>/<variant>/result.json  (config stamp; a run
-                whose result.json holds the same stamp and status "ok" is skipped; failed runs are retried)
+                whose result.json holds the same stamp and status "ok" is skipped; failed runs are retried);
+                from a shared init (init_seed i): <run_dir>/reproduce/<regime>/<init>/seed<s>-init<i>/<variant>
 Outputs (--output-dir): reproduce.json (every run's raw numbers, config, wall times, versions),
 reproduce.md (mean ± std table), accuracy.png, correction_rate.png.
 """
@@ -66,6 +70,7 @@ class ReproConfig:
     init_regime: str | None = None                # the prompt set every init is SFT'd on; None: the cell's own
     ks: tuple[str, ...] = ("1", "3", "25", "V")   # SKD top-K sweep; "V" = the vocabulary size (on-policy KD)
     seeds: tuple[int, ...] = (0, 1, 2)
+    init_seed: int | None = None                  # every seed starts from this seed's init (None: its own)
     weak_steps: int = 300                         # SFT on the prompt set alone, ~0% accuracy (the demo: 400)
     mid_steps: int = 600                          # between the two: a student that is partly right
     strong_steps: int = 1000                      # 3.3x longer on the same data: the "task-SFT" start
@@ -146,14 +151,25 @@ def init_prompts(cfg: ReproConfig, regime: str) -> int:
     return parse_regime(cfg.init_regime or regime)
 
 
+def init_seed_of(cfg: ReproConfig, seed: int) -> int:
+    """The seed of the init a training seed starts from: cfg.init_seed when set, else the seed itself."""
+    return seed if cfg.init_seed is None else cfg.init_seed
+
+
+def init_seeds(cfg: ReproConfig) -> tuple[int, ...]:
+    """The distinct init seeds the study trains (one when init_seed is set), in first-use order."""
+    return tuple(dict.fromkeys(init_seed_of(cfg, s) for s in cfg.seeds))
+
+
 def plan(cfg: ReproConfig) -> dict:
     """Counts shown before the study starts."""
     cells = len(cfg.regimes) * len(cfg.inits) * len(cfg.seeds)
     runs = variants(cfg)
     init_steps = {i: init_sft_steps(cfg, i) for i in INITS}
+    n_inits = len(cfg.regimes) * len(cfg.inits) * len(init_seeds(cfg))
     return {"cells": cells, "variants": [variant_name(m, k) for m, k in runs], "runs": cells * len(runs),
-            "inits": cells, "distill_steps_total": cells * len(runs) * cfg.distill_steps,
-            "init_steps_total": len(cfg.regimes) * len(cfg.seeds) * sum(init_steps[i] for i in cfg.inits)}
+            "inits": n_inits, "distill_steps_total": cells * len(runs) * cfg.distill_steps,
+            "init_steps_total": len(cfg.regimes) * len(init_seeds(cfg)) * sum(init_steps[i] for i in cfg.inits)}
 
 
 def check_config(cfg: ReproConfig) -> None:
@@ -169,6 +185,9 @@ def check_config(cfg: ReproConfig) -> None:
             raise SkdError(f"unknown student init {i!r}", f"use some of: {', '.join(INITS)}")
     for r in (*cfg.regimes, *([cfg.init_regime] if cfg.init_regime else [])):
         parse_regime(r)
+    if cfg.init_seed is not None and (isinstance(cfg.init_seed, bool) or not isinstance(cfg.init_seed, int)
+                                      or cfg.init_seed < 0):
+        raise SkdError(f"bad init seed {cfg.init_seed!r}", "use an integer >= 0, e.g. --init-seed 0")
     from skd.core.tasks import get_task
 
     get_task(cfg.task)   # one line naming the registered tasks when --task is unknown
@@ -334,8 +353,10 @@ class Study:
         return info
 
     def run_folder(self, regime: str, init: str, seed: int, method: str, k: str | None) -> Path:
-        """Where one run's training output and result.json live."""
-        return self.root / regime / init / f"seed{seed}" / variant_name(method, k)
+        """Where one run's training output and result.json live (a shared init is named in the folder)."""
+        i = init_seed_of(self.cfg, seed)
+        cell = f"seed{seed}" if i == seed else f"seed{seed}-init{i}"
+        return self.root / regime / init / cell / variant_name(method, k)
 
     def cached_runs(self) -> int:
         """Runs whose result.json already holds this configuration's stamp (skipped on this run)."""
@@ -352,7 +373,8 @@ class Study:
     def run_stamp(self, regime: str, init: str, seed: int, method: str, k: str | None) -> str:
         return self.cfg.stamp("task", "distill_steps", "batch_size", "lr", "gamma", "eval_examples", "spec_prompts",
                               "spec_gamma", "max_new_tokens", "dtype", "data_seed", "device",
-                              init=self.init_stamp(regime, init, seed), teacher=self.teacher_info["id"],
+                              init=self.init_stamp(regime, init, init_seed_of(self.cfg, seed)),
+                              teacher=self.teacher_info["id"],
                               method=method, k=self.k_value(k), seed=seed)
 
     def distil(self, regime: str, init: str, seed: int, method: str, k: str | None, init_dir: str) -> dict:
@@ -412,18 +434,15 @@ def run(cfg: ReproConfig, *, on_event: Emit | None = None, teacher_stage=None) -
     index = 0
     for regime in cfg.regimes:
         for init in cfg.inits:
+            cell_inits: dict[int, dict] = {}
             for seed in cfg.seeds:
-                try:
-                    init_info = study.ensure_init(regime, init, seed)
-                    init_info["status"] = "ok"
-                except (KeyboardInterrupt, TrainingInterrupted):
-                    raise
-                except NotRun as e:     # --report-only: a stage that has not run is reported as such
-                    init_info = {"regime": regime, "init": init, "seed": seed, "status": "not run", "error": str(e)}
-                except Exception as e:  # recorded, and the cell's runs are recorded as failed too
-                    init_info = {"regime": regime, "init": init, "seed": seed, "status": "error",
-                                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-                result["inits"].append(init_info)
+                i_seed = init_seed_of(cfg, seed)
+                if i_seed in cell_inits:          # a shared init: trained and measured once per cell
+                    init_info = cell_inits[i_seed]
+                else:
+                    init_info = _one_init(study, regime, init, i_seed)
+                    cell_inits[i_seed] = init_info
+                    result["inits"].append(init_info)
                 for method, k in variants(cfg):
                     index += 1
                     rec = _one_run(study, regime, init, seed, method, k, init_info, index, the_plan["runs"])
@@ -434,11 +453,29 @@ def run(cfg: ReproConfig, *, on_event: Emit | None = None, teacher_stage=None) -
     return result
 
 
+def _one_init(study: Study, regime: str, init: str, seed: int) -> dict:
+    """One student init, trained or read from its cache; failures are recorded, not raised."""
+    from skd.core.train import TrainingInterrupted
+
+    try:
+        init_info = study.ensure_init(regime, init, seed)
+        init_info["status"] = "ok"
+    except (KeyboardInterrupt, TrainingInterrupted):
+        raise
+    except NotRun as e:     # --report-only: a stage that has not run is reported as such
+        init_info = {"regime": regime, "init": init, "seed": seed, "status": "not run", "error": str(e)}
+    except Exception as e:  # recorded, and the cell's runs are recorded as failed too
+        init_info = {"regime": regime, "init": init, "seed": seed, "status": "error",
+                     "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    return init_info
+
+
 def _one_run(study: Study, regime: str, init: str, seed: int, method: str, k: str | None, init_info: dict,
              index: int, total: int) -> dict:
     from skd.core.train import TrainingInterrupted
 
-    base = {"regime": regime, "init": init, "seed": seed, "method": method, "k_label": k,
+    base = {"regime": regime, "init": init, "seed": seed, "init_seed": init_seed_of(study.cfg, seed),
+            "method": method, "k_label": k,
             "k": study.k_value(k), "variant": variant_name(method, k)}
     study.emit("run_start", {**base, "index": index, "total": total})
     folder = study.run_folder(regime, init, seed, method, k)

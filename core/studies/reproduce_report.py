@@ -1,6 +1,7 @@
 """The reproduction study's summary and outputs: mean ± std per (regime, init, variant), reproduce.md, plots.
 
-Public: aggregate(runs, cfg, inits) -> list[dict], render_markdown(result) -> str,
+Public: aggregate(runs, cfg, inits) -> list[dict], paired_differences(runs, regime, init, variant_a, variant_b,
+key) -> list[float], render_markdown(result) -> str,
 write_outputs(result, cfg, *, final) -> dict (reproduce.json, reproduce.md; the plots when final).
 The claims section reads CONTRACT.md §7 off the table: differences of means and whether they exceed
 the sum of the two standard deviations; nothing is claimed beyond that.
@@ -78,7 +79,9 @@ def render_markdown(result: dict) -> str:
              f"{f'the {cfg.init_regime} prompt set in every cell' if cfg.init_regime else 'the cell’s own prompt set'}; "
              f"{cfg.distill_steps} distillation steps, batch {cfg.batch_size}, lr {cfg.lr}, linear decay; "
              f"SKD gamma {cfg.gamma}, K in {{{', '.join(cfg.ks)}}} (V = whole vocabulary = on-policy KD); "
-             f"seeds {', '.join(map(str, cfg.seeds))}; {cfg.eval_examples} test problems; draft = greedy "
+             f"seeds {', '.join(map(str, cfg.seeds))}"
+             + ("" if cfg.init_seed is None else f" (every seed from the init of seed {cfg.init_seed})")
+             + f"; {cfg.eval_examples} test problems; draft = greedy "
              f"speculative decoding, gamma {cfg.spec_gamma}, {cfg.spec_prompts} prompts. "
              f"Tiny models from scratch: lrs are not the paper's 1e-5 (deviation).", "",
              "Mean ± sample std over seeds (n = successful seeds; `init` = the starting checkpoint, untrained further). "
@@ -95,7 +98,7 @@ def render_markdown(result: dict) -> str:
                      fmt_pm(r["draft_acceptance"]), fmt_pm(r["teacher_passes_per_token"]), corr])
     lines += markdown_table(["regime", "init", "method", "K", "n", "graded (test)", "test accuracy",
                              "draft acceptance", "teacher passes / token", "corr. start → end"], rows)
-    lines += ["", *_claims(result["summary"], cfg)]
+    lines += ["", *_claims(result["summary"], cfg, result["runs"])]
     failed = [r for r in result["runs"] if r.get("status") == "error"]
     not_run = [r for r in result["runs"] if r.get("status") == "not run"]
     if not_run:
@@ -119,16 +122,44 @@ def _mean(row: dict | None, key: str) -> float | None:
     return None if row is None else row[key]["mean"]
 
 
-def _claims(summary: list[dict], cfg: ReproConfig) -> list[str]:
+def _run_value(run: dict, key: str) -> float | None:
+    """One run's value of a CLAIM_METRICS key (draft acceptance lives in the run's draft record)."""
+    if key == "draft_acceptance":
+        return (run.get("draft") or {}).get("acceptance_rate")
+    return run.get(key)
+
+
+def paired_differences(runs: list[dict], regime: str, init: str, variant_a: str, variant_b: str,
+                       key: str) -> list[float]:
+    """a - b per seed, over the seeds where both runs succeeded (seed order): the two runs of a seed
+    share its init, data order and sampling seed, so the spread of the inits cancels out."""
+    def by_seed(variant: str) -> dict[int, float]:
+        return {r["seed"]: v for r in runs if (r["regime"], r["init"], r["variant"]) == (regime, init, variant)
+                and r.get("status") == "ok" and (v := _run_value(r, key)) is not None}
+    a, b = by_seed(variant_a), by_seed(variant_b)
+    return [a[s] - b[s] for s in sorted(a) if s in b]
+
+
+def _paired_text(diffs: list[float]) -> str:
+    """'paired +0.027 ± 0.005, ahead in 5 of 5' (empty below two seeds)."""
+    if len(diffs) < 2:
+        return ""
+    ahead = sum(d > 0 for d in diffs)
+    return f"; paired {statistics.fmean(diffs):+.3f} ± {statistics.stdev(diffs):.3f}, ahead in {ahead} of {len(diffs)}"
+
+
+def _claims(summary: list[dict], cfg: ReproConfig, runs: list[dict] | None = None) -> list[str]:
     """CONTRACT.md §7, read off the table: differences of means, and whether they exceed the
-    sum of the two standard deviations ("separated"); nothing is claimed beyond that. One block per
+    sum of the two standard deviations ("separated"); beside it, the per-seed paired difference
+    (mean ± std, and in how many seeds SKD is ahead). Nothing is claimed beyond that. One block per
     metric of CLAIM_METRICS that has values (graded first: older arith runs have none)."""
     cks = _claim_ks(cfg)
     if not cks:
         return []
+    runs = runs or []
     out = ["## The paper's claims (CONTRACT.md §7), as measured here", "",
            "SKD at each K minus each baseline (separated = |difference| > std_a + std_b; needs n >= 2 on both "
-           "sides):"]
+           "sides); paired = the difference seed by seed, mean ± std over the seeds where both ran:"]
     by = {(r["regime"], r["init"], r["variant"]): r for r in summary}
     for key, label in CLAIM_METRICS:
         if not any(r[key]["mean"] is not None for r in summary):
@@ -149,7 +180,9 @@ def _claims(summary: list[dict], cfg: ReproConfig) -> list[str]:
                         d = a["mean"] - b["mean"]
                         sep = "n/a" if a["std"] is None or b["std"] is None else \
                             ("separated" if abs(d) > a["std"] + b["std"] else "within noise")
-                        parts.append(f"{m} {d:+.3f} ({sep})")
+                        paired = "" if m == "init" else _paired_text(paired_differences(
+                            runs, regime, init, skd["variant"], other["variant"], key))
+                        parts.append(f"{m} {d:+.3f} ({sep}{paired})")
                     corr = start_end_text(skd["correction_rate_start"]["mean"], skd["correction_rate_end"]["mean"],
                                           missing="")
                     trend = f"; correction rate {corr}" if corr and key == CLAIM_METRICS[0][0] else ""
