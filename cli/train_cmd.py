@@ -225,6 +225,12 @@ def sft(ctx, **params):
                      "this machine before the first step (a few seconds to a minute) and kept in the "
                      "checkpoints, so --resume reuses them. Measured prices differ between machines and runs, "
                      "and so do the draft lengths and the exact tokens of a seed.")
+@setting_option("teacher_led", "--teacher-led/--no-teacher-led", default_text="teacher-led",
+                help="SKD with --gamma auto: a round may be teacher-led where that costs less (a weak student): the "
+                     "teacher writes up to --gamma-max tokens ahead, the student's proposals at those positions are "
+                     "tested in one pass, and the round keeps them up to the first kept proposal that differs. Same "
+                     "token law as student-led rounds; other exact tokens of a seed. --no-teacher-led: student-led "
+                     "rounds only.")
 @setting_option("semantics", choices=SEMANTICS,
                 help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
 @setting_option("keep_bonus", help="SKD: keep the teacher's bonus token on full acceptance.")

@@ -92,10 +92,12 @@ def merge_samples(parts: list[tuple[list[int], Samples]], B: int, pad_id: int) -
                 full[idx] = v
     keys = ("proposed", "accepted", "replaced", "generated", "rounds", "row_rounds")
     tot = {k: sum(getattr(s, k) for _, s in parts) for k in keys}
-    drafts = [s.draft_lengths for _, s in parts if s.draft_lengths is not None]
+    rounds = {}
+    for name in ("draft_lengths", "teacher_led_lengths"):   # per-round records of the skd parts
+        got = [getattr(s, name) for _, s in parts if getattr(s, name) is not None]
+        rounds[name] = tuple(g for d in got for g in d) if got else None
     return Samples(tokens=tokens, attention_mask=attn, response_mask=rmask, provenance=prov,
-                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot, **extras,
-                   draft_lengths=tuple(g for d in drafts for g in d) if drafts else None)
+                   prompt_lengths=P, lengths=lengths, teacher_logits=tl, **tot, **extras, **rounds)
 
 
 def sequence_sources(method: str, B: int, *, step: int, total_steps: int, coin: torch.Generator,

@@ -76,6 +76,8 @@ class SampleConfig:
                                        # (entry w - 1) in one-position student forwards; "measure": measured
                                        # by training before its first step (skd.core.forward_prices) and kept
                                        # in the checkpoints; None: the teacher / student weight-byte ratio
+    teacher_led: bool = True           # "auto" may let the teacher write ahead and test the student's proposals
+                                       # after it, where that costs less (rules.plan_round; same token law)
     semantics: str = "paper"           # paper | code (CONTRACT.md §2)
     keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
     student_temperature: float = 0.5   # paper config for student proposals

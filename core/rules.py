@@ -5,9 +5,10 @@ teacher_settings(cfg), student_settings(cfg, drafting) (each model's sampling ar
 SkdRule (SKD's top-K test and teacher replacement); SpeculativeRule (speculative decoding's);
 acceptance_estimate(accepted, rejected) -> the per-token acceptance `--gamma auto` plans with;
 adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of `--gamma auto`;
-teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards; round_tokens(a, n) ->
-a round's expected tokens;
-drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds).
+teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards; student_price(cost_ratio,
+width) -> a student pass's; round_tokens(a, n) -> a round's expected tokens;
+drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds);
+mismatch_estimate(breaks, kept) and plan_round(...) -> which model leads the next SKD round, and for how long.
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from skd.core import ops
 from skd.core.config import SampleConfig
 
 __all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
-           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma", "round_tokens", "teacher_price"]
+           "SpeculativeRule", "acceptance_estimate", "adaptive_gamma", "round_tokens", "teacher_price",
+           "student_price", "mismatch_estimate", "plan_round"]
 
 
 def teacher_settings(cfg: SampleConfig) -> dict:
@@ -123,6 +125,49 @@ def _best_draft(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -> t
     return best, best_rate
 
 
+def student_price(cost_ratio, width: int) -> float:
+    """The price of a student pass over `width` positions, in one-position student forwards: 1 when
+    cost_ratio is one number (a pass costs the same at every width), else the teacher's growth with
+    width, teacher_price(width) / teacher_price(1): only the teacher's passes are measured, and both
+    models are decoders whose few-position passes read every weight once, so their prices grow alike."""
+    if isinstance(cost_ratio, (int, float)):
+        return 1.0
+    return teacher_price(cost_ratio, width) / teacher_price(cost_ratio, 1)
+
+
+def mismatch_estimate(mismatched: float, kept: int) -> float:
+    """The share m of kept student tokens that differ from the teacher's own draw at their position:
+    mismatched / kept, smoothed towards m = 1 (every kept token a break, the most a teacher-led round can
+    lose) while little is seen. `mismatched` counts the breaks of teacher-led rounds (each kept token
+    there is compared with the teacher's draw) plus, for the tokens kept in student-led rounds, where no
+    teacher token was drawn, the probability 1 - p(token) that the teacher's draw would have differed."""
+    return (mismatched + 1) / (kept + 1)
+
+
+def plan_round(acceptance: float, mismatch: float, cost_ratio, gamma_max: int, bonus: bool,
+               teacher_led: bool) -> tuple[bool, int]:
+    """(teacher leads, length) of the next SKD round: the plan with the most expected tokens per unit of cost.
+
+    Student-led: adaptive_gamma's draft. Teacher-led (only without the bonus token, and when allowed): the
+    teacher writes n tokens ahead from its own distribution, one one-position pass each (the tokens it
+    would put in place of rejected proposals), the student scores them in one pass over n positions and
+    proposes a token at each; a proposal inside the top-K that differs from the teacher's token is kept
+    and ends the round (its later positions were written on another prefix). A position breaks with
+    probability b = acceptance * mismatch, so the round yields round_tokens(1 - b, n) tokens for n
+    teacher_price(1) + student_price(n). Each position's token law is SKD's either way (CONTRACT.md
+    §2). Ties go to the student-led round, then to the shorter one."""
+    g, sl_rate = _best_draft(acceptance, cost_ratio, gamma_max, bonus)
+    if not teacher_led or bonus:
+        return False, g
+    keep = 1.0 - min(max(float(acceptance) * float(mismatch), 0.0), 1.0)
+    best, best_rate = 0, sl_rate
+    for n in range(1, gamma_max + 1):
+        rate = round_tokens(keep, n) / (n * teacher_price(cost_ratio, 1) + student_price(cost_ratio, n))
+        if rate > best_rate * (1 + 1e-12):
+            best, best_rate = n, rate
+    return (True, best) if best else (False, g)
+
+
 def drafting_pays(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) -> bool:
     """Whether drafting at adaptive_gamma's length yields more tokens per unit of cost than the teacher
     alone, which writes one token per one-position teacher pass (teacher_price(cost_ratio, 1)
@@ -139,22 +184,28 @@ class SkdRule:
 
     needs_q = False
     draws_per_round = 1
+    # Each position's token is the proposal if it passes the test, else an independent teacher draw, so
+    # the teacher may write ahead and the student's proposals be tested afterwards (plan_round).
+    teacher_may_lead = True
 
     def __init__(self, cfg: SampleConfig):
         self.cfg = cfg
         self.keep_bonus = cfg.keep_bonus
         self.teacher = teacher_settings(cfg)   # how the teacher samples its tokens
 
-    def accept(self, t_logits, draft, draft_len, q, u):
-        """Kept prefix length per row: the drafted tokens, from the first, inside the teacher's top-K."""
-        A, D, V = t_logits.shape[0], draft.shape[1], t_logits.shape[-1]
+    def in_top_k(self, t_logits, tokens):
+        """bool [A, D]: tokens[a, j] inside the teacher's top-K of t_logits[a, j] (the first D rows)."""
+        A, D, V = t_logits.shape[0], tokens.shape[1], t_logits.shape[-1]
         test = t_logits[:, :D]
         if self.cfg.semantics == "code":  # released code: test on the processed teacher distribution
             test = process_logits(test, self.cfg.teacher_temperature, self.cfg.teacher_top_k, self.cfg.teacher_top_p)
         if test.dtype == torch.float64:  # the op takes fp32 / bf16 / fp16 (float64 = test models only)
             test = test.float()
-        acc = ops.topk_rank_accept(test.reshape(A * D, V), draft.reshape(-1), self.cfg.k)
-        return ops.accept_prefix(acc.view(A, D), draft_len)
+        return ops.topk_rank_accept(test.reshape(A * D, V), tokens.reshape(-1), self.cfg.k).view(A, D)
+
+    def accept(self, t_logits, draft, draft_len, q, u):
+        """Kept prefix length per row: the drafted tokens, from the first, inside the teacher's top-K."""
+        return ops.accept_prefix(self.in_top_k(t_logits, draft), draft_len)
 
     def token(self, t_rows, q_rows, rejected, u):
         """The teacher's token per row, sampled from its logits t_rows[A, V] with the uniforms u[A]."""

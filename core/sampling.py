@@ -5,8 +5,9 @@ Public: sample(teacher, student, prompt_ids, cfg, *, student_generator, teacher_
 -> Samples; Samples; SampleConfig (re-exported from skd.core.config); PROV_* provenance codes;
 share(num, den) (a rate, 0.0 over nothing).
 A round is one decoder's named steps (_OneModel: one token per row; _DraftVerify: draft, verify,
-commit; _Switch: both models one token per row, the switch test, one token per row); token choice
-and rules: skd.core.rules; KV caches: skd.core.kvcache; stops: skd.core.stops.
+commit, or under --gamma auto a teacher-led round: the teacher writes ahead, the student's proposals
+are tested after it; _Switch: both models one token per row, the switch test, one token per row);
+token choice and rules: skd.core.rules; KV caches: skd.core.kvcache; stops: skd.core.stops.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from skd.core.config import SampleConfig
 from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
 from skd.core.models import weight_bytes
-from skd.core.rules import (SkdRule, acceptance_estimate, adaptive_gamma, drafting_pays, process_logits,
-                            sample_tokens, student_settings, teacher_settings)
+from skd.core.rules import (SkdRule, acceptance_estimate, adaptive_gamma, drafting_pays, mismatch_estimate,
+                            plan_round, process_logits, sample_tokens, student_settings, teacher_settings)
 from skd.core.sparse_teacher import SparseTeacher
 from skd.core.stops import StopChecker, eos_ids
 
@@ -65,7 +66,9 @@ class Samples:
     student_argmax: torch.Tensor | None = None  # [B, R] the student's argmax where it wrote response token i
     loss_weights: torch.Tensor | None = None    # [B, L] float weight of each token's loss term (None: 1 each)
     switch_at: torch.Tensor | None = None       # [B] response index of the first teacher token, -1: none
-    draft_lengths: tuple[int, ...] | None = None  # skd: each round's draft length (varies under --gamma auto)
+    draft_lengths: tuple[int, ...] | None = None  # skd: each student-led round's draft length (varies under
+                                                  # --gamma auto; 0: a teacher-only round of speculative decoding)
+    teacher_led_lengths: tuple[int, ...] | None = None  # skd --gamma auto: each teacher-led round's length
 
     # Rates of the whole batch; 0.0 where the denominator is 0 (nothing was proposed / generated).
     mean_accepted_prefix = property(lambda self: share(self.accepted, self.row_rounds),
@@ -150,6 +153,19 @@ class _Batch:
         rep_full = torch.full((self.B,), -1, dtype=torch.long)
         rep_full[self.active] = replacement
         ops.splice(self.seq, self.length, d_full, n_full, rep_full, self.prov, self.finished, self.splice_eos)
+
+    def append(self, tokens: torch.Tensor, n: torch.Tensor, from_student: torch.Tensor) -> None:
+        """Append each active row's first n tokens of tokens[A, W], each marked as the student's (where
+        from_student[A, W]) or the teacher's."""
+        A, W = tokens.shape
+        start = self.length[self.active].clone()
+        self.commit(tokens, n, torch.full((A,), -1, dtype=torch.long))   # written as the student's
+        J = torch.arange(W)[None, :]
+        teacher = ~from_student & (J < n[:, None])
+        rows = self.active[:, None].expand(A, W)[teacher]
+        cols = (start[:, None] + J).expand(A, W)[teacher]
+        written = cols < self.length[rows]              # the splice stops at capacity (never reached here)
+        self.prov[rows[written], cols[written]] = PROV_TEACHER
 
     def end_round(self, new_tokens: torch.Tensor, stopper: StopChecker | None) -> torch.Tensor:
         """Finish the rows at EOS, a stop string or the budget; the indices of the active rows kept."""
@@ -286,7 +302,15 @@ class _DraftVerify:
             self.cost_ratio = cfg.teacher_prices or weight_bytes(t.model) / max(1, weight_bytes(s.model))
         self.may_skip = self.auto and getattr(rule, "may_skip_draft", False)
         self.skipped = 0              # teacher-only rounds since the last draft
-        self.gammas: list[int] = []   # the draft length of each round (0: a teacher-only round)
+        self.gammas: list[int] = []   # the draft length of each student-led round (0: a teacher-only round)
+        # --gamma auto under SKD's rule without the bonus token: rounds may be teacher-led (rules.plan_round)
+        self.may_lead = (self.auto and cfg.teacher_led and getattr(rule, "teacher_may_lead", False)
+                         and not rule.keep_bonus)
+        self.led: list[int] = []      # the length of each teacher-led round
+        # rules.mismatch_estimate's counts: kept proposals, and how many of them differed (or, in student-led
+        # rounds, would have differed in expectation) from the teacher's own draw at their position
+        self.kept = 0
+        self.mismatched = 0.0
         self.st = student_settings(cfg, drafting=True)
         self.s_gen, self.t_gen = student_generator, teacher_generator
         # Committed tokens the student has not consumed, per row, right-aligned, -1 = none: the last draft
@@ -296,36 +320,42 @@ class _DraftVerify:
         self.s_extra = torch.full((B, 1), -1, dtype=torch.long)
 
     def round(self, b: _Batch) -> torch.Tensor:
-        """Draft, verify (with the correction) and commit one round; the tokens each active row gained [A]."""
-        d = self.draft(b)
-        if d is None:
+        """One round (student-led: draft, verify with the correction, commit; or teacher-led; or, for
+        speculative decoding, the teacher's alone); the tokens each active row gained [A]."""
+        led, D = self.plan(b)
+        if led:
+            self.led.append(D)
+            return self.teacher_led_round(b, D)
+        self.gammas.append(D)
+        if D == 0:
             return self.teacher_round(b)
+        d = self.draft(b, D)
         v = self.verify(b, d)
         return self.commit(b, d, v)
 
-    def draft_length(self, b: _Batch) -> int:
-        """This round's draft length: fixed, or (--gamma auto) rules.adaptive_gamma of the acceptance so far
-        (rules.acceptance_estimate: the kept tokens over the tested ones, each round's rejection being the
-        last token it tested; the first round drafts for a coin flip).
-        0 (a teacher-only round) where the rule allows it and rules.drafting_pays says no draft beats the
-        teacher alone, except every PROBE_EVERY-th such round."""
+    def plan(self, b: _Batch) -> tuple[bool, int]:
+        """(teacher-led, length) of this round: a student-led draft of the fixed length, or under --gamma
+        auto the plan with the most expected tokens per unit of cost from the acceptance so far
+        (rules.acceptance_estimate: the kept tokens over the tested ones; the first round plans for a coin
+        flip): rules.plan_round where teacher-led rounds are allowed, else rules.adaptive_gamma.
+        Length 0 (a teacher-only round) where the rule allows it and rules.drafting_pays says no draft
+        beats the teacher alone, except every PROBE_EVERY-th such round."""
         if not self.auto:
-            return self.D
-        a = acceptance_estimate(b.accepted, b.replaced)   # replaced: the drafting rounds' rejections
+            return False, self.D
+        a = acceptance_estimate(b.accepted, b.replaced)   # replaced: the rejections
         if self.may_skip and not drafting_pays(a, self.cost_ratio, self.D, self.rule.keep_bonus):
             if self.skipped < PROBE_EVERY - 1:
                 self.skipped += 1
-                return 0
+                return False, 0
         self.skipped = 0
-        return adaptive_gamma(a, self.cost_ratio, self.D, self.rule.keep_bonus)
+        if self.may_lead:
+            return plan_round(a, mismatch_estimate(self.mismatched, self.kept), self.cost_ratio, self.D,
+                              False, True)
+        return False, adaptive_gamma(a, self.cost_ratio, self.D, self.rule.keep_bonus)
 
-    def draft(self, b: _Batch) -> _Draft | None:
-        """The student proposes up to D tokens per row, stopping a row at EOS or its budget (None: D = 0)."""
+    def draft(self, b: _Batch, D: int) -> _Draft:
+        """The student proposes up to D tokens per row, stopping a row at EOS or its budget."""
         s, st, dev = self.s, self.st, self.s.device
-        D = self.draft_length(b)
-        self.gammas.append(D)
-        if D == 0:
-            return None
         A = b.active.numel()
         draft = torch.full((A, D), b.pad, dtype=torch.long, device=dev)
         draft_len = torch.full((A,), D, dtype=torch.long, device=dev)
@@ -390,6 +420,8 @@ class _DraftVerify:
         W = v.t_logits.shape[1]                  # teacher positions of the round: D_eff + 1, or D_eff (no bonus)
         J = torch.arange(W)[None, :]
         b.keep_teacher_logits(v.t_logits, (J < n[:, None]) | ((J == n[:, None]) & need_tok[:, None]))
+        if self.may_lead:
+            self.count_mismatch(v.t_logits, draft, n)
         b.commit(draft, n, torch.where(need_tok, t_tok, torch.full_like(t_tok, -1)))
         b.proposed += int(d.length.sum())
         b.accepted += int(n.sum())
@@ -406,6 +438,79 @@ class _DraftVerify:
         self.t.invalidate_tail(W - t_valid)
         self.s_extra = torch.where(full & need_tok, draft[:, D_eff - 1], torch.full_like(n, -1))[:, None]
         return n + need_tok.long()
+
+    def count_mismatch(self, t_logits: torch.Tensor, draft: torch.Tensor, n: torch.Tensor) -> None:
+        """Add a student-led round's kept tokens to the mismatch counts: for each, the probability that the
+        teacher's draw at its position (its sampling settings) would have been another token. No draw is
+        made, so the round's tokens and random streams are untouched."""
+        W = t_logits.shape[1]
+        kept = torch.arange(min(W, draft.shape[1]))[None, :] < n[:, None]          # [A, min(W, D)]
+        if not bool(kept.any()):
+            return
+        dev = t_logits.device
+        rows = t_logits[:, : kept.shape[1]][kept.to(dev)]                           # [N, V]
+        st = self.rule.teacher
+        p = torch.softmax(process_logits(rows, st["temperature"], st["top_k"], st["top_p"]), -1) \
+            if st["temperature"] > 0 else torch.nn.functional.one_hot(rows.argmax(-1), rows.shape[-1]).float()
+        same = p.gather(1, draft[:, : kept.shape[1]][kept].to(dev)[:, None]).sum()
+        self.kept += int(kept.sum())
+        self.mismatched += int(kept.sum()) - float(same)
+
+    def teacher_led_round(self, b: _Batch, n: int) -> torch.Tensor:
+        """A teacher-led round (rules.plan_round): the teacher writes up to n tokens ahead, each sampled as it
+        would sample a replacement (its settings, one teacher draw per position); the student scores
+        [last committed token, those tokens but the last] in one pass and proposes a token at each position
+        (one student draw per position); each position takes the proposal if it passes the top-K test,
+        else the teacher's token, CONTRACT.md §2's law. The round keeps positions up to the first kept
+        proposal that differs from the teacher's token (a break: the later positions were written on
+        another prefix), and ends a row's chain at the teacher's EOS or the row's budget. Both caches keep
+        the slots of the kept prefix; the teacher logits of every kept position serve as loss targets."""
+        t_dev, s_dev, A = self.t.device, self.s.device, b.active.numel()
+        rem, eos = b.remaining, b.eos_t
+        every = torch.ones(A, dtype=torch.bool, device=t_dev)
+        cur, rows, chain = b.pend.to(t_dev), [], []
+        ended = torch.zeros(A, dtype=torch.bool)
+        for i in range(n):
+            logits = self.t.forward(cur[:, None])[:, -1]                     # [A, V]
+            cur = self.rule.token(logits, None, every, _draw(self.t_gen, b.B, b.active, t_dev))
+            rows.append(logits)
+            chain.append(cur)
+            ended |= torch.isin(cur.cpu(), eos) | (rem <= i + 1)
+            if bool(ended.all()):   # no row can use a further position
+                break
+        W = len(chain)
+        t_logits, r = torch.stack(rows, 1), torch.stack(chain, 1).cpu()     # [A, W, V], [A, W]
+        ids = torch.cat([b.pend[:, None], r[:, : W - 1]], 1)
+        valid = None
+        if bool((self.s_extra >= 0).any()):   # committed tokens the student has not consumed go first
+            valid = torch.cat([self.s_extra >= 0, torch.ones(A, W, dtype=torch.bool)], 1)
+            ids = torch.cat([self.s_extra.clamp(min=0), ids], 1)
+        s_logits = self.s.forward(ids.to(s_dev), valid)[:, -W:]              # [A, W, V]
+        u = torch.stack([_draw(self.s_gen, b.B, b.active, s_dev) for _ in range(W)], 1)
+        y = sample_tokens(s_logits, u, **self.st).cpu()                      # the student's proposals
+        kept = self.rule.in_top_k(t_logits, y.to(t_dev)).cpu()
+        J = torch.arange(W)[None, :]
+        chain_end = torch.isin(r, eos) | (J + 1 >= rem[:, None])             # the teacher's EOS, or the budget
+        lim = torch.where(chain_end.any(1), chain_end.int().argmax(1) + 1, torch.full((A,), W))
+        brk = kept & (y != r) & (J < lim[:, None])
+        has_brk = brk.any(1)
+        j = torch.where(has_brk, brk.int().argmax(1) + 1, lim)             # positions the round keeps
+        tokens = torch.where(kept, y, r)
+        take = J < j[:, None]
+        b.keep_teacher_logits(t_logits, take)
+        b.append(tokens, j, kept)
+        n_kept = int((kept & take).sum())
+        b.proposed += int(j.sum())
+        b.accepted += n_kept
+        b.replaced += int((~kept & take).sum())
+        self.kept += n_kept
+        self.mismatched += int(has_brk.sum())   # each break is the one kept token that differed
+        # Both models were fed [last committed, r_0 .. r_(W-2)]: the first j slots hold committed tokens.
+        self.t.invalidate_tail(W - j)
+        self.s.invalidate_tail(W - j)
+        self.s_extra = torch.full((A, 1), -1, dtype=torch.long)
+        b.pend = tokens[torch.arange(A), j - 1]
+        return j
 
     def teacher_round(self, b: _Batch) -> torch.Tensor:
         """A round without a draft: the teacher writes one token per row (its own distribution, or its
@@ -577,4 +682,5 @@ def sample(teacher, student, prompt_ids: list[list[int]], cfg: SampleConfig, *,
     out = batch.samples(all_teacher=decoder.all_teacher)
     if isinstance(decoder, _DraftVerify):
         out.draft_lengths = tuple(decoder.gammas)
+        out.teacher_led_lengths = tuple(decoder.led)
     return out

@@ -574,9 +574,16 @@ class _Run:
                "model_time_share": (fwd.seconds + timings.get("backward", 0.0)) / max(t3 - t0, 1e-12)}
         if s.switch_at is not None:
             rec.update(self.switch_metrics(s, first_row))
-        if s.draft_lengths:   # skd: the mean draft length of the step's rounds (varies under --gamma auto)
-            total, n = dist.sum_floats([sum(s.draft_lengths), len(s.draft_lengths)])
-            rec["mean_draft_length"] = total / n
+        if self.method in DRAFTING_METHODS:   # decided by the method, so every rank joins the reduction
+            # skd's rounds: the mean draft length of the student-led ones (varies under --gamma auto) and the
+            # share and mean length of the teacher-led ones (rules.plan_round)
+            drafts, led = s.draft_lengths or (), s.teacher_led_lengths or ()
+            d_sum, d_n, l_sum, l_n = dist.sum_floats([sum(drafts), len(drafts), sum(led), len(led)])
+            if d_n:
+                rec["mean_draft_length"] = d_sum / d_n
+            rec["teacher_led_share"] = l_n / (d_n + l_n) if d_n + l_n else 0.0
+            if l_n:
+                rec["mean_teacher_led_length"] = l_sum / l_n
         if self.val_ex and tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
             with distributed.full_student(self.train_model, self.dist) as plain:
                 if dist.is_main:

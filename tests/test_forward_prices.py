@@ -90,8 +90,8 @@ def test_measured_prices_drive_auto_and_are_recorded_as_given_numbers_would(char
     from skd.core.train import train
 
     seen = []
-    real = sampling.adaptive_gamma
-    monkeypatch.setattr(sampling, "adaptive_gamma", lambda a, c, D, b: seen.append(c) or real(a, c, D, b))
+    real = sampling.plan_round   # the planner of --gamma auto with teacher-led rounds (the default)
+    monkeypatch.setattr(sampling, "plan_round", lambda a, m, c, D, b, led: seen.append(c) or real(a, m, c, D, b, led))
     ex = (addition_examples(char_tokenizer, 8), [])
     events = []
     train(_cfg(tmp_path / "m", teacher_prices="measure"), models=(*_pair(), char_tokenizer), examples=ex,

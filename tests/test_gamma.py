@@ -63,10 +63,11 @@ def test_auto_with_k_at_least_vocab_is_on_policy_and_drafts_long(sharp_pair64):
 
 
 def test_auto_with_k_zero_is_teacher_sampling_and_drafts_one(sharp_pair64):
-    skd = _run(sharp_pair64, "skd", k=0)
+    skd = _run(sharp_pair64, "skd", k=0, teacher_led=False)
     tea = _run(sharp_pair64, "teacher")
     assert skd.responses() == tea.responses()
     assert set(skd.draft_lengths[2:]) == {1}                  # acceptance -> 0: one-token drafts
+    # (with teacher-led rounds allowed, the default, the teacher leads instead: tests/test_teacher_led.py)
 
 
 def test_auto_keeps_only_student_tokens_inside_the_teachers_top_k(sharp_pair64):
@@ -276,11 +277,12 @@ def test_auto_uses_the_given_teacher_prices(sharp_pair64, monkeypatch):
     from skd.core import sampling
     from skd.core.config import ConfigValueError
 
-    seen = []
-    real = sampling.adaptive_gamma
-    monkeypatch.setattr(sampling, "adaptive_gamma", lambda a, c, D, b: seen.append(c) or real(a, c, D, b))
-    _run(sharp_pair64, "skd", k=3, teacher_prices=[1.5, 2.0, 2.5])
-    assert seen and all(c == (1.5, 2.0, 2.5) for c in seen)
+    for name in ("adaptive_gamma", "plan_round"):   # without and with teacher-led rounds
+        seen = []
+        real = getattr(sampling, name)
+        monkeypatch.setattr(sampling, name, lambda *args, real=real, seen=seen: seen.append(args) or real(*args))
+        _run(sharp_pair64, "skd", k=3, teacher_prices=[1.5, 2.0, 2.5], teacher_led=name == "plan_round")
+        assert seen and all((1.5, 2.0, 2.5) in args for args in seen)
     for bad in ([], [1.0, 0.0], [float("nan")]):
         with pytest.raises(ConfigValueError, match="teacher_prices"):
             SampleConfig(teacher_prices=bad)
