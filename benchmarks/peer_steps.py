@@ -25,6 +25,8 @@ row), gradients clipped to norm 1, linear decay. Rows (ROWS):
                       clipping, AdamW, scheduler;
   skd_skd_gamma_*     the same with --method skd (interleaved SKD samples, top-K cfg.k; the teacher
                       logits of the verification passes are the loss targets), --gamma auto and 5;
+  skd_skd_gamma_auto_student_led  --gamma auto --no-teacher-led: student-led rounds only, beside the
+                      default auto row, so the teacher-led rounds' effect is measured side by side;
   skd_skd_gamma_auto_priced  --gamma auto with --teacher-prices measured in this run (per pass width).
 The repeats are interleaved: TRL's training loop drives, and after each of its steps (outside its
 clock) every skd row takes its step of the same repeat; step 0 is everyone's warm-up. Medians.
@@ -53,6 +55,8 @@ ROWS = {
                      "accumulate_gradients (forward KL), clip, AdamW",
     "skd_skd_gamma_auto": "skd distill --method skd --gamma auto: interleaved SKD samples (teacher logits of the "
                           "verification passes reused as targets), accumulate_gradients, clip, AdamW",
+    "skd_skd_gamma_auto_student_led": "skd distill --method skd --gamma auto --no-teacher-led: as gamma auto, "
+                                      "student-led rounds only",
     "skd_skd_gamma_5": "skd distill --method skd --gamma 5: as gamma auto, a fixed draft length of 5",
     "skd_skd_gamma_auto_priced": "skd distill --method skd --gamma auto --teacher-prices <measured>: as gamma "
                                  "auto, each teacher pass priced per width from this run's measured forward ms",
@@ -61,8 +65,10 @@ TRL_ROWS = {"distillation": ROWS["trl_on_policy"],
             "gkd": "TRL GKDTrainer, lmbda 1, beta 0: one Trainer.train() optimizer step "
                    "(on_step_begin -> on_step_end): "
                    "student generate(), teacher + student forwards (full logits), forward KL, backward, clip, AdamW"}
-SKD_ROWS = {"skd_on_policy": ("on-policy", "auto"), "skd_skd_gamma_auto": ("skd", "auto"),
-            "skd_skd_gamma_5": ("skd", 5), "skd_skd_gamma_auto_priced": ("skd", "auto")}   # name: (method, gamma)
+SKD_ROWS = {"skd_on_policy": ("on-policy", "auto", True), "skd_skd_gamma_auto": ("skd", "auto", True),
+            "skd_skd_gamma_auto_student_led": ("skd", "auto", False),
+            "skd_skd_gamma_5": ("skd", 5, True), "skd_skd_gamma_auto_priced": ("skd", "auto", True)}
+# name: (method, gamma, teacher-led rounds allowed)
 PRICED = "skd_skd_gamma_auto_priced"   # the row whose --gamma auto gets the measured teacher prices
 TRL_TRAINERS = ("auto", "distillation", "gkd")
 
@@ -126,7 +132,8 @@ def _optimizer(model, cfg, total_steps: int):
 class _SkdRow:
     """One skd row: its student copy, optimizer and the training loop's step functions."""
 
-    def __init__(self, method: str, gamma, *, pair, teacher, tok, cfg, total_steps: int, prices=None):
+    def __init__(self, method: str, gamma, teacher_led: bool, *, pair, teacher, tok, cfg, total_steps: int,
+                 prices=None):
         from skd.core import losses
         from skd.core import models as model_lib
         from skd.core.config import SampleConfig
@@ -138,7 +145,7 @@ class _SkdRow:
         self.scfg = SampleConfig(k=cfg.k, gamma=gamma, max_new_tokens=cfg.max_new_tokens,
                                  student_temperature=cfg.temperature, student_top_p=1.0,
                                  teacher_temperature=cfg.temperature, teacher_top_p=1.0, stop_strings=(),
-                                 teacher_prices=prices)
+                                 teacher_prices=prices, teacher_led=teacher_led)
         self.div = losses.get_divergence("fkl")
         self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
         self.devices = [next(m.parameters()).device for m in (teacher, self.student)]
@@ -176,7 +183,8 @@ class _SkdRow:
                 "sampling_forward_share": fwd_sampling / max(sampling, 1e-12),
                 "model_time_share": (fwd.seconds + timings.get("backward", 0.0)) / max(t2 - t0, 1e-12),
                 "tokens": int(s.response_lengths.sum()), "proposed": s.proposed, "accepted": s.accepted,
-                "rejected": s.replaced, "draft_lengths": list(s.draft_lengths or ())}
+                "rejected": s.replaced, "draft_lengths": list(s.draft_lengths or ()),
+                "teacher_led_lengths": list(s.teacher_led_lengths or ())}
 
 
 def _trl_trainer(kind: str, pair, prompts: list[tuple[str, list[int], list[int]]], cfg, steps: int, hook):
@@ -263,15 +271,16 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
     kind, skip = trl_trainer(cfg.trl_trainer) if cfg.trl else (None, "TRL rows skipped: --no-trl")
     tok = model_lib.load_tokenizer(str(pair.student))
     teacher = model_lib.freeze(model_lib.load_model(str(pair.teacher), dtype=cfg.dtype, device=cfg.device))
-    rows = {name: _SkdRow(m, g, pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps)
-            for name, (m, g) in SKD_ROWS.items() if name != PRICED}
+    rows = {name: _SkdRow(m, g, led, pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps)
+            for name, (m, g, led) in SKD_ROWS.items() if name != PRICED}
     # Forward prices (skd.core.forward_prices), measured on the first batch's prompts before any timed
     # step: the floor's, and the priced row's teacher prices in one-position student forwards.
     gamma_max = rows["skd_skd_gamma_auto"].scfg.gamma_max
     costs = forward_costs(teacher, rows["skd_skd_gamma_auto"].student, [ex.prompt_ids for ex in batches[0]],
-                          vocab_size=len(tok), q_max=gamma_max, pad_id=rows["skd_on_policy"].pad)
+                          vocab_size=len(tok), q_max=gamma_max, student_q_max=gamma_max,
+                          pad_id=rows["skd_on_policy"].pad)
     prices = prices_from_costs(costs)
-    rows[PRICED] = _SkdRow("skd", "auto", pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps,
+    rows[PRICED] = _SkdRow("skd", "auto", True, pair=pair, teacher=teacher, tok=tok, cfg=cfg, total_steps=steps,
                            prices=prices)
     records: dict[str, list[dict]] = {name: [] for name in ([] if skip else ["trl_on_policy"]) + list(rows)}
 
@@ -320,8 +329,12 @@ def run(pair, prompts: list[tuple[str, list[int], list[int]]], cfg) -> dict:
                                                                              "model_time_share")})
             proposed, accepted = sum(r["proposed"] for r in recs), sum(r["accepted"] for r in recs)
             drafts = [g for r in recs for g in r["draft_lengths"]]
+            led = [n for r in recs for n in r["teacher_led_lengths"]]
             rejected = sum(r["rejected"] for r in recs)
             row.update(method=rows[name].method, gamma=rows[name].scfg.gamma,
+                       teacher_led=rows[name].scfg.teacher_led and rows[name].method == "skd",
+                       teacher_led_share=len(led) / (len(led) + len(drafts)) if led or drafts else None,
+                       mean_teacher_led_length=statistics.fmean(led) if led else None,
                        acceptance_rate=accepted / proposed if proposed else None,
                        per_token_acceptance=accepted / (accepted + rejected) if accepted + rejected else None,
                        mean_draft_length=statistics.fmean(drafts) if drafts else None)

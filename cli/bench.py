@@ -595,15 +595,17 @@ def _print_peers(console, result: dict) -> None:
         table = Table(title=f"distillation step · batch {st['batch_size']}, <= {st['max_new_tokens']} new tokens, "
                             f"T {st['temperature']:g}, forward KL · median of {st['timed_steps']}")
         for col in ("row", "step s", "tok/step", "tok/s", "sampling s", "fwd share", "teacher s", "update s",
-                    "accept", "draft len"):
+                    "accept", "draft len", "led"):
             table.add_column(col, justify="left" if col == "row" else "right")
         for name, r in sec["results"].items():
             table.add_row(name, _fmt(r["step_s"]), f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_s']:.0f}",
                           _fmt(r.get("sampling_s")), _fmt(r.get("sampling_forward_share"), 2),
                           _fmt(r.get("teacher_s")), _fmt(r.get("update_s")),
-                          _fmt(r.get("acceptance_rate")), _fmt(r.get("mean_draft_length"), 2))
+                          _fmt(r.get("acceptance_rate")), _fmt(r.get("mean_draft_length"), 2),
+                          _fmt(r.get("teacher_led_share"), 2))
         console.print(table)
-        console.print("  fwd share: the share of the sampling time spent inside model forwards")
+        console.print("  fwd share: the share of the sampling time spent inside model forwards; draft len: the "
+                      "mean length of the student-led rounds; led: the share of rounds that were teacher-led")
         if sec["skipped"]:
             console.print(escape(sec["skipped"]))
         ratios(sec)
@@ -611,12 +613,16 @@ def _print_peers(console, result: dict) -> None:
         if floor:
             ms = floor["forward_ms"]
             t = ms["teacher"]
-            console.print(escape(f"  forward ms at batch {floor['batch_size']}: student, 1 position {ms['student'][0]:.1f}; "
-                                 f"teacher, 1 / 2 / 3 / {len(t)} positions "
+            s_ms = ms["student"]
+            console.print(escape(f"  forward ms at batch {floor['batch_size']}: student, 1 / {len(s_ms)} positions "
+                                 + " / ".join(f"{x:.1f}" for x in (s_ms[:1] + s_ms[1:][-1:]))
+                                 + f"; teacher, 1 / 2 / 3 / {len(t)} positions "
                                  + " / ".join(f"{x:.1f}" for x in (t[:3] + t[-1:]))))
             for name, f in floor["rows"].items():
-                line = (f"  floor of {name}: per-token acceptance {f['per_token_acceptance']:.3f}, best draft "
-                        f"length {f['best_gamma']}: {f['floor_step_s']:.2f} s per step")
+                plan = f.get("best_plan") or f"g{f['best_gamma']}"     # records before teacher-led rounds
+                plan = (f"student-led draft of {plan[1:]}" if plan[0] == "g" else f"teacher-led round of {plan[1:]}")
+                line = (f"  floor of {name}: per-token acceptance {f['per_token_acceptance']:.3f}, best plan "
+                        f"{plan}: {f['floor_step_s']:.2f} s per step")
                 if "floor_over_trl" in f:
                     line += (f" = {f['floor_over_trl']:.2f}x TRL's step (measured {f['measured_over_floor']:.2f}x the "
                              f"floor)")

@@ -2,7 +2,7 @@
 `--teacher-prices measure`, and the forward costs the peers bench builds the SKD step's floor on.
 
 Public: forward_costs(teacher, student,
-prompt_rows, *, vocab_size, q_max, repeats, sweeps, pad_id) -> dict; prices_from_costs(costs) ->
+prompt_rows, *, vocab_size, q_max, student_q_max, repeats, sweeps, pad_id) -> dict; prices_from_costs(costs) ->
 tuple; measure_teacher_prices(teacher, student, prompt_rows, *, vocab_size, gamma_max, pad_id) ->
 (prices, costs).
 
@@ -25,9 +25,10 @@ from skd.core.kvcache import KVStream
 from skd.core.timing import clock
 
 def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size: int, q_max: int,
-                  repeats: int = 3, sweeps: int = 3, pad_id: int = 0) -> dict:
+                  student_q_max: int = 1, repeats: int = 3, sweeps: int = 3, pad_id: int = 0) -> dict:
     """Median ms of one KV-cached forward of q new positions per row, over the batch prompt_rows:
-    {"student": [ms at q = 1], "teacher": [ms at q = 1, ..., q_max]} (entry q - 1 for q positions).
+    {"student": [ms at q = 1, ..., student_q_max], "teacher": [ms at q = 1, ..., q_max]} (entry q - 1 for
+    q positions).
 
     `sweeps` interleaved passes, alternately in one order of the (model, q) cells and in the reverse,
     so a slow spell of a shared machine spreads over every cell instead of skewing a few. In a pass
@@ -36,7 +37,7 @@ def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size:
     Both models run in eval mode without gradients and go back to their modes after."""
     devices = [next(m.parameters()).device for m in (teacher, student)]
     modes = [m.training for m in (teacher, student)]
-    models = {"student": (student, [1]), "teacher": (teacher, list(range(1, q_max + 1)))}
+    models = {"student": (student, list(range(1, student_q_max + 1))), "teacher": (teacher, list(range(1, q_max + 1)))}
     times: dict[tuple[str, int], list[float]] = {(name, q): [] for name, (_, qs) in models.items() for q in qs}
     try:
         teacher.eval()
@@ -57,8 +58,7 @@ def forward_costs(teacher, student, prompt_rows: list[list[int]], *, vocab_size:
     finally:
         for model, was_training in zip((teacher, student), modes):
             model.train(was_training)
-    return {"student": [1000.0 * statistics.median(times[("student", 1)])],
-            "teacher": [1000.0 * statistics.median(times[("teacher", q)]) for q in range(1, q_max + 1)]}
+    return {name: [1000.0 * statistics.median(times[(name, q)]) for q in qs] for name, (_, qs) in models.items()}
 
 
 def prices_from_costs(costs: dict) -> tuple[float, ...]:

@@ -47,14 +47,21 @@ def test_quick_run_measures_every_section(tmp_path):
     assert rows["skd_skd_gamma_5"]["mean_draft_length"] <= 5
     for name in ("skd_on_policy", "skd_skd_gamma_auto", "skd_skd_gamma_5"):   # hooks saw the forwards
         assert 0 < rows[name]["sampling_forward_share"] <= 1 and 0 < rows[name]["model_time_share"] <= 1
-    assert 1 <= rows["skd_skd_gamma_auto"]["mean_draft_length"] <= 8
-    for name in ("skd_skd_gamma_auto", "skd_skd_gamma_5", "skd_skd_gamma_auto_priced"):   # kept/tested >= kept/drafted
+    for name in ("skd_skd_gamma_auto", "skd_skd_gamma_auto_student_led"):
+        assert rows[name]["mean_draft_length"] is None or 1 <= rows[name]["mean_draft_length"] <= 8
+    assert rows["skd_skd_gamma_auto"]["teacher_led"] and not rows["skd_skd_gamma_auto_student_led"]["teacher_led"]
+    assert rows["skd_skd_gamma_auto_student_led"]["teacher_led_share"] == 0.0
+    assert rows["skd_skd_gamma_5"]["teacher_led_share"] == 0.0
+    for name in ("skd_skd_gamma_auto", "skd_skd_gamma_auto_student_led", "skd_skd_gamma_5",
+                 "skd_skd_gamma_auto_priced"):   # kept/tested >= kept/drafted
         assert rows[name]["acceptance_rate"] <= rows[name]["per_token_acceptance"] <= 1
     floor = distill["floor"]
-    assert len(floor["forward_ms"]["student"]) == 1 and len(floor["forward_ms"]["teacher"]) == 8
-    assert set(floor["rows"]) == {"skd_skd_gamma_auto", "skd_skd_gamma_5", "skd_skd_gamma_auto_priced"}
+    assert len(floor["forward_ms"]["student"]) == 8 and len(floor["forward_ms"]["teacher"]) == 8
+    assert set(floor["rows"]) == {"skd_skd_gamma_auto", "skd_skd_gamma_auto_student_led", "skd_skd_gamma_5",
+                                  "skd_skd_gamma_auto_priced"}
     assert len(floor["teacher_prices"]) == 8 and rows["skd_skd_gamma_auto_priced"]["gamma"] == "auto"
-    assert floor["rows"]["skd_skd_gamma_5"]["best_gamma"] == 5
+    assert floor["rows"]["skd_skd_gamma_5"]["best_plan"] == "g5"
+    assert floor["rows"]["skd_skd_gamma_auto_student_led"]["best_plan"][0] == "g"
     for f in floor["rows"].values():
         assert f["floor_step_s"] > 0 and math.isfinite(f["measured_over_floor"])
         assert ("floor_over_trl" in f) == (kind is not None)
