@@ -35,10 +35,15 @@ def demo(run_dir, methods, distill_steps, quick):
     from skd.core.overrides import with_overrides
     from skd.core.studies.demo import QUICK_OVERRIDES, DemoConfig, lead_score, run_demo
     from skd.core.studies.report import start_end_text
+    from skd.core.torch_names import fast_compute_dtype
 
     cfg = with_overrides(DemoConfig(run_dir=run_dir, methods=tuple(methods)), QUICK_OVERRIDES if quick else None,
                          {"distill_steps": distill_steps})
     console = Console(stderr=True)
+    native = fast_compute_dtype("cpu") == "bfloat16"
+    console.print(f"[dim]training compute: {cfg.dtype} (fp32 weights); this CPU "
+                  + ("has native bf16 products" if native else "has no native bf16 products, where bf16 autocast "
+                     "is many times slower than fp32") + "[/]")
 
     def on_event(kind: str, p: dict):
         if kind == "stage":

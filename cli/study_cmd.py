@@ -68,8 +68,9 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
               help="Test prompts decoded speculatively (student drafts, teacher verifies)  [default: 64]")
 @click.option("--spec-gamma", type=click.IntRange(min=1), default=None, help="Speculative draft length  [default: 4]")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Response budget  [default: 176]")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
-              help="Training compute dtype (fp32 master weights)  [default: bfloat16]")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="Training compute dtype (fp32 master weights); auto: bfloat16 where the CPU computes it "
+                   "natively (AVX-512), float32 elsewhere  [default: auto]")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's setting; 1 is steadier on a loaded machine).")
@@ -236,8 +237,9 @@ def reproduce(run_dir, output_dir, task, teacher, methods, regimes, init_regime,
 @click.option("--spec-gamma", type=click.IntRange(min=1), default=None, help="Speculative draft length  [default: 4]")
 @click.option("--save-every", type=click.IntRange(min=0), default=None,
               help="Steps between resumable checkpoints in a stage (0: only when stopped)  [default: 10]")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
-              help="Training compute dtype (fp32 master weights)  [default: bfloat16]")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="Training compute dtype (fp32 master weights); auto: bfloat16 where the CPU computes it "
+                   "natively (AVX-512), float32 elsewhere  [default: auto]")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--quick", is_flag=True, help="Tiny char-level models instead of SmolLM2, a few steps: checks the "

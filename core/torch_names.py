@@ -2,7 +2,9 @@
 
 Public: `DTYPES`, `parse_dtype(dtype)` ("auto" | "float32" | "bf16" | ... | torch.dtype),
 `parse_device(device)` ("cpu" | "cuda" | "cuda:N" | torch.device; CUDA must be usable),
-`dtype_kwarg(dtype)` (from_pretrained's dtype keyword for the installed transformers).
+`dtype_kwarg(dtype)` (from_pretrained's dtype keyword for the installed transformers),
+`fast_compute_dtype(device)` (bfloat16 where bf16 autocast runs on native instructions, else float32),
+`resolve_compute_dtype(dtype, device)` ("auto" -> fast_compute_dtype).
 torch and transformers are imported inside the functions, so importing this module is instant.
 """
 from __future__ import annotations
@@ -47,6 +49,28 @@ def parse_device(device: Any) -> "torch.device":
         raise SkdError(f"device '{device}' requested but this torch has no usable CUDA",
                        "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
     return dev
+
+
+def fast_compute_dtype(device: Any = "cpu") -> str:
+    """"bfloat16" where bf16 autocast runs on native instructions: a CUDA device with bf16, or a CPU on
+    which oneDNN has a bf16 path (AVX-512 BW/VL/DQ, or Arm's bf16 extension; torch's own check); else
+    "float32". A CPU with AVX2 alone emulates bf16 products: there the tiny teacher's SFT step took 20 s
+    in bf16 against 0.6 s in fp32 (benchmarks/results/README.md), so bf16 would turn minutes into hours."""
+    import torch
+
+    dev = parse_device(device)
+    if dev.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):   # a torch without oneDNN: no fast bf16 path either
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+def resolve_compute_dtype(dtype: str, device: Any = "cpu") -> str:
+    """A study's training compute dtype: `dtype` itself, or for "auto" fast_compute_dtype(device)."""
+    return fast_compute_dtype(device) if dtype == "auto" else dtype
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:

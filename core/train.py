@@ -57,7 +57,7 @@ from skd.core.objective import CE_METHODS, accumulate_gradients, evaluate_loss
 from skd.core.reporting import reporter_for
 from skd.core.rundir import check_output_dir, prepare_output_dir, prune_checkpoints
 from skd.core.timing import ForwardClock, clock
-from skd.core.torch_names import parse_device
+from skd.core.torch_names import fast_compute_dtype, parse_device
 
 
 # The methods whose sequences the student drafts and the teacher verifies (SampleConfig mode "skd"):
@@ -245,6 +245,10 @@ class _Run:
             self.autocast_dtype = half[compute]
         if self.autocast_dtype is not None:
             student.float()
+            if (self.autocast_dtype == torch.bfloat16 and next(student.parameters()).device.type == "cpu"
+                    and fast_compute_dtype("cpu") != "bfloat16"):
+                self.emit("notice", {"message": "bf16 compute on a CPU without native bf16 products (no AVX-512): "
+                                                "each step runs many times slower than with --dtype float32"})
         self.dtypes = {"student_weights": str(next(student.parameters()).dtype).replace("torch.", ""),
                        "compute": str(self.autocast_dtype or next(student.parameters()).dtype).replace("torch.", ""),
                        "teacher": (str(next(teacher.parameters()).dtype).replace("torch.", "")

@@ -68,8 +68,15 @@ class DemoConfig:
     eval_examples: int = 200           # test problems scored at the end
     spec_gamma: int = 4
     spec_prompts: int = 32
-    dtype: str = "bfloat16"            # CPU: fp32 master weights, bf16 autocast (faster on this CPU)
+    dtype: str = "auto"                # fp32 master weights; compute in bf16 autocast where the CPU has native
+    #                                    bf16 products (AVX-512), else fp32 (torch_names.fast_compute_dtype):
+    #                                    resolved when the config is made, so stamps and results hold the dtype used
     seed: int = 20
+
+    def __post_init__(self):
+        from skd.core.torch_names import resolve_compute_dtype
+
+        object.__setattr__(self, "dtype", resolve_compute_dtype(self.dtype, "cpu"))
 
 
 # `skd demo --quick` (and `skd bench reproduce --quick`): a seconds-long smoke run; numbers mean nothing.

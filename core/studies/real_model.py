@@ -78,7 +78,8 @@ class RealModelConfig:
     spec_prompts: int = 16               # the first test problems, decoded speculatively (greedy)
     spec_gamma: int = 4
     save_every: int = 10                 # resumable checkpoints within a stage (0: only on Ctrl-C / SIGTERM)
-    dtype: str = "bfloat16"              # training compute (fp32 master weights); evaluation runs in fp32
+    dtype: str = "auto"                  # training compute (fp32 master weights): bf16 where native, else fp32
+    #                                      (torch_names.fast_compute_dtype); evaluation runs in fp32
     device: str = "cpu"
     seed: int = 20                       # paper seed: data order, sampling
     quick: bool = False                  # tiny char-level models instead of SmolLM2 (seconds; numbers mean nothing)
@@ -100,8 +101,11 @@ class RealModelConfig:
             if int(getattr(self, name)) < 0:
                 raise SkdError(f"{name} must be >= 0 (got {getattr(self, name)})",
                                f"pass --{name.replace('_', '-')} 0 or more")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise SkdError(f"unknown dtype {self.dtype!r}", "use float32 or bfloat16")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise SkdError(f"unknown dtype {self.dtype!r}", "use auto, float32 or bfloat16")
+        from skd.core.torch_names import resolve_compute_dtype
+
+        object.__setattr__(self, "dtype", resolve_compute_dtype(self.dtype, self.device))
 
     def stamp(self, *fields: str, **extra: Any) -> str:
         """This run's stamp of `fields` and `extra` (engine.config_stamp under this run's SCHEMA)."""

@@ -83,11 +83,16 @@ class ReproConfig:
     spec_prompts: int = 64                        # test prompts decoded speculatively per student
     spec_gamma: int = 4
     max_new_tokens: int = 176                     # arith answers (columns worked) are <= 159 characters
-    dtype: str = "bfloat16"                       # fp32 master weights, bf16 autocast (demo)
+    dtype: str = "auto"                           # fp32 master weights; bf16 autocast where native (as the demo)
     device: str = "cpu"
     data_seed: int = 20                           # paper seed: fixes the prompt sets and test problems
     quick: bool = False                           # smoke scale: the demo's --quick teacher recipe
     report_only: bool = False                     # write the report from finished stages; train and measure nothing
+
+    def __post_init__(self):
+        from skd.core.torch_names import resolve_compute_dtype
+
+        object.__setattr__(self, "dtype", resolve_compute_dtype(self.dtype, self.device))
 
     def stamp(self, *fields: str, **extra: Any) -> str:
         """The study's stamp of `fields` and `extra` (engine.config_stamp under this study's SCHEMA)."""
