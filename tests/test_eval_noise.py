@@ -39,18 +39,6 @@ def test_split_variance_limits():
     assert 0.6 < out["eval_share_of_seed_variance"] < 1.6       # all of the seed variance, up to sampling
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    from skd.core.presets import tiny_model
-    from skd.core.tokenizer import build_char_tokenizer
-
-    tok = build_char_tokenizer()
-    path = tmp_path_factory.mktemp("teacher")
-    tiny_model("llama", len(tok), seed=0, hidden=32, layers=1).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
-
-
 def test_per_problem_scores_average_to_the_recorded_scores(tmp_path, teacher_dir):
     args = ["bench", "reproduce", "--task", "manyway-short", "--run-dir", str(tmp_path / "runs"), "--output-dir",
             str(tmp_path / "out"), "--teacher", str(teacher_dir), "--regimes", "6", "--inits", "weak",

@@ -7,7 +7,7 @@ the draft length falls to 1 for a student whose tokens are rejected and rises fo
 """
 import pytest
 import torch
-from helpers import chi_square
+from helpers import chi_square, law_pair, skd_law
 
 from skd.core.rules import adaptive_gamma
 from skd.core.sampling import PROV_STUDENT, SampleConfig, sample
@@ -179,34 +179,16 @@ def test_skd_sampling_never_skips_the_draft(sharp_pair64):
     assert min(out.draft_lengths) >= 1
 
 
-def _skd_law(teacher, student, prefixes, k, Vs):
-    """The SKD token law at the next position of each prefix (temperature 1, no truncation, bonus
-    discarded): the student's token x ~ q is kept when it lies in the teacher's top-K, else a teacher
-    token ~ p replaces it: r(x) = q(x) [x in top-K(p)] + (1 - q(top-K(p))) p(x)."""
-    with torch.no_grad():
-        p = torch.softmax(teacher(torch.tensor(prefixes)).logits[:, -1, :Vs].double(), -1)
-        q = torch.softmax(student(torch.tensor(prefixes)).logits[:, -1, :Vs].double(), -1)
-    top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(k, -1).indices, True)
-    kept = q * top
-    return kept + (1 - kept.sum(-1, keepdim=True)) * p
-
-
 @pytest.mark.parametrize("gamma", [1, 5, "auto"])
 def test_skd_token_law_does_not_depend_on_the_draft_length(gamma):
     """Each position's token follows the same SKD law whatever the draft length (the bonus token is
     discarded, so every token is a student proposal put to the top-K test): `--gamma auto` samples what
     a fixed gamma samples, only at another cost. Chi-square against the exact law of the first two
     positions, computed by enumeration, with a power check against teacher sampling."""
-    from skd.core.presets import tiny_model
-
     Vs, k, prompt, N = 8, 3, [1, 6, 7], 6000
-    teacher = tiny_model("llama", Vs, seed=21, dtype=torch.float64, hidden=16, layers=1)
-    student = tiny_model("llama", Vs, seed=22, dtype=torch.float64, hidden=16, layers=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(3.0)
-        student.lm_head.weight.mul_(3.0)
-    r1 = _skd_law(teacher, student, [prompt], k, Vs)[0]
-    r2 = r1 @ _skd_law(teacher, student, [prompt + [x] for x in range(Vs)], k, Vs)
+    teacher, student = law_pair(Vs)
+    r1 = skd_law(teacher, student, [prompt], k, Vs)[0]
+    r2 = r1 @ skd_law(teacher, student, [prompt + [x] for x in range(Vs)], k, Vs)
     cfg = SampleConfig(mode="skd", k=k, gamma=gamma, gamma_max=6, max_new_tokens=2, student_temperature=1.0,
                        student_top_p=1.0, teacher_temperature=1.0, teacher_top_p=1.0)
     out = sample(teacher, student, [prompt] * N, cfg, eos_token_id=NO_EOS, vocab_size=Vs,

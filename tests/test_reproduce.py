@@ -15,19 +15,6 @@ ARGS = ["--regimes", "12", "--inits", "weak,strong", "--methods", "sft,supervise
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """A one-layer teacher on the char tokenizer, saved like a checkpoint folder (no demo teacher stage)."""
-    from skd.core.presets import tiny_model
-    from skd.core.tokenizer import build_char_tokenizer
-
-    tok = build_char_tokenizer()
-    path = tmp_path_factory.mktemp("teacher")
-    tiny_model("llama", len(tok), seed=0, hidden=32, layers=1).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
-
-
 def _invoke(args):
     return CliRunner().invoke(main, ["bench", "reproduce", *args], catch_exceptions=False)
 

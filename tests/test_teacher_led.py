@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from helpers import chi_square
+from helpers import chi_square, law_pair, skd_law
 
 from skd.core import sampling
 from skd.core.rules import (mismatch_estimate, plan_round, process_logits, round_tokens, student_price,
@@ -98,22 +98,11 @@ def test_mismatch_estimate_starts_at_one_and_tends_to_the_share():
 def test_teacher_led_rounds_keep_the_skd_token_law(monkeypatch, plans):
     """The first three positions follow CONTRACT.md §2's law exactly (chi-square against the law computed by
     enumeration) when rounds are teacher-led, alone or alternating with student-led ones."""
-    from skd.core.presets import tiny_model
-
     Vs, k, prompt, N = 6, 2, [1, 4, 5], 6000
-    teacher = tiny_model("llama", Vs, seed=21, dtype=torch.float64, hidden=16, layers=1)
-    student = tiny_model("llama", Vs, seed=22, dtype=torch.float64, hidden=16, layers=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(3.0)
-        student.lm_head.weight.mul_(3.0)
+    teacher, student = law_pair(Vs)
 
     def law(prefixes):
-        with torch.no_grad():
-            p = torch.softmax(teacher(torch.tensor(prefixes)).logits[:, -1].double(), -1)
-            q = torch.softmax(student(torch.tensor(prefixes)).logits[:, -1].double(), -1)
-        top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(k, -1).indices, True)
-        kept = q * top
-        return kept + (1 - kept.sum(-1, keepdim=True)) * p
+        return skd_law(teacher, student, prefixes, k, Vs)
 
     r1 = law([prompt])[0]
     l2 = law([prompt + [x] for x in range(Vs)])                                   # [Vs, Vs]
