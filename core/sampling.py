@@ -34,6 +34,10 @@ PROV_REJECTED = 4   # a student token left in the sequence although the teacher'
 # --gamma auto under a rule that allows teacher-only rounds (speculative decoding): while drafting does
 # not pay, every PROBE_EVERY-th round still drafts, so the acceptance estimate can recover.
 PROBE_EVERY = 16
+# Student-led rounds add their kept tokens' expected mismatch (a softmax, and a sort over the vocabulary
+# under top-p, per token) to rules.mismatch_estimate's counts until this many kept tokens are counted in a
+# call: enough for the estimate (+-0.06), and a bounded cost where most proposals are kept.
+MISMATCH_SAMPLES = 64
 
 # Shapes: B prompts, A rows still active, P prompt length, L sequence capacity, R max_new_tokens,
 # D draft length (gamma), V vocabulary (the tokenizer's; padded logit columns are cut).
@@ -420,7 +424,7 @@ class _DraftVerify:
         W = v.t_logits.shape[1]                  # teacher positions of the round: D_eff + 1, or D_eff (no bonus)
         J = torch.arange(W)[None, :]
         b.keep_teacher_logits(v.t_logits, (J < n[:, None]) | ((J == n[:, None]) & need_tok[:, None]))
-        if self.may_lead:
+        if self.may_lead and self.kept < MISMATCH_SAMPLES:
             self.count_mismatch(v.t_logits, draft, n)
         b.commit(draft, n, torch.where(need_tok, t_tok, torch.full_like(t_tok, -1)))
         b.proposed += int(d.length.sum())

@@ -252,6 +252,12 @@ def test_student_led_rounds_count_the_expected_mismatch_of_their_kept_tokens(mon
                                                                 **{**BASE, "gamma": 3, "max_new_tokens": 6}),
                         eos_token_id=NO_EOS, vocab_size=V, **_gens())
     assert out.responses() == with_draws.responses()               # counting draws nothing
+    seen.clear()
+    sample(teacher, student, PROMPTS, SampleConfig(mode="skd", k=V, **{**BASE, "max_new_tokens": 60}),
+           eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    kept = [k for _, k in seen]
+    assert kept == sorted(kept) and max(kept) < sampling.MISMATCH_SAMPLES + 9   # counting stops past the cap
+    assert kept[-1] == kept[-2] >= sampling.MISMATCH_SAMPLES
 
 
 def test_a_greedy_teacher_and_top_1_test_leave_nothing_mismatched(monkeypatch, sharp_pair64):
