@@ -95,19 +95,19 @@ def run(record_path: str, *, eval_examples: int | None = None, key: str = "grade
 
 def _paired(groups: dict) -> list[dict]:
     """SKD (each K) minus each baseline of its cell, seed by seed, on the same problems."""
+    means = {g: {s: statistics.fmean(v) for s, v in by_seed.items()} for g, by_seed in groups.items()}
     out = []
-    for (variant, regime, init, k), skd in groups.items():
+    for (variant, regime, init, k), skd in means.items():
         if not variant.startswith("skd"):
             continue
-        for (other, r2, i2, _), base in groups.items():
+        for (other, r2, i2, _), base in means.items():
             if (r2, i2) != (regime, init) or other.startswith("skd"):
                 continue
             seeds = sorted(set(skd) & set(base))
-            diffs = [statistics.fmean(skd[s]) - statistics.fmean(base[s]) for s in seeds]
-            if not diffs:
+            if not seeds:
                 continue
-            sk = [statistics.fmean(skd[s]) for s in seeds]
-            bs = [statistics.fmean(base[s]) for s in seeds]
+            sk, bs = [skd[s] for s in seeds], [base[s] for s in seeds]
+            diffs = [a - b for a, b in zip(sk, bs)]
             rec = {"skd": variant, "k": k, "baseline": other, "regime": regime, "init": init, "seeds": seeds,
                    "differences": diffs, "mean_difference": statistics.fmean(diffs),
                    "ahead": sum(d > 0 for d in diffs)}

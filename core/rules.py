@@ -8,7 +8,7 @@ adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of 
 teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards; student_price(cost_ratio,
 width) -> a student pass's; round_tokens(a, n) -> a round's expected tokens;
 drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds);
-mismatch_estimate(breaks, kept) and plan_round(...) -> which model leads the next SKD round, and for how long.
+mismatch_estimate(mismatched, kept) and plan_round(...) -> which model leads the next SKD round, and for how long.
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
 from __future__ import annotations

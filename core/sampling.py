@@ -457,8 +457,9 @@ class _DraftVerify:
         p = torch.softmax(process_logits(rows, st["temperature"], st["top_k"], st["top_p"]), -1) \
             if st["temperature"] > 0 else torch.nn.functional.one_hot(rows.argmax(-1), rows.shape[-1]).float()
         same = p.gather(1, draft[:, : kept.shape[1]][kept].to(dev)[:, None]).sum()
-        self.kept += int(kept.sum())
-        self.mismatched += int(kept.sum()) - float(same)
+        count = int(kept.sum())
+        self.kept += count
+        self.mismatched += count - float(same)
 
     def teacher_led_round(self, b: _Batch, n: int) -> torch.Tensor:
         """A teacher-led round (rules.plan_round): the teacher writes up to n tokens ahead, each sampled as it
