@@ -328,3 +328,42 @@ def test_the_teacher_pass_covers_the_draft_less_its_last_token_without_the_bonus
         assert set(passes) == {full}
     for b, ref in enumerate(_fresh_teacher_logits(teacher, out)):
         torch.testing.assert_close(out.teacher_logits[b, :ref.shape[0]], ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma", "qwen2"])
+@pytest.mark.parametrize("mode", ["skd", "student"])
+def test_the_prefill_runs_the_output_layer_on_the_last_column_only(arch, mode, monkeypatch):
+    """The prefill only fills the caches (the prompts' last tokens are fed by the first round), so it
+    asks the model for one column of logits where the model takes `logits_to_keep`: the output layer
+    never sees the prompt positions. Tokens and kept teacher logits are those of the full-logits prefill,
+    bit for bit."""
+    import skd.core.kvcache as KV
+    from skd.core.position_logits import keeps_positions
+
+    teacher = tiny_model(arch, V, seed=5, dtype=torch.float64, hidden=32, layers=2)
+    student = tiny_model(arch, V, seed=6, dtype=torch.float64, hidden=16, layers=1)
+    cfg = SampleConfig(mode=mode, k=2, gamma=3, max_new_tokens=12, keep_teacher_logits=True,
+                       student_temperature=1.0, student_top_p=1.0, teacher_temperature=1.0, teacher_top_p=1.0)
+
+    def run():
+        seen = {id(m): [] for m in (teacher, student)}
+        hooks = [m.get_output_embeddings().register_forward_hook(
+            lambda mod, a, out, key=id(m): seen[key].append(a[0].shape[1])) for m in (teacher, student)]
+        try:
+            out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        finally:
+            for h in hooks:
+                h.remove()
+        return out, seen
+
+    fast, seen = run()
+    longest = max(len(p) for p in PROMPTS) - 1                 # the prefill holds every prompt but its last token
+    for m in (teacher, student):
+        if seen[id(m)]:                                        # mode "student" never runs the teacher
+            assert keeps_positions(m) and seen[id(m)][0] == 1  # transformers' causal LMs all take logits_to_keep
+    monkeypatch.setattr(KV, "keeps_positions", lambda model: False)
+    ref, seen_ref = run()
+    assert seen_ref[id(student)][0] == longest                 # the old path: every prompt column
+    assert fast.responses() == ref.responses()
+    if mode == "skd":
+        assert torch.equal(fast.teacher_logits, ref.teacher_logits)
