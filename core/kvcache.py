@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from skd.core.decode_linear import DecodeLinears
 from skd.core.position_logits import keeps_positions
 
 __all__ = ["KVStream", "cache_kwarg", "returned_cache", "use_growing_layers", "growing_layer_class",
@@ -240,6 +241,7 @@ class KVStream:
         self._mask4d = mask4d_kind(model)
         self._dtype = next(model.parameters()).dtype
         self._keeps_positions = keeps_positions(model)
+        self._linears = DecodeLinears(model)  # few-row passes: the CPU rows kernel (decode_linear)
 
     def _run(self, ids: torch.Tensor, position_ids: torch.Tensor, *, logits: bool = True) -> torch.Tensor:
         fresh = self.cache is None
@@ -250,8 +252,9 @@ class KVStream:
             # 576 x 49,152 product per prompt token, 3.1 s of a 4.5 s 32-row sampling call on 2 cores).
             kwargs["logits_to_keep"] = 1
         mask = self.slot_mask if self._mask4d is None else self._mask_4d(ids.shape[1])
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                         use_cache=True, **kwargs)
+        with self._linears.active():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                             use_cache=True, **kwargs)
         self.cache = returned_cache(out)
         if fresh:  # the model made a DynamicCache: from now on append in place
             use_growing_layers(self.cache, self._reserve)

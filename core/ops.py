@@ -1,12 +1,15 @@
 """Sampling ops of SKD: the Python face of the C++/CUDA kernels and their pure-torch references.
 
-Public: topk_rank_accept, accept_prefix, splice, speculative_accept, backend, and `reference`
-(the same four ops in plain torch: reference.topk_rank_accept, ...; also as ref_* functions).
+Public: topk_rank_accept, accept_prefix, splice, speculative_accept, rows_linear, backend,
+rows_linear_vectorised, and `reference` (the same ops in plain torch: reference.topk_rank_accept,
+...; also as ref_* functions).
 Shape letters: N rows, V vocab, K top-k, B batch, D draft length, L sequence capacity.
 Importing this module imports the compiled extension `skd._C` (which registers torch.ops.skd.*)
 and each op runs it; if that import fails, the references run instead and one warning says so
 (SKD_REQUIRE_EXT=1 makes it an ImportError). Both paths give bit-identical results and raise
-the same errors for bad input (tests/test_ops.py).
+the same errors for bad input (tests/test_ops.py), except rows_linear (a float32 product, CPU
+only), whose kernel and reference (F.linear, i.e. BLAS) agree up to float32 rounding: each sums
+its products in its own order (tests/test_rows_linear.py).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ __all__ = [
     "accept_prefix",
     "backend",
     "reference",
+    "rows_linear",
+    "rows_linear_vectorised",
     "splice",
     "speculative_accept",
     "topk_rank_accept",
@@ -146,6 +151,28 @@ def _check_speculative_accept(p_target, q_draft, draft, u) -> None:
     _expect_device(op, "u", u, "q_draft", q_draft)
 
 
+def _check_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    op = "skd.rows_linear"
+    _expect_dim(op, "x", x, 2, "[M, K]")
+    _expect_dtype(op, "x", x, (torch.float32,), "float32")
+    _expect_dim(op, "weight", weight, 2, "[N, K]")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight must have K = {x.shape[1]} columns (from x {list(x.shape)}), "
+                         f"got shape {list(weight.shape)}")
+    if weight.dtype != torch.float32:
+        raise TypeError(f"{op}: weight must be float32 like x, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight must be on the same device as x")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}] (N from weight), "
+                             f"got shape {list(bias.shape)}")
+        if bias.dtype != torch.float32:
+            raise TypeError(f"{op}: bias must be float32 like x, got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"{op}: bias must be on the same device as x")
+
+
 # ---- references: the definition of each op (vectorised, no host syncs) ------------------------
 
 
@@ -245,11 +272,18 @@ def ref_speculative_accept(
     return ok.to(torch.int64).cumprod(1).sum(1)
 
 
+def ref_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """float32[M, N]: x[M, K] @ weight[N, K]^T (+ bias[N]), i.e. F.linear."""
+    _check_rows_linear(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 reference = SimpleNamespace(
     topk_rank_accept=ref_topk_rank_accept,
     accept_prefix=ref_accept_prefix,
     splice=ref_splice,
     speculative_accept=ref_speculative_accept,
+    rows_linear=ref_rows_linear,
 )
 
 
@@ -341,6 +375,11 @@ if _C is not None:
         _check_speculative_accept(p_target, q_draft, draft, u)
         return draft.new_empty(q_draft.shape[:1])
 
+    @torch.library.register_fake("skd::rows_linear")
+    def _fake_rows_linear(x, weight, bias):
+        _check_rows_linear(x, weight, bias)
+        return x.new_empty((x.shape[0], weight.shape[0]))
+
 
 # ---- public ops -----------------------------------------------------------------------------
 
@@ -387,3 +426,20 @@ def speculative_accept(
     if _native(q_draft):
         return torch.ops.skd.speculative_accept(p_target, q_draft, draft, u)
     return ref_speculative_accept(p_target, q_draft, draft, u)
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """float32[M, N]: x[M, K] @ weight[N, K]^T (+ bias[N]), the kernel for a few rows on a CPU.
+
+    The compiled kernel streams the weight once instead of packing it as BLAS does (faster when M
+    is small: skd.core.decode_linear decides where); CUDA tensors, and builds without the
+    extension, run the reference. Results agree with the reference up to float32 rounding.
+    """
+    if _C is not None and x.device.type == "cpu":
+        return torch.ops.skd.rows_linear(x, weight, bias)
+    return ref_rows_linear(x, weight, bias)
+
+
+def rows_linear_vectorised() -> bool:
+    """True when rows_linear runs the compiled AVX2/FMA kernel here (else: scalar loop or reference)."""
+    return bool(_C is not None and _C.rows_linear_vectorised())

@@ -3,8 +3,9 @@
 //
 // Ops, callable as torch.ops.skd.<name> once `skd._C` is imported (shape letters in ops.h):
 //   topk_rank_accept, accept_prefix, splice (mutates its (a!)..(d!) arguments),
-//   speculative_accept.
-// Python module functions: cuda_built() -> bool.
+//   speculative_accept; rows_linear (CPU only).
+// Python module functions: cuda_built() -> bool, rows_linear_vectorised() -> bool,
+// rows_linear_portable(x, weight) -> Tensor.
 // Registering through the dispatcher (not plain pybind11 functions) is what makes the ops work
 // with torch.compile and fake tensors; their fake implementations live in skd/core/ops.py.
 #include <torch/extension.h>
@@ -27,6 +28,7 @@ TORCH_LIBRARY(skd, m) {
       "splice(Tensor(a!) seq, Tensor(b!) length, Tensor draft, Tensor n_accept, "
       "Tensor replacement, Tensor(c!) provenance, Tensor(d!) finished, int eos_id) -> ()");
   m.def("speculative_accept(Tensor p_target, Tensor q_draft, Tensor draft, Tensor u) -> Tensor");
+  m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(skd, CPU, m) {
@@ -34,6 +36,7 @@ TORCH_LIBRARY_IMPL(skd, CPU, m) {
   m.impl("accept_prefix", &skd::accept_prefix_cpu);
   m.impl("splice", &skd::splice_cpu);
   m.impl("speculative_accept", &skd::speculative_accept_cpu);
+  m.impl("rows_linear", &skd::rows_linear_cpu);
 }
 
 #ifdef SKD_WITH_CUDA
@@ -57,4 +60,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "True when this build contains the CUDA kernels.");
+  m.def("rows_linear_vectorised", &skd::rows_linear_vectorised,
+        "True when rows_linear runs its AVX2/FMA path on this CPU.");
+  m.def("rows_linear_portable", &skd::rows_linear_portable,
+        "rows_linear's portable scalar loop (no bias, one thread), which CPUs without AVX2/FMA run.");
 }

@@ -48,6 +48,19 @@ SKD_DECLARE_KERNELS(cuda)
 #endif
 #undef SKD_DECLARE_KERNELS
 
+// ---- rows_linear (rows_linear_cpu.cpp): CPU only ----------------------------------------------
+//   rows_linear(x[M, K], weight[N, K], bias[N]?) -> float32[M, N]
+// A few rows against a large weight, for CPU decoding passes. It has no CUDA kernel: on a GPU
+// cuBLAS streams the weight without the packing cost this kernel avoids on a CPU.
+void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias);
+at::Tensor rows_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias);
+// The portable scalar loop alone, on one thread (tests compare it with the vector path).
+at::Tensor rows_linear_portable(const at::Tensor& x, const at::Tensor& weight);
+// True when rows_linear runs its AVX2/FMA path on this CPU (false: the portable scalar loop).
+bool rows_linear_vectorised();
+
 // ---- helpers compiled for host and device -------------------------------------------------
 // SKD_HOST_DEVICE marks a header function that both ops_cpu.cpp (host compiler) and
 // ops_cuda.cu (nvcc: host and device code) call; for the host compiler it is plain `inline`.
