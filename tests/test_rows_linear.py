@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from skd.core import ops
+from skd.core import decode_linear
 from skd.core.decode_linear import ENV_SWITCH, MAX_ROWS, DecodeLinears
 from skd.core.presets import tiny_model
 from skd.core.sampling import SampleConfig, sample
@@ -133,6 +134,7 @@ V = 40
 @needs_vector
 def test_active_routes_few_rows_outside_autograd_and_restores_every_layer(monkeypatch):
     monkeypatch.delenv(ENV_SWITCH, raising=False)
+    monkeypatch.setattr(decode_linear, "MIN_WEIGHTS", 0)   # a tiny model's weights are all small
     model = tiny_model("llama", V, seed=1, hidden=32, layers=2)
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     routed = DecodeLinears(model)
@@ -159,7 +161,12 @@ def test_active_routes_few_rows_outside_autograd_and_restores_every_layer(monkey
 
 
 @needs_vector
-def test_the_switch_other_dtypes_and_lora_layers_stay_on_blas(monkeypatch):
+def test_the_switch_small_weights_other_dtypes_and_lora_layers_stay_on_blas(monkeypatch):
+    monkeypatch.delenv(ENV_SWITCH, raising=False)
+    assert DecodeLinears(tiny_model("llama", V, seed=1)).routed == 0            # all below MIN_WEIGHTS
+    big = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 255))
+    assert DecodeLinears(big).routed == 1                                        # 65,536 entries: in
+    monkeypatch.setattr(decode_linear, "MIN_WEIGHTS", 0)
     monkeypatch.setenv(ENV_SWITCH, "0")
     assert DecodeLinears(tiny_model("llama", V, seed=1)).routed == 0
     monkeypatch.delenv(ENV_SWITCH)
@@ -191,6 +198,7 @@ def test_sampling_runs_the_kernel_and_keeps_its_tokens(mode, monkeypatch):
     calls = []
     real = ops.rows_linear
     monkeypatch.setattr(ops, "rows_linear", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(decode_linear, "MIN_WEIGHTS", 0)
     monkeypatch.delenv(ENV_SWITCH, raising=False)
     fast = run()
     assert calls
