@@ -159,18 +159,19 @@ def _check_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight must have K = {x.shape[1]} columns (from x {list(x.shape)}), "
                          f"got shape {list(weight.shape)}")
-    if weight.dtype != torch.float32:
-        raise TypeError(f"{op}: weight must be float32 like x, got {weight.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"{op}: weight must be on the same device as x")
+    _expect_float32_beside(op, "weight", weight, x)
     if bias is not None:
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}] (N from weight), "
                              f"got shape {list(bias.shape)}")
-        if bias.dtype != torch.float32:
-            raise TypeError(f"{op}: bias must be float32 like x, got {bias.dtype}")
-        if bias.device != x.device:
-            raise ValueError(f"{op}: bias must be on the same device as x")
+        _expect_float32_beside(op, "bias", bias, x)
+
+
+def _expect_float32_beside(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    if t.dtype != torch.float32:
+        raise TypeError(f"{op}: {name} must be float32 like x, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{op}: {name} must be on the same device as x")
 
 
 # ---- references: the definition of each op (vectorised, no host syncs) ------------------------

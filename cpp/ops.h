@@ -13,11 +13,17 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 namespace skd {
 
 // Provenance codes written by splice (0 pad and 1 prompt are written by the caller).
 constexpr int8_t kProvStudent = 2;
 constexpr int8_t kProvTeacher = 3;
+
+// ---- error-message texts (ops_cpu.cpp): a dtype as "torch.float32", a shape as "[4, 10]" -----
+std::string dtype_name(at::ScalarType t);
+std::string shape_str(at::IntArrayRef s);
 
 // ---- validation (ops_cpu.cpp) -------------------------------------------------------------
 void check_topk_rank_accept(const at::Tensor& logits, const at::Tensor& tokens, int64_t k);

@@ -22,9 +22,7 @@
 #include <vector>
 
 namespace skd {
-namespace {
-
-// ---- messages shared with the Python reference (keep the texts in sync with core/ops.py) ----
+// ---- texts of dtypes and shapes in error messages, as Python prints them (declared in ops.h) ----
 
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
@@ -47,6 +45,11 @@ std::string shape_str(at::IntArrayRef s) {
   os << s;  // "[4, 10]", the same text as str(list(t.shape)) in Python
   return os.str();
 }
+
+namespace {
+
+// ---- messages shared with the Python reference (keep the texts in sync with core/ops.py) ----
+
 
 void expect_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
                 const char* letters) {

@@ -133,43 +133,27 @@ void span_scalar(const float* x, const float* w, float* y, int64_t M, int64_t K,
   }
 }
 
-std::string dtype_text(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
-std::string shape_of(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 }  // namespace
 
 // The texts match skd/core/ops.py's _check_rows_linear.
 void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias) {
   const char* op = "skd.rows_linear";
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [M, K], got shape ", shape_of(x.sizes()));
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", dtype_text(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [M, K], got shape ", shape_str(x.sizes()));
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", dtype_name(x.scalar_type()));
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D [N, K], got shape ",
-                    shape_of(weight.sizes()));
+                    shape_str(weight.sizes()));
   TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": weight must have K = ", x.size(1),
-                    " columns (from x ", shape_of(x.sizes()), "), got shape ", shape_of(weight.sizes()));
+                    " columns (from x ", shape_str(x.sizes()), "), got shape ", shape_str(weight.sizes()));
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat, op, ": weight must be float32 like x, got ",
-                   dtype_text(weight.scalar_type()));
+                   dtype_name(weight.scalar_type()));
   TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight must be on the same device as x");
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
                       ": bias must have shape [", weight.size(0), "] (N from weight), got shape ",
-                      shape_of(bias->sizes()));
+                      shape_str(bias->sizes()));
     TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, op, ": bias must be float32 like x, got ",
-                     dtype_text(bias->scalar_type()));
+                     dtype_name(bias->scalar_type()));
     TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias must be on the same device as x");
   }
 }
