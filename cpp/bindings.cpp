@@ -63,5 +63,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("rows_linear_vectorised", &skd::rows_linear_vectorised,
         "True when rows_linear runs its AVX2/FMA path on this CPU.");
   m.def("rows_linear_portable", &skd::rows_linear_portable,
-        "rows_linear's portable scalar loop (no bias, one thread), which CPUs without AVX2/FMA run.");
+        "rows_linear's portable scalar loop (no bias), which CPUs without AVX2/FMA run.");
 }

@@ -62,7 +62,7 @@ void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias);
 at::Tensor rows_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias);
-// The portable scalar loop alone, on one thread (tests compare it with the vector path).
+// The portable scalar loop alone, without bias (tests compare it with the vector path).
 at::Tensor rows_linear_portable(const at::Tensor& x, const at::Tensor& weight);
 // True when rows_linear runs its AVX2/FMA path on this CPU (false: the portable scalar loop).
 bool rows_linear_vectorised();

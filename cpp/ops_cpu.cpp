@@ -50,7 +50,6 @@ namespace {
 
 // ---- messages shared with the Python reference (keep the texts in sync with core/ops.py) ----
 
-
 void expect_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
                 const char* letters) {
   TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-D ", letters,

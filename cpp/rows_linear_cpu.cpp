@@ -158,8 +158,19 @@ void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
-at::Tensor rows_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
-                           const c10::optional<at::Tensor>& bias) {
+namespace {
+
+bool vector_path() {
+#ifdef SKD_ROWS_LINEAR_X86
+  return has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+// The op on checked inputs; `vector` picks the AVX2/FMA path (only where vector_path()).
+at::Tensor rows_product(const at::Tensor& x_in, const at::Tensor& weight_in,
+                        const c10::optional<at::Tensor>& bias, bool vector) {
   check_rows_linear(x_in, weight_in, bias);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
@@ -177,33 +188,28 @@ at::Tensor rows_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
   at::parallel_for(0, pairs, grain, [&](int64_t p0, int64_t p1) {
     const int64_t n0 = 2 * p0, n1 = std::min(N, 2 * p1);
 #ifdef SKD_ROWS_LINEAR_X86
-    if (has_avx2_fma()) {
+    if (vector) {
       span_avx2(xp, wp, yp, M, K, N, n0, n1);
       return;
     }
 #endif
     span_scalar(xp, wp, yp, M, K, N, n0, n1);
   });
-  if (bias.has_value()) y.add_(bias->contiguous());
+  if (bias.has_value()) y.add_(*bias);
   return y;
 }
 
-at::Tensor rows_linear_portable(const at::Tensor& x_in, const at::Tensor& weight_in) {
-  check_rows_linear(x_in, weight_in, c10::nullopt);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor weight = weight_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  span_scalar(x.data_ptr<float>(), weight.data_ptr<float>(), y.data_ptr<float>(), M, K, N, 0, N);
-  return y;
+}  // namespace
+
+at::Tensor rows_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias) {
+  return rows_product(x, weight, bias, vector_path());
 }
 
-bool rows_linear_vectorised() {
-#ifdef SKD_ROWS_LINEAR_X86
-  return has_avx2_fma();
-#else
-  return false;
-#endif
+at::Tensor rows_linear_portable(const at::Tensor& x, const at::Tensor& weight) {
+  return rows_product(x, weight, c10::nullopt, false);
 }
+
+bool rows_linear_vectorised() { return vector_path(); }
 
 }  // namespace skd
