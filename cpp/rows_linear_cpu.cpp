@@ -7,8 +7,8 @@
 // the model. BLAS GEMM first packs the weight into its blocked layout, and with few rows that
 // packing, a full read and write of the weight, costs more than the product: on 2 AVX2 cores
 // SmolLM2-135M's 49,152 x 576 output layer takes 20 ms at 4 rows in MKL, while reading the
-// weight once takes under 4 ms. This kernel streams each pair of weight rows once from memory
-// and multiplies them into every input row while they sit in L1.
+// weight once takes under 4 ms. This kernel streams each group of four weight rows once from
+// memory and multiplies them into every input row while they sit in L1.
 //
 // Numerics: each output is one float32 dot product, accumulated in 8 lanes over k in order
 // (fused multiply-add), the lanes summed in a fixed tree, then the k % 8 tail added in order,
@@ -43,69 +43,64 @@ __attribute__((target("avx2,fma"))) inline float sum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s, hi));
 }
 
-// R (1..4) rows of x against weight rows w0 and w1 (outputs n and n + 1): 2R accumulators, so
-// R = 4 keeps 8 of the 16 ymm registers for sums and leaves room for the loads.
-template <int R>
-__attribute__((target("avx2,fma"))) inline void rows_by_two(const float* x, const float* w0,
-                                                            const float* w1, float* y,
-                                                            int64_t K, int64_t N) {
-  __m256 a0[R], a1[R];
-  for (int r = 0; r < R; ++r) {
-    a0[r] = _mm256_setzero_ps();
-    a1[r] = _mm256_setzero_ps();
-  }
+// R rows of x (stride K) against C consecutive weight rows w (stride K): outputs y[r * N + c].
+// R x C accumulators, each one output's 8 lanes over k in order. R = 3, C = 4 keeps 12 of the 16
+// ymm registers for sums and loads 7 vectors per 12 multiply-adds, so the loop is bound by the
+// FMA units rather than by loads (two weight rows against one x row, as an earlier version did,
+// loads 3 vectors per 2 multiply-adds and ran at about half the FMA rate).
+template <int R, int C>
+__attribute__((target("avx2,fma"))) inline void tile(const float* x, const float* w, float* y,
+                                                     int64_t K, int64_t N) {
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    const __m256 v0 = _mm256_loadu_ps(w0 + k), v1 = _mm256_loadu_ps(w1 + k);
+    __m256 wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = _mm256_loadu_ps(w + c * K + k);
     for (int r = 0; r < R; ++r) {
       const __m256 xv = _mm256_loadu_ps(x + r * K + k);
-      a0[r] = _mm256_fmadd_ps(v0, xv, a0[r]);
-      a1[r] = _mm256_fmadd_ps(v1, xv, a1[r]);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv[c], xv, acc[r][c]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float s0 = sum8(a0[r]), s1 = sum8(a1[r]);
-    for (int64_t t = k; t < K; ++t) {
-      s0 += w0[t] * x[r * K + t];
-      s1 += w1[t] * x[r * K + t];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      float s = sum8(acc[r][c]);
+      for (int64_t t = k; t < K; ++t) s += w[c * K + t] * x[r * K + t];
+      y[r * N + c] = s;
     }
-    y[r * N] = s0;
-    y[r * N + 1] = s1;
-  }
 }
 
-// One weight row (the last one when N is odd) against every row of x, in the same order.
-__attribute__((target("avx2,fma"))) inline void rows_by_one(const float* x, const float* w0,
-                                                            float* y, int64_t M, int64_t K,
-                                                            int64_t N) {
-  for (int64_t r = 0; r < M; ++r) {
-    __m256 a = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), _mm256_loadu_ps(x + r * K + k), a);
-    float s = sum8(a);
-    for (int64_t t = k; t < K; ++t) s += w0[t] * x[r * K + t];
-    y[r * N] = s;
-  }
+// Rows [0, M) of x against C weight rows, three rows of x at a time.
+template <int C>
+__attribute__((target("avx2,fma"))) inline void rows_by(const float* x, const float* w, float* y,
+                                                        int64_t M, int64_t K, int64_t N) {
+  int64_t r = 0;
+  for (; r + 3 <= M; r += 3) tile<3, C>(x + r * K, w, y + r * N, K, N);
+  if (M - r == 2) tile<2, C>(x + r * K, w, y + r * N, K, N);
+  else if (M - r == 1) tile<1, C>(x + r * K, w, y + r * N, K, N);
 }
 
-// Outputs [n0, n1) of every row.
+// Outputs [n0, n1) of every row. x is taken in blocks of rows that stay in L2 (~192 KB) while
+// every weight row of the span passes through L1 once per block: one block, so one read of the
+// weight from memory, up to 83 rows at K = 576 and 31 at K = 1536.
 __attribute__((target("avx2,fma"))) void span_avx2(const float* x, const float* w, float* y,
                                                    int64_t M, int64_t K, int64_t N, int64_t n0,
                                                    int64_t n1) {
-  int64_t n = n0;
-  for (; n + 1 < n1; n += 2) {
-    const float* w0 = w + n * K;
-    const float* w1 = w0 + K;
-    int64_t r = 0;
-    for (; r + 4 <= M; r += 4) rows_by_two<4>(x + r * K, w0, w1, y + r * N + n, K, N);
-    switch (M - r) {
-      case 3: rows_by_two<3>(x + r * K, w0, w1, y + r * N + n, K, N); break;
-      case 2: rows_by_two<2>(x + r * K, w0, w1, y + r * N + n, K, N); break;
-      case 1: rows_by_two<1>(x + r * K, w0, w1, y + r * N + n, K, N); break;
+  const int64_t block = std::max<int64_t>(3, (int64_t{192} * 1024 / 4) / std::max<int64_t>(1, K) / 3 * 3);
+  for (int64_t m0 = 0; m0 < M; m0 += block) {
+    const int64_t mb = std::min(block, M - m0);
+    const float* xb = x + m0 * K;
+    float* yb = y + m0 * N;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) rows_by<4>(xb, w + n * K, yb + n, mb, K, N);
+    switch (n1 - n) {
+      case 3: rows_by<3>(xb, w + n * K, yb + n, mb, K, N); break;
+      case 2: rows_by<2>(xb, w + n * K, yb + n, mb, K, N); break;
+      case 1: rows_by<1>(xb, w + n * K, yb + n, mb, K, N); break;
       default: break;
     }
   }
-  if (n < n1) rows_by_one(x, w + n * K, y + n, M, K, N);
 }
 
 bool has_avx2_fma() {
@@ -180,13 +175,15 @@ at::Tensor rows_product(const at::Tensor& x_in, const at::Tensor& weight_in,
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Threads split N in even-sized spans (a pair of weight rows is the unit of the vector
-  // path), each of at least 64K weights (256 KB): below that a thread costs more than it saves
-  // (a 256 x 96 layer at 16 rows took 39 us on two threads against 22 us in BLAS).
-  const int64_t pairs = (N + 1) / 2;
-  const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 16) / std::max<int64_t>(1, 2 * K));
-  at::parallel_for(0, pairs, grain, [&](int64_t p0, int64_t p1) {
-    const int64_t n0 = 2 * p0, n1 = std::min(N, 2 * p1);
+  // Threads split N in spans of whole groups of four weight rows (the vector path's unit). A
+  // span must hold at least 256K multiply-adds (64K weights at 4 rows, 8K at 32): below that a
+  // thread costs more than it saves (a 256 x 96 layer at 16 rows took 39 us on two threads
+  // against 22 us in BLAS), while a fixed 64K-weight minimum left a 256 x 256 layer at 32 rows
+  // on one thread, at half BLAS's speed.
+  const int64_t quads = (N + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, 4 * K * M));
+  at::parallel_for(0, quads, grain, [&](int64_t q0, int64_t q1) {
+    const int64_t n0 = 4 * q0, n1 = std::min(N, 4 * q1);
 #ifdef SKD_ROWS_LINEAR_X86
     if (vector) {
       span_avx2(xp, wp, yp, M, K, N, n0, n1);

@@ -35,7 +35,10 @@ def _within_dot_bound(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None)
 
 
 SHAPES = [(1, 576, 1536), (4, 576, 49), (3, 7, 5), (5, 8, 2), (2, 9, 3), (8, 64, 17), (16, 33, 65),
-          (17, 16, 4), (33, 100, 9), (1, 1, 1), (4, 1536, 576)]
+          (17, 16, 4), (33, 100, 9), (1, 1, 1), (4, 1536, 576),
+          # the vector path's tiles: 3 rows x 4 weight rows, rows in blocks that fit L2 (84 rows at
+          # K = 576, 24 at K = 2000): remainders of 1-2 rows and 1-3 weight rows, several blocks
+          (7, 40, 13), (100, 576, 7), (50, 2000, 6), (32, 1536, 577)]
 
 
 @needs_ext
@@ -88,6 +91,12 @@ def test_a_rows_result_depends_on_that_row_alone():
     for m in range(13):
         assert torch.equal(ops.rows_linear(x[m:m + 1], w), full[m:m + 1])
     assert torch.equal(ops.rows_linear(x[3:10], w), full[3:10])
+    # across the kernel's blocks of rows (24 rows at K = 2000)
+    xl, wl = _rand(53, 2000, seed=9), _rand(11, 2000, seed=10)
+    wide = ops.rows_linear(xl, wl)
+    for m in (0, 23, 24, 25, 47, 52):
+        assert torch.equal(ops.rows_linear(xl[m:m + 1], wl), wide[m:m + 1])
+    assert torch.equal(ops.rows_linear(xl[20:30], wl), wide[20:30])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
