@@ -83,7 +83,7 @@ __attribute__((target("avx2,fma"))) inline void rows_by(const float* x, const fl
 
 // Outputs [n0, n1) of every row. x is taken in blocks of rows that stay in L2 (~192 KB) while
 // every weight row of the span passes through L1 once per block: one block, so one read of the
-// weight from memory, up to 83 rows at K = 576 and 31 at K = 1536.
+// weight from memory, up to 84 rows at K = 576 and 30 at K = 1536.
 __attribute__((target("avx2,fma"))) void span_avx2(const float* x, const float* w, float* y,
                                                    int64_t M, int64_t K, int64_t N, int64_t n0,
                                                    int64_t n1) {
