@@ -61,12 +61,11 @@ def run(shapes: tuple[tuple[int, int], ...] = SMOLLM2_SHAPES, rows: tuple[int, .
                 rel_diff = float((out - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
                 _time_calls(F.linear, x, weights[:1])  # warm-up: first calls allocate
                 _time_calls(ops.rows_linear, x, weights[:1])
-                times = {"blas": [], "rows_linear": []}
+                fns = {"blas": F.linear, "rows_linear": ops.rows_linear}
+                times = {name: [] for name in fns}
                 for r in range(repeats):
-                    order = ("blas", "rows_linear") if r % 2 == 0 else ("rows_linear", "blas")
-                    for name in order:
-                        fn = F.linear if name == "blas" else ops.rows_linear
-                        times[name].append(_time_calls(fn, x, weights))
+                    for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                        times[name].append(_time_calls(fns[name], x, weights))
                 med = {name: statistics.median(t) for name, t in times.items()}
                 cases.append({"N": n, "K": k, "rows": m, "copies": copies, "median_ms": med,
                               "blas_over_rows_linear": med["blas"] / med["rows_linear"],

@@ -9,8 +9,9 @@ rows the packing costs more than the product: on 2 AVX2 cores SmolLM2-135M's out
 (49,152 x 576) takes 20 ms for 4 rows in MKL and 7-8 ms in skd's rows_linear kernel, which
 streams the weight once (cpp/rows_linear_cpu.cpp). Inside `active()`, every plain nn.Linear with
 a float32 CPU weight of at least MIN_WEIGHTS entries sends inputs of at most MAX_ROWS rows, outside
-autograd, to that kernel and everything else to F.linear as before. The sampler's KV-cache streams (skd.core.kvcache) run
-their forwards inside it: on-policy, SKD and speculative sampling and skd eval's generation.
+autograd, to that kernel and everything else to F.linear as before. The sampler's KV-cache streams
+(skd.core.kvcache) run their forwards inside it: on-policy, SKD and speculative sampling and skd
+eval's generation.
 
 Results differ from BLAS's only by float32 rounding (the order of the sums); each row's result
 depends on that row alone, whatever the batch. Off where the kernel's vector path does not run

@@ -168,8 +168,7 @@ def _check_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def _expect_float32_beside(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
-    if t.dtype != torch.float32:
-        raise TypeError(f"{op}: {name} must be float32 like x, got {t.dtype}")
+    _expect_dtype(op, name, t, (torch.float32,), "float32 like x")
     if t.device != x.device:
         raise ValueError(f"{op}: {name} must be on the same device as x")
 

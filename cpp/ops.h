@@ -13,17 +13,11 @@
 
 #include <ATen/ATen.h>
 
-#include <string>
-
 namespace skd {
 
 // Provenance codes written by splice (0 pad and 1 prompt are written by the caller).
 constexpr int8_t kProvStudent = 2;
 constexpr int8_t kProvTeacher = 3;
-
-// ---- error-message texts (ops_cpu.cpp): a dtype as "torch.float32", a shape as "[4, 10]" -----
-std::string dtype_name(at::ScalarType t);
-std::string shape_str(at::IntArrayRef s);
 
 // ---- validation (ops_cpu.cpp) -------------------------------------------------------------
 void check_topk_rank_accept(const at::Tensor& logits, const at::Tensor& tokens, int64_t k);
@@ -33,6 +27,8 @@ void check_splice(const at::Tensor& seq, const at::Tensor& length, const at::Ten
                   const at::Tensor& provenance, const at::Tensor& finished);
 void check_speculative_accept(const at::Tensor& p_target, const at::Tensor& q_draft,
                               const at::Tensor& draft, const at::Tensor& u);
+void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias);
 
 // ---- kernels: <op>_cpu (ops_cpu.cpp) and, with SKD_WITH_CUDA, <op>_cuda (ops_cuda.cu) --------
 // Every backend implements every op with the same signature, so the signatures are written once
@@ -58,8 +54,6 @@ SKD_DECLARE_KERNELS(cuda)
 //   rows_linear(x[M, K], weight[N, K], bias[N]?) -> float32[M, N]
 // A few rows against a large weight, for CPU decoding passes. It has no CUDA kernel: on a GPU
 // cuBLAS streams the weight without the packing cost this kernel avoids on a CPU.
-void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias);
 at::Tensor rows_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias);
 // The portable scalar loop alone, without bias (tests compare it with the vector path).

@@ -1,7 +1,7 @@
 // CPU kernels of the skd ops and the input checks every backend shares.
 //
 // Public (declared in ops.h): check_topk_rank_accept, check_accept_prefix, check_splice,
-// check_speculative_accept, topk_rank_accept_cpu, accept_prefix_cpu, splice_cpu,
+// check_rows_linear, check_speculative_accept, topk_rank_accept_cpu, accept_prefix_cpu, splice_cpu,
 // speculative_accept_cpu. Shape letters: N rows, V vocab, B batch, D draft length,
 // L sequence capacity. The semantics are defined by the pure-torch references in
 // skd/core/ops.py; tests compare both bit for bit.
@@ -22,7 +22,9 @@
 #include <vector>
 
 namespace skd {
-// ---- texts of dtypes and shapes in error messages, as Python prints them (declared in ops.h) ----
+namespace {
+
+// ---- texts of dtypes and shapes in error messages, as Python prints them ----------------------
 
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
@@ -45,8 +47,6 @@ std::string shape_str(at::IntArrayRef s) {
   os << s;  // "[4, 10]", the same text as str(list(t.shape)) in Python
   return os.str();
 }
-
-namespace {
 
 // ---- messages shared with the Python reference (keep the texts in sync with core/ops.py) ----
 
@@ -139,6 +139,26 @@ void check_splice(const at::Tensor& seq, const at::Tensor& length, const at::Ten
                                 {"provenance", provenance},
                                 {"finished", finished}}) {
     expect_device(op, name, t, "seq", seq);
+  }
+}
+
+// rows_linear's extra texts (K from x, the bias's shape, devices) are its own; all match core/ops.py.
+void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias) {
+  const char* op = "skd.rows_linear";
+  expect_dim(op, "x", x, 2, "[M, K]");
+  expect_dtype(op, "x", x, {at::kFloat}, "float32");
+  expect_dim(op, "weight", weight, 2, "[N, K]");
+  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": weight must have K = ", x.size(1),
+                    " columns (from x ", shape_str(x.sizes()), "), got shape ", shape_str(weight.sizes()));
+  expect_dtype(op, "weight", weight, {at::kFloat}, "float32 like x");
+  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight must be on the same device as x");
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
+                      ": bias must have shape [", weight.size(0), "] (N from weight), got shape ",
+                      shape_str(bias->sizes()));
+    expect_dtype(op, "bias", *bias, {at::kFloat}, "float32 like x");
+    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias must be on the same device as x");
   }
 }
 

@@ -1,7 +1,7 @@
 // rows_linear: y[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for a few rows M on the CPU.
 //
-// Public (declared in ops.h): check_rows_linear, rows_linear_cpu, rows_linear_portable,
-// rows_linear_vectorised.
+// Public (declared in ops.h): rows_linear_cpu, rows_linear_portable, rows_linear_vectorised
+// (the input check, check_rows_linear, lives with the other ops' checks in ops_cpu.cpp).
 //
 // Why: a decoding pass multiplies a handful of rows (batch x new positions) by every weight of
 // the model. BLAS GEMM first packs the weight into its blocked layout, and with few rows that
@@ -24,7 +24,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -87,7 +86,8 @@ __attribute__((target("avx2,fma"))) inline void rows_by(const float* x, const fl
 __attribute__((target("avx2,fma"))) void span_avx2(const float* x, const float* w, float* y,
                                                    int64_t M, int64_t K, int64_t N, int64_t n0,
                                                    int64_t n1) {
-  const int64_t block = std::max<int64_t>(3, (int64_t{192} * 1024 / 4) / std::max<int64_t>(1, K) / 3 * 3);
+  constexpr int64_t kBlockFloats = 192 * 1024 / 4;  // ~192 KB of x rows per block
+  const int64_t block = std::max<int64_t>(3, kBlockFloats / std::max<int64_t>(1, K) / 3 * 3);
   for (int64_t m0 = 0; m0 < M; m0 += block) {
     const int64_t mb = std::min(block, M - m0);
     const float* xb = x + m0 * K;
@@ -127,33 +127,6 @@ void span_scalar(const float* x, const float* w, float* y, int64_t M, int64_t K,
     }
   }
 }
-
-}  // namespace
-
-// The texts match skd/core/ops.py's _check_rows_linear.
-void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias) {
-  const char* op = "skd.rows_linear";
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [M, K], got shape ", shape_str(x.sizes()));
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", dtype_name(x.scalar_type()));
-  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D [N, K], got shape ",
-                    shape_str(weight.sizes()));
-  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": weight must have K = ", x.size(1),
-                    " columns (from x ", shape_str(x.sizes()), "), got shape ", shape_str(weight.sizes()));
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat, op, ": weight must be float32 like x, got ",
-                   dtype_name(weight.scalar_type()));
-  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight must be on the same device as x");
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                      ": bias must have shape [", weight.size(0), "] (N from weight), got shape ",
-                      shape_str(bias->sizes()));
-    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, op, ": bias must be float32 like x, got ",
-                     dtype_name(bias->scalar_type()));
-    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias must be on the same device as x");
-  }
-}
-
-namespace {
 
 bool vector_path() {
 #ifdef SKD_ROWS_LINEAR_X86
