@@ -142,9 +142,11 @@ def _check_output_width(model: Any, vocab_size: int, name: str) -> None:
 
 
 def weight_bytes(model: "torch.nn.Module") -> int:
-    """Bytes of the model's parameters (tied weights counted once): what a forward of a few positions
-    reads, the dominant cost of one decoding step at a small batch."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of the model's parameters (tied weights counted once), plus the weights that layers keep
+    in buffers (skd.core.int8_draft.Int8Linear: weight_buffer_bytes()): what a forward of a few
+    positions reads, the dominant cost of one decoding step at a small batch."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return params + sum(m.weight_buffer_bytes() for m in model.modules() if hasattr(m, "weight_buffer_bytes"))
 
 
 def freeze(model: "PreTrainedModel") -> "PreTrainedModel":

@@ -1,15 +1,15 @@
 """Sampling ops of SKD: the Python face of the C++/CUDA kernels and their pure-torch references.
 
-Public: topk_rank_accept, accept_prefix, splice, speculative_accept, rows_linear, backend,
-rows_linear_vectorised, and `reference` (the same ops in plain torch: reference.topk_rank_accept,
+Public: topk_rank_accept, accept_prefix, splice, speculative_accept, rows_linear, rows_linear_q8,
+backend, rows_linear_vectorised, and `reference` (the same ops in plain torch: reference.topk_rank_accept,
 ...; also as ref_* functions).
 Shape letters: N rows, V vocab, K top-k, B batch, D draft length, L sequence capacity.
 Importing this module imports the compiled extension `skd._C` (which registers torch.ops.skd.*)
 and each op runs it; if that import fails, the references run instead and one warning says so
 (SKD_REQUIRE_EXT=1 makes it an ImportError). Both paths give bit-identical results and raise
-the same errors for bad input (tests/test_ops.py), except rows_linear (a float32 product, CPU
-only), whose kernel and reference (F.linear, i.e. BLAS) agree up to float32 rounding: each sums
-its products in its own order (tests/test_rows_linear.py).
+the same errors for bad input (tests/test_ops.py), except rows_linear and rows_linear_q8 (float32
+products, CPU only), whose kernels and references (F.linear, i.e. BLAS) agree up to float32
+rounding: each sums its products in its own order (tests/test_rows_linear.py).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ __all__ = [
     "backend",
     "reference",
     "rows_linear",
+    "rows_linear_q8",
     "rows_linear_vectorised",
     "splice",
     "speculative_accept",
@@ -151,20 +152,40 @@ def _check_speculative_accept(p_target, q_draft, draft, u) -> None:
     _expect_device(op, "u", u, "q_draft", q_draft)
 
 
-def _check_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    op = "skd.rows_linear"
+def _check_rows_operands(op: str, wname: str, x: torch.Tensor, weight: torch.Tensor, wtype, wtext: str) -> None:
     _expect_dim(op, "x", x, 2, "[M, K]")
     _expect_dtype(op, "x", x, (torch.float32,), "float32")
-    _expect_dim(op, "weight", weight, 2, "[N, K]")
+    _expect_dim(op, wname, weight, 2, "[N, K]")
     if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: weight must have K = {x.shape[1]} columns (from x {list(x.shape)}), "
+        raise ValueError(f"{op}: {wname} must have K = {x.shape[1]} columns (from x {list(x.shape)}), "
                          f"got shape {list(weight.shape)}")
-    _expect_float32_beside(op, "weight", weight, x)
+    _expect_dtype(op, wname, weight, (wtype,), wtext)
+    if weight.device != x.device:
+        raise ValueError(f"{op}: {wname} must be on the same device as x")
+
+
+def _check_row_vector(op: str, name: str, t: torch.Tensor, wname: str, weight: torch.Tensor, x: torch.Tensor) -> None:
+    """A per-output vector (bias, scale): shape [N] from the weight, float32, x's device."""
+    if t.dim() != 1 or t.shape[0] != weight.shape[0]:
+        raise ValueError(f"{op}: {name} must have shape [{weight.shape[0]}] (N from {wname}), "
+                         f"got shape {list(t.shape)}")
+    _expect_float32_beside(op, name, t, x)
+
+
+def _check_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    op = "skd.rows_linear"
+    _check_rows_operands(op, "weight", x, weight, torch.float32, "float32 like x")
     if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{op}: bias must have shape [{weight.shape[0]}] (N from weight), "
-                             f"got shape {list(bias.shape)}")
-        _expect_float32_beside(op, "bias", bias, x)
+        _check_row_vector(op, "bias", bias, "weight", weight, x)
+
+
+def _check_rows_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                          bias: torch.Tensor | None) -> None:
+    op = "skd.rows_linear_q8"
+    _check_rows_operands(op, "qweight", x, qweight, torch.int8, "int8")
+    _check_row_vector(op, "scale", scale, "qweight", qweight, x)
+    if bias is not None:
+        _check_row_vector(op, "bias", bias, "qweight", qweight, x)
 
 
 def _expect_float32_beside(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
@@ -278,12 +299,21 @@ def ref_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return torch.nn.functional.linear(x, weight, bias)
 
 
+def ref_rows_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """float32[M, N]: scale[n] * (x[M, K] @ qweight[N, K]^T)[:, n] (+ bias[n]); int8 weights, exact in float32."""
+    _check_rows_linear_q8(x, qweight, scale, bias)
+    y = torch.nn.functional.linear(x, qweight.to(torch.float32)) * scale
+    return y if bias is None else y + bias
+
+
 reference = SimpleNamespace(
     topk_rank_accept=ref_topk_rank_accept,
     accept_prefix=ref_accept_prefix,
     splice=ref_splice,
     speculative_accept=ref_speculative_accept,
     rows_linear=ref_rows_linear,
+    rows_linear_q8=ref_rows_linear_q8,
 )
 
 
@@ -380,6 +410,11 @@ if _C is not None:
         _check_rows_linear(x, weight, bias)
         return x.new_empty((x.shape[0], weight.shape[0]))
 
+    @torch.library.register_fake("skd::rows_linear_q8")
+    def _fake_rows_linear_q8(x, qweight, scale, bias):
+        _check_rows_linear_q8(x, qweight, scale, bias)
+        return x.new_empty((x.shape[0], qweight.shape[0]))
+
 
 # ---- public ops -----------------------------------------------------------------------------
 
@@ -438,6 +473,20 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if _C is not None and x.device.type == "cpu":
         return torch.ops.skd.rows_linear(x, weight, bias)
     return ref_rows_linear(x, weight, bias)
+
+
+def rows_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """float32[M, N]: scale[n] * (x[M, K] @ qweight[N, K]^T)[:, n] (+ bias[n]), int8 weights, few rows, CPU.
+
+    rows_linear's kernel reading int8 weights (a quarter of float32's bytes; each converted to
+    float32 exactly before its multiply-add), for draft models at small batches
+    (skd.core.int8_draft). CUDA tensors and builds without the extension run the reference; the
+    two agree up to float32 rounding.
+    """
+    if _C is not None and x.device.type == "cpu":
+        return torch.ops.skd.rows_linear_q8(x, qweight, scale, bias)
+    return ref_rows_linear_q8(x, qweight, scale, bias)
 
 
 def rows_linear_vectorised() -> bool:

@@ -3,9 +3,9 @@
 //
 // Ops, callable as torch.ops.skd.<name> once `skd._C` is imported (shape letters in ops.h):
 //   topk_rank_accept, accept_prefix, splice (mutates its (a!)..(d!) arguments),
-//   speculative_accept; rows_linear (CPU only).
+//   speculative_accept; rows_linear, rows_linear_q8 (CPU only).
 // Python module functions: cuda_built() -> bool, rows_linear_vectorised() -> bool,
-// rows_linear_portable(x, weight) -> Tensor.
+// rows_linear_portable(x, weight) -> Tensor, rows_linear_q8_portable(x, qweight, scale) -> Tensor.
 // Registering through the dispatcher (not plain pybind11 functions) is what makes the ops work
 // with torch.compile and fake tensors; their fake implementations live in skd/core/ops.py.
 #include <torch/extension.h>
@@ -29,6 +29,7 @@ TORCH_LIBRARY(skd, m) {
       "Tensor replacement, Tensor(c!) provenance, Tensor(d!) finished, int eos_id) -> ()");
   m.def("speculative_accept(Tensor p_target, Tensor q_draft, Tensor draft, Tensor u) -> Tensor");
   m.def("rows_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("rows_linear_q8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(skd, CPU, m) {
@@ -37,6 +38,7 @@ TORCH_LIBRARY_IMPL(skd, CPU, m) {
   m.impl("splice", &skd::splice_cpu);
   m.impl("speculative_accept", &skd::speculative_accept_cpu);
   m.impl("rows_linear", &skd::rows_linear_cpu);
+  m.impl("rows_linear_q8", &skd::rows_linear_q8_cpu);
 }
 
 #ifdef SKD_WITH_CUDA
@@ -64,4 +66,6 @@ PYBIND11_MODULE(_C, m) {
         "True when rows_linear runs its AVX2/FMA path on this CPU.");
   m.def("rows_linear_portable", &skd::rows_linear_portable,
         "rows_linear's portable scalar loop (no bias), which CPUs without AVX2/FMA run.");
+  m.def("rows_linear_q8_portable", &skd::rows_linear_q8_portable,
+        "rows_linear_q8's portable scalar loop (no bias), which CPUs without AVX2/FMA run.");
 }

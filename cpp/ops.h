@@ -29,6 +29,8 @@ void check_speculative_accept(const at::Tensor& p_target, const at::Tensor& q_dr
                               const at::Tensor& draft, const at::Tensor& u);
 void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias);
+void check_rows_linear_q8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                          const c10::optional<at::Tensor>& bias);
 
 // ---- kernels: <op>_cpu (ops_cpu.cpp) and, with SKD_WITH_CUDA, <op>_cuda (ops_cuda.cu) --------
 // Every backend implements every op with the same signature, so the signatures are written once
@@ -56,8 +58,14 @@ SKD_DECLARE_KERNELS(cuda)
 // cuBLAS streams the weight without the packing cost this kernel avoids on a CPU.
 at::Tensor rows_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias);
-// The portable scalar loop alone, without bias (tests compare it with the vector path).
+//   rows_linear_q8(x[M, K], qweight[N, K] int8, scale[N], bias[N]?) -> float32[M, N]:
+//   scale[n] * (x[m] . qweight[n]) (+ bias[n]), the same kernel reading a quarter of the bytes.
+at::Tensor rows_linear_q8_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                              const c10::optional<at::Tensor>& bias);
+// The portable scalar loops alone, without bias (tests compare them with the vector path).
 at::Tensor rows_linear_portable(const at::Tensor& x, const at::Tensor& weight);
+at::Tensor rows_linear_q8_portable(const at::Tensor& x, const at::Tensor& qweight,
+                                   const at::Tensor& scale);
 // True when rows_linear runs its AVX2/FMA path on this CPU (false: the portable scalar loop).
 bool rows_linear_vectorised();
 

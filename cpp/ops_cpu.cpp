@@ -1,7 +1,7 @@
 // CPU kernels of the skd ops and the input checks every backend shares.
 //
 // Public (declared in ops.h): check_topk_rank_accept, check_accept_prefix, check_splice,
-// check_rows_linear, check_speculative_accept, topk_rank_accept_cpu, accept_prefix_cpu, splice_cpu,
+// check_rows_linear, check_rows_linear_q8, check_speculative_accept, topk_rank_accept_cpu, accept_prefix_cpu, splice_cpu,
 // speculative_accept_cpu. Shape letters: N rows, V vocab, B batch, D draft length,
 // L sequence capacity. The semantics are defined by the pure-torch references in
 // skd/core/ops.py; tests compare both bit for bit.
@@ -142,24 +142,44 @@ void check_splice(const at::Tensor& seq, const at::Tensor& length, const at::Ten
   }
 }
 
-// rows_linear's extra texts (K from x, the bias's shape, devices) are its own; all match core/ops.py.
+// rows_linear's and rows_linear_q8's extra texts (K from x, the shapes of scale and bias,
+// devices) are their own; all match core/ops.py.
+namespace {
+void check_rows_operands(const char* op, const char* wname, const at::Tensor& x,
+                         const at::Tensor& weight, at::ScalarType wtype, const char* wtext) {
+  expect_dim(op, "x", x, 2, "[M, K]");
+  expect_dtype(op, "x", x, {at::kFloat}, "float32");
+  expect_dim(op, wname, weight, 2, "[N, K]");
+  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": ", wname, " must have K = ", x.size(1),
+                    " columns (from x ", shape_str(x.sizes()), "), got shape ", shape_str(weight.sizes()));
+  expect_dtype(op, wname, weight, {wtype}, wtext);
+  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": ", wname, " must be on the same device as x");
+}
+
+// A per-output vector (bias, scale): shape [N] from the weight, float32, x's device.
+void check_row_vector(const char* op, const char* name, const at::Tensor& t, const char* wname,
+                      const at::Tensor& weight, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == weight.size(0), op, ": ", name,
+                    " must have shape [", weight.size(0), "] (N from ", wname, "), got shape ",
+                    shape_str(t.sizes()));
+  expect_dtype(op, name, t, {at::kFloat}, "float32 like x");
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " must be on the same device as x");
+}
+}  // namespace
+
 void check_rows_linear(const at::Tensor& x, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias) {
   const char* op = "skd.rows_linear";
-  expect_dim(op, "x", x, 2, "[M, K]");
-  expect_dtype(op, "x", x, {at::kFloat}, "float32");
-  expect_dim(op, "weight", weight, 2, "[N, K]");
-  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": weight must have K = ", x.size(1),
-                    " columns (from x ", shape_str(x.sizes()), "), got shape ", shape_str(weight.sizes()));
-  expect_dtype(op, "weight", weight, {at::kFloat}, "float32 like x");
-  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight must be on the same device as x");
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                      ": bias must have shape [", weight.size(0), "] (N from weight), got shape ",
-                      shape_str(bias->sizes()));
-    expect_dtype(op, "bias", *bias, {at::kFloat}, "float32 like x");
-    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias must be on the same device as x");
-  }
+  check_rows_operands(op, "weight", x, weight, at::kFloat, "float32 like x");
+  if (bias.has_value()) check_row_vector(op, "bias", *bias, "weight", weight, x);
+}
+
+void check_rows_linear_q8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                          const c10::optional<at::Tensor>& bias) {
+  const char* op = "skd.rows_linear_q8";
+  check_rows_operands(op, "qweight", x, qweight, at::kChar, "int8");
+  check_row_vector(op, "scale", scale, "qweight", qweight, x);
+  if (bias.has_value()) check_row_vector(op, "bias", *bias, "qweight", qweight, x);
 }
 
 void check_speculative_accept(const at::Tensor& p_target, const at::Tensor& q_draft,

@@ -1,7 +1,10 @@
-// rows_linear: y[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for a few rows M on the CPU.
+// rows_linear: y[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for a few rows M on the CPU, and
+// rows_linear_q8: the same against int8 weights with one float32 scale per weight row,
+// y[m, n] = scale[n] * (x[m] . qweight[n]) (+ bias[n]).
 //
-// Public (declared in ops.h): rows_linear_cpu, rows_linear_portable, rows_linear_vectorised
-// (the input check, check_rows_linear, lives with the other ops' checks in ops_cpu.cpp).
+// Public (declared in ops.h): rows_linear_cpu, rows_linear_q8_cpu, rows_linear_portable,
+// rows_linear_q8_portable, rows_linear_vectorised (the input checks, check_rows_linear and
+// check_rows_linear_q8, live with the other ops' checks in ops_cpu.cpp).
 //
 // Why: a decoding pass multiplies a handful of rows (batch x new positions) by every weight of
 // the model. BLAS GEMM first packs the weight into its blocked layout, and with few rows that
@@ -10,9 +13,16 @@
 // weight once takes under 4 ms. This kernel streams each group of four weight rows once from
 // memory and multiplies them into every input row while they sit in L1.
 //
+// Why int8: at one to a few rows the product is bound by reading the weight from memory, so a
+// weight stored in a quarter of the bytes is read in about a quarter of the time. A draft model
+// for speculative decoding can take that rounding (its proposals are only proposals: the
+// target's verification decides every output token), which makes a distilled draft cheap
+// enough to pay at batch 1 (skd/core/int8_draft.py).
+//
 // Numerics: each output is one float32 dot product, accumulated in 8 lanes over k in order
-// (fused multiply-add), the lanes summed in a fixed tree, then the k % 8 tail added in order,
-// and the bias last. So a row's result depends on that row alone: not on M, on the other rows,
+// (fused multiply-add; an int8 weight is converted to float32 exactly before it), the lanes
+// summed in a fixed tree, then the k % 8 tail added in order, then (int8) the row's scale
+// multiplied in, and the bias last. So a row's result depends on that row alone: not on M, on the other rows,
 // on N's split across threads or on the thread count. It differs from BLAS only by rounding
 // (tests/test_rows_linear.py bounds both against a float64 product).
 //
@@ -24,6 +34,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -42,21 +53,28 @@ __attribute__((target("avx2,fma"))) inline float sum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s, hi));
 }
 
+// Eight weights as float32: a float load, or eight int8 sign-extended and converted (exact).
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+__attribute__((target("avx2,fma"))) inline __m256 load8(const int8_t* w) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))));
+}
+
 // R rows of x (stride K) against C consecutive weight rows w (stride K): outputs y[r * N + c].
 // R x C accumulators, each one output's 8 lanes over k in order. R = 3, C = 4 keeps 12 of the 16
 // ymm registers for sums and loads 7 vectors per 12 multiply-adds, so the loop is bound by the
 // FMA units rather than by loads (two weight rows against one x row, as an earlier version did,
 // loads 3 vectors per 2 multiply-adds and ran at about half the FMA rate).
-template <int R, int C>
-__attribute__((target("avx2,fma"))) inline void tile(const float* x, const float* w, float* y,
-                                                     int64_t K, int64_t N) {
+// `scale` (int8 weights) holds the C rows' scales; nullptr for float32 weights.
+template <int R, int C, typename W>
+__attribute__((target("avx2,fma"))) inline void tile(const float* x, const W* w, const float* scale,
+                                                     float* y, int64_t K, int64_t N) {
   __m256 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     __m256 wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = _mm256_loadu_ps(w + c * K + k);
+    for (int c = 0; c < C; ++c) wv[c] = load8(w + c * K + k);
     for (int r = 0; r < R; ++r) {
       const __m256 xv = _mm256_loadu_ps(x + r * K + k);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv[c], xv, acc[r][c]);
@@ -65,27 +83,31 @@ __attribute__((target("avx2,fma"))) inline void tile(const float* x, const float
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) {
       float s = sum8(acc[r][c]);
-      for (int64_t t = k; t < K; ++t) s += w[c * K + t] * x[r * K + t];
-      y[r * N + c] = s;
+      // The tail in fused multiply-adds, written out: the file is built with -ffp-contract=off
+      // (CMakeLists.txt), so the float and int8 tiles round alike whatever the compiler would
+      // have contracted in each (the float tile's results are those of earlier releases).
+      for (int64_t t = k; t < K; ++t) s = std::fma(static_cast<float>(w[c * K + t]), x[r * K + t], s);
+      y[r * N + c] = scale ? s * scale[c] : s;
     }
 }
 
 // Rows [0, M) of x against C weight rows, three rows of x at a time.
-template <int C>
-__attribute__((target("avx2,fma"))) inline void rows_by(const float* x, const float* w, float* y,
-                                                        int64_t M, int64_t K, int64_t N) {
+template <int C, typename W>
+__attribute__((target("avx2,fma"))) inline void rows_by(const float* x, const W* w, const float* scale,
+                                                        float* y, int64_t M, int64_t K, int64_t N) {
   int64_t r = 0;
-  for (; r + 3 <= M; r += 3) tile<3, C>(x + r * K, w, y + r * N, K, N);
-  if (M - r == 2) tile<2, C>(x + r * K, w, y + r * N, K, N);
-  else if (M - r == 1) tile<1, C>(x + r * K, w, y + r * N, K, N);
+  for (; r + 3 <= M; r += 3) tile<3, C>(x + r * K, w, scale, y + r * N, K, N);
+  if (M - r == 2) tile<2, C>(x + r * K, w, scale, y + r * N, K, N);
+  else if (M - r == 1) tile<1, C>(x + r * K, w, scale, y + r * N, K, N);
 }
 
 // Outputs [n0, n1) of every row. x is taken in blocks of rows that stay in L2 (~192 KB) while
 // every weight row of the span passes through L1 once per block: one block, so one read of the
 // weight from memory, up to 84 rows at K = 576 and 30 at K = 1536.
-__attribute__((target("avx2,fma"))) void span_avx2(const float* x, const float* w, float* y,
-                                                   int64_t M, int64_t K, int64_t N, int64_t n0,
-                                                   int64_t n1) {
+template <typename W>
+__attribute__((target("avx2,fma"))) void span_avx2(const float* x, const W* w, const float* scale,
+                                                   float* y, int64_t M, int64_t K, int64_t N,
+                                                   int64_t n0, int64_t n1) {
   constexpr int64_t kBlockFloats = 192 * 1024 / 4;  // ~192 KB of x rows per block
   const int64_t block = std::max<int64_t>(3, kBlockFloats / std::max<int64_t>(1, K) / 3 * 3);
   for (int64_t m0 = 0; m0 < M; m0 += block) {
@@ -93,11 +115,12 @@ __attribute__((target("avx2,fma"))) void span_avx2(const float* x, const float* 
     const float* xb = x + m0 * K;
     float* yb = y + m0 * N;
     int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) rows_by<4>(xb, w + n * K, yb + n, mb, K, N);
+    const auto sc = [&](int64_t at) { return scale ? scale + at : nullptr; };
+    for (; n + 4 <= n1; n += 4) rows_by<4>(xb, w + n * K, sc(n), yb + n, mb, K, N);
     switch (n1 - n) {
-      case 3: rows_by<3>(xb, w + n * K, yb + n, mb, K, N); break;
-      case 2: rows_by<2>(xb, w + n * K, yb + n, mb, K, N); break;
-      case 1: rows_by<1>(xb, w + n * K, yb + n, mb, K, N); break;
+      case 3: rows_by<3>(xb, w + n * K, sc(n), yb + n, mb, K, N); break;
+      case 2: rows_by<2>(xb, w + n * K, sc(n), yb + n, mb, K, N); break;
+      case 1: rows_by<1>(xb, w + n * K, sc(n), yb + n, mb, K, N); break;
       default: break;
     }
   }
@@ -110,20 +133,21 @@ bool has_avx2_fma() {
 #endif
 
 // The portable path: the same 8-lane order without vector instructions.
-void span_scalar(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
-                 int64_t n0, int64_t n1) {
+template <typename W>
+void span_scalar(const float* x, const W* w, const float* scale, float* y, int64_t M, int64_t K,
+                 int64_t N, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
-    const float* wn = w + n * K;
+    const W* wn = w + n * K;
     for (int64_t r = 0; r < M; ++r) {
       const float* xr = x + r * K;
       float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       int64_t k = 0;
       for (; k + 8 <= K; k += 8)
-        for (int j = 0; j < 8; ++j) lane[j] += wn[k + j] * xr[k + j];
+        for (int j = 0; j < 8; ++j) lane[j] += static_cast<float>(wn[k + j]) * xr[k + j];
       // the tree of sum8: (l0+l4)+(l1+l5), (l2+l6)+(l3+l7), then their sum
       float s = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
-      for (int64_t t = k; t < K; ++t) s += wn[t] * xr[t];
-      y[r * N + n] = s;
+      for (int64_t t = k; t < K; ++t) s += static_cast<float>(wn[t]) * xr[t];
+      y[r * N + n] = scale ? s * scale[n] : s;
     }
   }
 }
@@ -136,17 +160,19 @@ bool vector_path() {
 #endif
 }
 
-// The op on checked inputs; `vector` picks the AVX2/FMA path (only where vector_path()).
+// The product on checked inputs: float32 weights (scale empty) or int8 weights with their row
+// scales; `vector` picks the AVX2/FMA path (only where vector_path()).
 at::Tensor rows_product(const at::Tensor& x_in, const at::Tensor& weight_in,
+                        const c10::optional<at::Tensor>& scale_in,
                         const c10::optional<at::Tensor>& bias, bool vector) {
-  check_rows_linear(x_in, weight_in, bias);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor scale = scale_in.has_value() ? scale_in->contiguous() : at::Tensor();
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const float* xp = x.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
+  const float* sp = scale.defined() ? scale.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // Threads split N in spans of whole groups of four weight rows (the vector path's unit). A
   // span must hold at least 256K multiply-adds (64K weights at 4 rows, 8K at 32): below that a
@@ -155,16 +181,20 @@ at::Tensor rows_product(const at::Tensor& x_in, const at::Tensor& weight_in,
   // on one thread, at half BLAS's speed.
   const int64_t quads = (N + 3) / 4;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, 4 * K * M));
-  at::parallel_for(0, quads, grain, [&](int64_t q0, int64_t q1) {
-    const int64_t n0 = 4 * q0, n1 = std::min(N, 4 * q1);
+  const auto run = [&](const auto* wp) {
+    at::parallel_for(0, quads, grain, [&](int64_t q0, int64_t q1) {
+      const int64_t n0 = 4 * q0, n1 = std::min(N, 4 * q1);
 #ifdef SKD_ROWS_LINEAR_X86
-    if (vector) {
-      span_avx2(xp, wp, yp, M, K, N, n0, n1);
-      return;
-    }
+      if (vector) {
+        span_avx2(xp, wp, sp, yp, M, K, N, n0, n1);
+        return;
+      }
 #endif
-    span_scalar(xp, wp, yp, M, K, N, n0, n1);
-  });
+      span_scalar(xp, wp, sp, yp, M, K, N, n0, n1);
+    });
+  };
+  if (sp) run(weight.data_ptr<int8_t>());
+  else run(weight.data_ptr<float>());
   if (bias.has_value()) y.add_(*bias);
   return y;
 }
@@ -173,11 +203,25 @@ at::Tensor rows_product(const at::Tensor& x_in, const at::Tensor& weight_in,
 
 at::Tensor rows_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias) {
-  return rows_product(x, weight, bias, vector_path());
+  check_rows_linear(x, weight, bias);
+  return rows_product(x, weight, c10::nullopt, bias, vector_path());
+}
+
+at::Tensor rows_linear_q8_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                              const c10::optional<at::Tensor>& bias) {
+  check_rows_linear_q8(x, qweight, scale, bias);
+  return rows_product(x, qweight, scale, bias, vector_path());
 }
 
 at::Tensor rows_linear_portable(const at::Tensor& x, const at::Tensor& weight) {
-  return rows_product(x, weight, c10::nullopt, false);
+  check_rows_linear(x, weight, c10::nullopt);
+  return rows_product(x, weight, c10::nullopt, c10::nullopt, false);
+}
+
+at::Tensor rows_linear_q8_portable(const at::Tensor& x, const at::Tensor& qweight,
+                                   const at::Tensor& scale) {
+  check_rows_linear_q8(x, qweight, scale, c10::nullopt);
+  return rows_product(x, qweight, scale, c10::nullopt, false);
 }
 
 bool rows_linear_vectorised() { return vector_path(); }
