@@ -53,9 +53,12 @@ class PeersConfig:
     draft_gamma: str | int = "auto"   # speculative_generate's draft length in the draft rows
     sampler_gamma: int = 5         # the sampler section (the released code's fixed draft length)
     batch1_prompts: int | None = None   # the sampler's one-prompt-at-a-time rows: the first N prompts (None: all)
-    distill_steps: int = 40        # the skd-distilled draft: steps of `skd distill --method skd`
-    distill_lr: float = 5e-5
-    distill_prompts: int = 64      # its training prompts (none of them is a measurement prompt)
+    draft_recipe: str = "teacher-greedy"   # how skd distils the draft (skd.benchmarks.peer_pair.DRAFT_RECIPES)
+    distill_steps: int = 150       # the distilled draft's training steps
+    distill_lr: float = 2e-4
+    distill_batch_size: int = 8
+    distill_prompts: int = 384     # its training prompts (none of them is a measurement prompt)
+    draft_int8: bool = False       # also measure an int8 copy of each draft (skd.core.int8_draft)
     sections: tuple[str, ...] = SECTIONS
     trl: bool = True               # False: skip the TRL row even when trl is installed
     trl_trainer: str = "auto"      # auto: DistillationTrainer, else GKDTrainer (lmbda 1); or name one of them
@@ -70,7 +73,7 @@ class PeersConfig:
             raise SkdError(f"unknown or no sections {', '.join(map(repr, bad))}",
                            f"pass --sections with some of: {', '.join(SECTIONS)}")
         for name in ("student_layers", "prompts", "train_batch_size", "max_new_tokens", "repeats", "distill_steps",
-                     "distill_prompts", "sampler_gamma"):
+                     "distill_batch_size", "distill_prompts", "sampler_gamma"):
             if int(getattr(self, name)) < 1:
                 raise SkdError(f"{name} must be >= 1 (got {getattr(self, name)})",
                                f"pass --{name.replace('_', '-')} 1 or more")
@@ -85,6 +88,11 @@ class PeersConfig:
         if self.draft_gamma != "auto" and not (isinstance(self.draft_gamma, int) and self.draft_gamma >= 1):
             raise SkdError(f"draft gamma must be auto or >= 1 (got {self.draft_gamma!r})",
                            "pass --draft-gamma auto or 4")
+        from skd.benchmarks.peer_pair import DRAFT_RECIPES
+
+        if self.draft_recipe not in DRAFT_RECIPES:
+            raise SkdError(f"unknown draft recipe {self.draft_recipe!r}",
+                           f"pass --draft-recipe {' or '.join(DRAFT_RECIPES)}")
         if self.trl_trainer not in ("auto", "distillation", "gkd"):
             raise SkdError(f"unknown TRL trainer {self.trl_trainer!r}", "pass --trl-trainer auto, distillation or gkd")
         if self.dtype not in ("float32", "bfloat16"):
@@ -94,7 +102,7 @@ class PeersConfig:
 # `--quick`: the tiny presets, a few prompts, tokens and repeats (seconds on one thread).
 # Explicit options still override these.
 QUICK = dict(prompts=3, train_batch_size=2, batch_size=2, max_new_tokens=8, repeats=2, distill_steps=2,
-             distill_lr=1e-3, distill_prompts=4)
+             distill_lr=1e-3, distill_batch_size=2, distill_prompts=4)
 
 
 SAMPLER_ROWS = {
@@ -178,7 +186,7 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
     if "draft" in cfg.sections:
         t0 = time.perf_counter()
         if cfg.draft is None:
-            emit("section", {"name": "draft", "what": "skd-distilled draft (cached stage)"})
+            emit("section", {"name": "draft", "what": f"skd-distilled draft, recipe {cfg.draft_recipe} (cached stages)"})
             stage = distilled_draft(cfg, pair, train_examples, emit=emit)
             trained, trained_dir = "skd-distilled", stage["checkpoint"]
         else:
@@ -189,14 +197,22 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
         drafts = {"pruned" if pair.student_stamp else "student":
                   model_lib.freeze(model_lib.load_model(str(pair.student), dtype=cfg.dtype, device=cfg.device)),
                   trained: model_lib.freeze(model_lib.load_model(trained_dir, dtype=cfg.dtype, device=cfg.device))}
+        if cfg.draft_int8:
+            from skd.core.int8_draft import quantize_draft
+
+            for name in list(drafts):
+                d = model_lib.freeze(model_lib.load_model(str(pair.student) if name != trained else trained_dir,
+                                                          dtype=cfg.dtype, device=cfg.device))
+                quantize_draft(d)
+                drafts[f"{name}+int8"] = d
         sec = peer_decoding.run(teacher, drafts, tok, [p for _, p, _ in measured], batch_size=cfg.batch_size,
                                 max_new_tokens=cfg.max_new_tokens, gamma=cfg.draft_gamma, repeats=cfg.repeats)
         if stage is not None:
             sec["distilled_draft"] = {k: stage.get(k) for k in ("checkpoint", "cached", "steps", "final_loss",
                                                                 "correction_rate_start", "correction_rate_end",
                                                                 "train_wall_s")}
-            sec["distilled_draft"].update(method="skd", lr=cfg.distill_lr, batch_size=cfg.train_batch_size,
-                                          prompts=len(train_examples))
+            sec["distilled_draft"].update(recipe=stage["recipe"], lr=cfg.distill_lr, batch_size=cfg.distill_batch_size,
+                                          prompts=len(train_examples), responses=stage.get("responses"))
         else:
             sec["given_draft"] = {"path": trained_dir}
         result["sections"]["draft"] = sec

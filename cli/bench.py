@@ -538,7 +538,13 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
               "--student-layers layers; --quick tiny-student]")
 @click.option("--student-layers", type=click.IntRange(min=1), default=None, help="[default: 8]")
 @click.option("--draft", default=None, help="Model folder of a trained draft for the draft rows, instead of the "
-              "cached `skd distill --method skd` run  [default: that run]")
+              "draft skd distils (cached)  [default: that draft]")
+@click.option("--draft-recipe", type=click.Choice(["teacher-greedy", "skd"]), default=None,
+              help="How skd distils the draft: teacher-greedy (supervised KD on the teacher's own greedy "
+                   "responses to the training prompts) or skd (skd distill --method skd on them)  "
+                   "[default: teacher-greedy]")
+@click.option("--draft-int8", is_flag=True, help="Also measure an int8 copy of each draft (its linear layers' "
+              "weights in int8, one scale per row: a quarter of the bytes a decoding pass reads).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Cache of the pruned student and the distilled draft  [default: runs/peers; --quick "
                    "runs/peers-quick]")
@@ -562,9 +568,11 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
               help="Prompts of the one-prompt-at-a-time sampler rows (their tokens/s is a rate; the first N "
                    "prompts)  [default: all]")
 @click.option("--distill-steps", type=click.IntRange(min=1), default=None,
-              help="Steps of the cached `skd distill --method skd` run that makes the distilled draft  [default: 40]")
-@click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 5e-5]")
-@click.option("--distill-prompts", type=click.IntRange(min=1), default=None, help="Its training prompts  [default: 64]")
+              help="Training steps of the distilled draft  [default: 150]")
+@click.option("--distill-lr", type=click.FloatRange(min=0, min_open=True), default=None, help="[default: 2e-4]")
+@click.option("--distill-batch-size", type=click.IntRange(min=1), default=None, help="[default: 8]")
+@click.option("--distill-prompts", type=click.IntRange(min=1), default=None,
+              help="Its training prompts (none of them a measurement prompt)  [default: 384]")
 @click.option("--sections", default=None, help="Comma-separated, of: distill, draft, sampler  [default: all]")
 @click.option("--trl/--no-trl", default=True, show_default=True, help="The TRL row (when trl is installed).")
 @click.option("--trl-trainer", type=click.Choice(["auto", "distillation", "gkd"]), default="auto", show_default=True,
@@ -576,9 +584,10 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
 @_OUTPUT
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of tokens/s per row (default: next to --output).")
-def peers(quick, teacher, student, student_layers, draft, run_dir, n_prompts, train_batch_size, batch_size, max_new_tokens,
-          temperature, k, lr, repeats, draft_gamma, sampler_gamma, batch1_prompts, distill_steps, distill_lr, distill_prompts, sections,
-          trl, trl_trainer, seed, device, dtype, threads, output, plot):
+def peers(quick, teacher, student, student_layers, draft, draft_recipe, draft_int8, run_dir, n_prompts, train_batch_size,
+          batch_size, max_new_tokens, temperature, k, lr, repeats, draft_gamma, sampler_gamma, batch1_prompts, distill_steps,
+          distill_lr, distill_batch_size, distill_prompts, sections, trl, trl_trainer, seed, device, dtype, threads, output,
+          plot):
     """Compare skd with TRL's on-policy distillation and transformers' assisted generation, side by side.
 
     One teacher/student pair, the same prompts, one run, repeats interleaved, medians:
@@ -614,10 +623,10 @@ def peers(quick, teacher, student, student_layers, draft, run_dir, n_prompts, tr
                  train_batch_size=train_batch_size, batch_size=batch_size, max_new_tokens=max_new_tokens,
                  temperature=temperature, k=k, lr=lr, repeats=repeats, draft_gamma=draft_gamma,
                  sampler_gamma=sampler_gamma, batch1_prompts=batch1_prompts, distill_steps=distill_steps, distill_lr=distill_lr,
-                 distill_prompts=distill_prompts, seed=seed,
+                 distill_batch_size=distill_batch_size, distill_prompts=distill_prompts, draft_recipe=draft_recipe, seed=seed,
                  sections=tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None)
     base = prs.PeersConfig(quick=quick, run_dir=run_dir or ("runs/peers-quick" if quick else "runs/peers"),
-                           trl=trl, trl_trainer=trl_trainer, device=device, dtype=dtype)
+                           trl=trl, trl_trainer=trl_trainer, device=device, dtype=dtype, draft_int8=draft_int8)
     cfg = with_overrides(base, prs.QUICK if quick else None, given)
     console = Console(width=max(Console().width, 120))   # the row names are long: wrapped tables are unreadable
     err = Console(stderr=True)
@@ -725,9 +734,11 @@ def _print_peers(console, result: dict) -> None:
                                  f"{info['cost_ratio']:.2f})"))
         d = sec.get("distilled_draft")
         if d is not None:
-            console.print(escape(f"  skd-distilled draft: {d['steps']} steps of skd distill --method skd (lr "
-                                 f"{d['lr']:g}, batch {d['batch_size']}, {d['prompts']} prompts)"
-                                 f"{', cached' if d['cached'] else ''}: {d['checkpoint']}"))
+            how = ("supervised KD on the teacher's greedy responses" if d["recipe"] == "teacher-greedy"
+                   else "skd distill --method skd")
+            console.print(escape(f"  skd-distilled draft: {d['steps']} steps of {how} (lr {d['lr']:g}, batch "
+                                 f"{d['batch_size']}, {d['prompts']} prompts){', cached' if d['cached'] else ''}: "
+                                 f"{d['checkpoint']}"))
         else:
             console.print(escape(f"  given draft (--draft): {sec['given_draft']['path']}"))
         ratios(sec)

@@ -22,7 +22,7 @@ def test_quick_run_measures_every_section(tmp_path):
     from skd.benchmarks.peers import all_ratios
 
     out = tmp_path / "peers.json"
-    r = _invoke("--run-dir", str(tmp_path / "run"), "--batch1-prompts", "2", "--output", str(out))
+    r = _invoke("--run-dir", str(tmp_path / "run"), "--batch1-prompts", "2", "--draft-int8", "--output", str(out))
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["bench"] == "peers" and set(res["sections"]) == {"distill", "draft", "sampler"}
@@ -70,11 +70,14 @@ def test_quick_run_measures_every_section(tmp_path):
     draft = res["sections"]["draft"]
     names = set(draft["results"])
     assert {"teacher_hf_b1", "teacher_hf_b2", "teacher_skd_b1", "teacher_skd_b2"} <= names
-    for d in ("student", "skd-distilled"):
+    for d in ("student", "skd-distilled", "student+int8", "skd-distilled+int8"):   # --draft-int8: int8 copies too
         assert {f"hf_assisted_b1/{d}", f"skd_spec_b1/{d}", f"skd_spec_b2/{d}"} <= names
     for name, row in draft["results"].items():   # greedy everywhere: every output is the teacher's own
         assert row["outputs_match_teacher"] is True, name
-    assert (tmp_path / "run" / "draft-skd" / "final" / "config.json").is_file()
+    assert (tmp_path / "run" / "draft-greedy" / "final" / "config.json").is_file()
+    responses = draft["distilled_draft"]["responses"]   # the recipe's data: the teacher's greedy responses
+    assert draft["distilled_draft"]["recipe"] == "teacher-greedy" and responses["prompts"] == 4
+    assert 0 < responses["tokens"] <= 4 * 8
     for d in ("student", "skd-distilled"):
         info = draft["drafts"][d]
         assert 0 <= info["teacher_forced_match"] <= 1 and 0 < info["break_even_acceptance"] <= 1
@@ -126,7 +129,7 @@ def test_draft_option_replaces_the_distilled_draft(tmp_path):
                 "--draft", str(materialize_preset("tiny-teacher")), "--output", str(out))
     assert r.exit_code == 0, r.output
     sec = json.loads(out.read_text())["sections"]["draft"]
-    assert not (tmp_path / "run" / "draft-skd").exists() and "distilled_draft" not in sec
+    assert not (tmp_path / "run" / "draft-greedy").exists() and "distilled_draft" not in sec
     assert {"hf_assisted_b1/given", "skd_spec_b1/given", "skd_spec_b2/given"} <= set(sec["results"])
     assert all(row["outputs_match_teacher"] for row in sec["results"].values())
     assert sec["drafts"]["given"]["teacher_forced_match"] == 1.0   # the teacher drafting for itself
