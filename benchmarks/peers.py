@@ -12,8 +12,9 @@ Three sections, each with its variants' repeats interleaved and medians reported
   draft    greedy decoding with a draft: transformers' assisted generation (B = 1) against
            speculative_generate at B = 1 and batched, and the teacher alone at both sizes; tokens/s and
            whether every output equals the teacher's greedy output (skd.benchmarks.peer_decoding). Drafts:
-           the pair's student, and the same after a short cached `skd distill --method skd` run (or, with
-           --draft, a trained draft the user names instead of that run);
+           the pair's student, and the same distilled by skd (cached; cfg.draft_recipe, see
+           skd.benchmarks.peer_pair), or with --draft a trained draft the user names instead; with
+           --draft-int8 also an int8 copy of each (skd.core.int8_draft);
   sampler  the authors' per-prompt SKD procedure against the batched SKD sampler, as `skd bench sampling`
            (skd.benchmarks.sampling.compare).
 The pair (skd.benchmarks.peer_pair): SmolLM2-135M-Instruct and a copy pruned to 8 of its 30 layers;

@@ -265,8 +265,10 @@ def _device_line(result: dict) -> str:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON result file.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of speedup and acceptance against gamma (default: next to --output).")
+@click.option("--int8", is_flag=True, help="Also measure an int8 copy of each student as draft (its linear layers' "
+              "weights in int8, one scale per row; the outputs stay the teacher's).")
 def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, max_new_tokens, temperature, device,
-                dtype, output, plot):
+                dtype, output, plot, int8):
     """Measure each student as a speculative-decoding draft for the teacher.
 
     Reports acceptance, accepted tokens per round, teacher passes per token, tokens/s and the
@@ -276,6 +278,7 @@ def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, ma
     Examples:
       skd bench speculative
       skd bench speculative --teacher runs/teacher/final --student runs/skd/final --student runs/sup/final
+      skd bench speculative --student runs/skd/final --int8 --gamma 1,2,3
     """
     from rich.console import Console
     from rich.table import Table
@@ -290,7 +293,8 @@ def speculative(teacher, students, task, data, n_prompts, batch_size, gammas, ma
     if not gl or min(gl) < 1:
         raise SkdError(f"every gamma must be >= 1 (got {gammas!r})", "e.g. --gamma 1,2,4,8")
     result = spec.run(teacher, list(students), task=task, n_prompts=n_prompts, batch_size=batch_size, gammas=gl,
-                      max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype, data=data)
+                      max_new_tokens=max_new_tokens, temperature=temperature, device=device, dtype=dtype, data=data,
+                      int8=int8)
     base = result["teacher_alone"]
     table = Table(title=f"speculative decoding · teacher alone {base['tokens_per_s']:.0f} tok/s",
                   caption=_device_line(result))

@@ -21,9 +21,9 @@
 //
 // Numerics: each output is one float32 dot product, accumulated in 8 lanes over k in order
 // (fused multiply-add; an int8 weight is converted to float32 exactly before it), the lanes
-// summed in a fixed tree, then the k % 8 tail added in order, then (int8) the row's scale
-// multiplied in, and the bias last. So a row's result depends on that row alone: not on M, on the other rows,
-// on N's split across threads or on the thread count. It differs from BLAS only by rounding
+// summed in a fixed tree, then the k % 8 tail fused in order, then (int8) the row's scale
+// multiplied in, and the bias last. So a row's result depends on that row alone: not on M, on
+// the other rows, on N's split across threads or on the thread count. It differs from BLAS only by rounding
 // (tests/test_rows_linear.py bounds both against a float64 product).
 //
 // x86-64 CPUs with AVX2 and FMA (checked at run time) take the vector path; others a scalar
@@ -83,9 +83,10 @@ __attribute__((target("avx2,fma"))) inline void tile(const float* x, const W* w,
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) {
       float s = sum8(acc[r][c]);
-      // The tail in fused multiply-adds, written out: the file is built with -ffp-contract=off
-      // (CMakeLists.txt), so the float and int8 tiles round alike whatever the compiler would
-      // have contracted in each (the float tile's results are those of earlier releases).
+      // The tail in fused multiply-adds, written out, in a file built with -ffp-contract=off
+      // (CMakeLists.txt): the float and int8 tiles round alike. Earlier builds left the tail to
+      // the compiler, which fused some of it and not the rest; their results are the same bit
+      // for bit where K is a multiple of 8 (every model skd has measured), not always otherwise.
       for (int64_t t = k; t < K; ++t) s = std::fma(static_cast<float>(w[c * K + t]), x[r * K + t], s);
       y[r * N + c] = scale ? s * scale[c] : s;
     }

@@ -131,6 +131,17 @@ def test_bench_speculative_on_tiny_models(tmp_path):
         assert key in res["env"]
 
 
+def test_bench_speculative_int8_measures_each_student_twice_and_keeps_the_teachers_output(tmp_path):
+    out = tmp_path / "spec.json"
+    r = _run(["bench", "speculative", "--gamma", "2", "--prompts", "4", "--batch-size", "2",
+              "--max-new-tokens", "8", "--int8", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert [x["student"] for x in res["results"]] == ["tiny-student", "tiny-student+int8"]
+    assert res["config"]["drafts"] == ["tiny-student", "tiny-student+int8"] and res["config"]["int8"] is True
+    assert all(x["outputs_match_teacher"] is True for x in res["results"])
+
+
 def test_tiny_teacher_sft_uses_its_recipe_unless_options_say_otherwise(monkeypatch, tmp_path):
     from skd.cli import train_cmd
     from skd.core.presets import PRESET_SFT_RECIPES
