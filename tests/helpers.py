@@ -5,7 +5,8 @@ prompts "i+i="); tiny_llama_models(tok) -> (teacher, student, tok); divergence_o
 alpha) (the textbook formula of each divergence, on probabilities, differentiable by autograd);
 sharpened_pair(vocab, scale, teacher, student) and law_pair(vocab) -> (teacher, student) float64 Llamas with
 sharpened outputs; skd_law(teacher,
-student, prefixes, k, vocab) (the exact SKD token law at the next position, CONTRACT.md §2).
+student, prefixes, k, vocab) (the exact SKD token law at the next position, CONTRACT.md §2);
+assert_within_dot_bound(y, x, w, b=None, row_scale=None) (a float32 product's rounding bound).
 """
 import torch
 
@@ -103,3 +104,22 @@ def skd_law(teacher, student, prefixes, k: int, vocab: int) -> torch.Tensor:
     top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(k, -1).indices, True)
     kept = q * top
     return kept + (1 - kept.sum(-1, keepdim=True)) * p
+
+
+def assert_within_dot_bound(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None, row_scale=None) -> None:
+    """y = x @ w^T (times row_scale[n] per output, plus b) within float32 rounding: |y - exact| <=
+    gamma_n * sum_k |x_k w_k| (* row_scale), the textbook bound of a float32 dot product of length K
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), gamma_n = n u / (1 - n u),
+    u = 2^-24, n = K + 1, one more for the scale's product, plus one rounding of the bias: any
+    summation order meets it, a wrong index or a wrong scale never does."""
+    exact = x.double() @ w.double().t()
+    mag = x.double().abs() @ w.double().abs().t()
+    n = x.shape[1] + 1
+    if row_scale is not None:
+        exact, mag, n = exact * row_scale.double(), mag * row_scale.double(), n + 1
+    u = 2.0 ** -24
+    bound = n * u / (1 - n * u) * mag
+    if b is not None:
+        exact = exact + b.double()
+        bound = bound + u * (exact.abs() + b.double().abs())
+    assert torch.all((y.double() - exact).abs() <= bound + 1e-30), (y.double() - exact).abs().max()

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from helpers import assert_within_dot_bound
 
 from skd.core import ops
 from skd.core.decode_linear import ENV_SWITCH, MAX_ROWS
@@ -33,22 +34,6 @@ def _quantized(N, K, seed):
     return q, torch.rand(N, generator=g) * 0.05 + 1e-3
 
 
-def _within_bound(y, x, q, scale, b=None):
-    """|y - exact| <= gamma_(K+1) * scale * sum_k |x_k q_k| (+ one rounding of the bias): the float32
-    dot-product bound (Higham, 3.1) with one more rounding for the scale; any summation order meets
-    it, a wrong index or a wrong scale never does."""
-    qd, sd = q.double(), scale.double()
-    exact = (x.double() @ qd.t()) * sd
-    mag = (x.double().abs() @ qd.abs().t()) * sd
-    u = 2.0 ** -24
-    K = x.shape[1]
-    bound = (K + 2) * u / (1 - (K + 2) * u) * mag
-    if b is not None:
-        exact = exact + b.double()
-        bound = bound + u * (exact.abs() + b.double().abs())
-    assert torch.all((y.double() - exact).abs() <= bound + 1e-30), (y.double() - exact).abs().max()
-
-
 SHAPES = [(1, 576, 1536), (4, 576, 49), (3, 7, 5), (5, 8, 2), (2, 9, 3), (8, 64, 17), (16, 33, 65),
           (1, 1, 1), (7, 40, 13), (100, 576, 7), (50, 2000, 6), (32, 1536, 577)]
 
@@ -60,11 +45,11 @@ def test_the_kernel_and_portable_loop_agree_with_the_reference(M, K, N):
 
     x = _rand(M, K, seed=M * 1000 + K)
     q, s = _quantized(N, K, seed=N * 7 + K)
-    _within_bound(ops.rows_linear_q8(x, q, s), x, q, s)
-    _within_bound(ops.ref_rows_linear_q8(x, q, s), x, q, s)
-    _within_bound(_C.rows_linear_q8_portable(x, q, s), x, q, s)
+    assert_within_dot_bound(ops.rows_linear_q8(x, q, s), x, q, row_scale=s)
+    assert_within_dot_bound(ops.ref_rows_linear_q8(x, q, s), x, q, row_scale=s)
+    assert_within_dot_bound(_C.rows_linear_q8_portable(x, q, s), x, q, row_scale=s)
     b = _rand(N, seed=3)
-    _within_bound(ops.rows_linear_q8(x, q, s, b), x, q, s, b)
+    assert_within_dot_bound(ops.rows_linear_q8(x, q, s, b), x, q, b, row_scale=s)
     torch.testing.assert_close(ops.rows_linear_q8(x, q, s, b), ops.ref_rows_linear_q8(x, q, s, b),
                                rtol=1e-4, atol=1e-4)
 

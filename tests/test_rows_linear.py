@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_within_dot_bound
 
 from skd.core import ops
 from skd.core import decode_linear
@@ -19,21 +20,6 @@ def _rand(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _within_dot_bound(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> None:
-    """|y - exact| <= gamma_K * sum_k |x_k w_k| (+ one rounding of the bias), the textbook bound of a
-    float32 dot product of length K (Higham, Accuracy and Stability of Numerical Algorithms, 3.1),
-    gamma_K = K u / (1 - K u), u = 2^-24: any summation order meets it, a wrong index never does."""
-    exact = x.double() @ w.double().t()
-    scale = x.double().abs() @ w.double().abs().t()
-    K = x.shape[1]
-    u = 2.0 ** -24
-    bound = (K + 1) * u / (1 - (K + 1) * u) * scale
-    if b is not None:
-        exact = exact + b.double()
-        bound = bound + u * (exact.abs() + b.double().abs())
-    assert torch.all((y.double() - exact).abs() <= bound + 1e-30), (y.double() - exact).abs().max()
-
-
 SHAPES = [(1, 576, 1536), (4, 576, 49), (3, 7, 5), (5, 8, 2), (2, 9, 3), (8, 64, 17), (16, 33, 65),
           (17, 16, 4), (33, 100, 9), (1, 1, 1), (4, 1536, 576),
           # the vector path's tiles: 3 rows x 4 weight rows, rows in blocks that fit L2 (84 rows at
@@ -46,11 +32,11 @@ SHAPES = [(1, 576, 1536), (4, 576, 49), (3, 7, 5), (5, 8, 2), (2, 9, 3), (8, 64,
 def test_the_kernel_agrees_with_the_reference_within_float32_rounding(M, K, N):
     x, w = _rand(M, K, seed=M * 1000 + K), _rand(N, K, seed=N * 7 + K)
     y = ops.rows_linear(x, w)
-    _within_dot_bound(y, x, w)
-    _within_dot_bound(ops.ref_rows_linear(x, w), x, w)  # the bound is one BLAS meets too
+    assert_within_dot_bound(y, x, w)
+    assert_within_dot_bound(ops.ref_rows_linear(x, w), x, w)  # the bound is one BLAS meets too
     torch.testing.assert_close(y, ops.ref_rows_linear(x, w), rtol=1e-4, atol=1e-4)
     b = _rand(N, seed=3)
-    _within_dot_bound(ops.rows_linear(x, w, b), x, w, b)
+    assert_within_dot_bound(ops.rows_linear(x, w, b), x, w, b)
 
 
 @needs_ext
@@ -59,7 +45,7 @@ def test_the_portable_loop_agrees_with_the_reference(M, K, N):
     from skd import _C
 
     x, w = _rand(M, K, seed=M + K), _rand(N, K, seed=N + 2 * K)
-    _within_dot_bound(_C.rows_linear_portable(x, w), x, w)
+    assert_within_dot_bound(_C.rows_linear_portable(x, w), x, w)
 
 
 @needs_ext
