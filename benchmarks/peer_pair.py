@@ -165,10 +165,9 @@ def _responses_file(cfg) -> Path:
 def _teacher_greedy_responses(cfg, pair: Pair, teacher, tok, prompts: list[list[int]], *, emit) -> dict:
     """The teacher's greedy responses (EOS included where it ends) to `prompts`, cached by a stamp of the
     teacher, the prompts and the length limit: {"stamp", "responses", "tokens", "wall_s", ...}."""
-    import time
-
     from skd.core.sampling import SampleConfig, sample
     from skd.core.studies.engine import config_stamp, read_json, write_json_atomic
+    from skd.core.timing import clock
 
     path = _responses_file(cfg)
     stamp = config_stamp(cfg, "max_new_tokens", "dtype", "device", schema=SCHEMA, teacher=pair.teacher_id,
@@ -180,13 +179,14 @@ def _teacher_greedy_responses(cfg, pair: Pair, teacher, tok, prompts: list[list[
     emit("stage", {"stage": "teacher greedy responses", "steps": len(prompts), "resume": False})
     scfg = SampleConfig(mode="teacher", teacher_temperature=0.0, teacher_top_p=1.0, max_new_tokens=cfg.max_new_tokens,
                         stop_strings=(), keep_teacher_logits=False)
-    t0 = time.perf_counter()
+    dev = next(teacher.parameters()).device
+    t0 = clock(dev)
     out: list[list[int]] = []
     for i in range(0, len(prompts), RESPONSE_BATCH):
         out += sample(teacher, None, prompts[i: i + RESPONSE_BATCH], scfg, tokenizer=tok,
                       vocab_size=len(tok)).responses()
     rec = {"stamp": stamp, "prompts": len(prompts), "tokens": sum(map(len, out)),
            "ended_at_eos": sum(bool(r) and r[-1] == tok.eos_token_id for r in out),
-           "max_new_tokens": cfg.max_new_tokens, "wall_s": time.perf_counter() - t0, "responses": out}
+           "max_new_tokens": cfg.max_new_tokens, "wall_s": clock(dev) - t0, "responses": out}
     write_json_atomic(path, rec, one_line=True)
     return rec

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from skd.benchmarks.peer_pair import DRAFT_RECIPES
+
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write text to path via a temporary file in the same folder and os.replace (no torn files)."""
@@ -543,7 +545,7 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
 @click.option("--student-layers", type=click.IntRange(min=1), default=None, help="[default: 8]")
 @click.option("--draft", default=None, help="Model folder of a trained draft for the draft rows, instead of the "
               "draft skd distils (cached)  [default: that draft]")
-@click.option("--draft-recipe", type=click.Choice(["teacher-greedy", "skd"]), default=None,
+@click.option("--draft-recipe", type=click.Choice(DRAFT_RECIPES), default=None,
               help="How skd distils the draft: teacher-greedy (supervised KD on the teacher's own greedy "
                    "responses to the training prompts) or skd (skd distill --method skd on them)  "
                    "[default: teacher-greedy]")
