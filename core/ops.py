@@ -9,7 +9,8 @@ and each op runs it; if that import fails, the references run instead and one wa
 (SKD_REQUIRE_EXT=1 makes it an ImportError). Both paths give bit-identical results and raise
 the same errors for bad input (tests/test_ops.py), except rows_linear and rows_linear_q8 (float32
 products, CPU only), whose kernels and references (F.linear, i.e. BLAS) agree up to float32
-rounding: each sums its products in its own order (tests/test_rows_linear.py).
+rounding: each sums its products in its own order (tests/test_rows_linear.py,
+tests/test_int8_draft.py).
 """
 from __future__ import annotations
 
