@@ -23,6 +23,7 @@ rendered through the gsm8k task's template and the chat template, the same token
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import time
@@ -202,8 +203,7 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
             from skd.core.int8_draft import quantize_draft
 
             for name in list(drafts):
-                d = model_lib.freeze(model_lib.load_model(str(pair.student) if name != trained else trained_dir,
-                                                          dtype=cfg.dtype, device=cfg.device))
+                d = copy.deepcopy(drafts[name])
                 quantize_draft(d)
                 drafts[f"{name}+int8"] = d
         sec = peer_decoding.run(teacher, drafts, tok, [p for _, p, _ in measured], batch_size=cfg.batch_size,

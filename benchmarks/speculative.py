@@ -12,6 +12,8 @@ student is measured a second time as an int8 copy (skd.core.int8_draft), labelle
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from skd.benchmarks.common import load_model_and_tokenizer, task_prompts, timed
@@ -59,7 +61,7 @@ def run(teacher: str, students: list[str], *, task: str = "arith", n_prompts: in
         if int8:
             from skd.core.int8_draft import quantize_draft
 
-            q_model, _ = load_model_and_tokenizer(name, device, dtype)
+            q_model = copy.deepcopy(s_model)
             quantize_draft(q_model)
             variants.append((f"{name}+int8", q_model))
         for label, draft in variants:

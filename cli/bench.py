@@ -215,8 +215,8 @@ def rows_linear(shapes, rows, repeats, stream_mb, threads, output):
                       _fmt(c["median_ms"]["rows_linear"]), f"{c['blas_over_rows_linear']:.2f}x",
                       f"{c['max_rel_diff']:.1e}")
     console.print(table)
+    _emit(result, output)
     if output is not None:
-        _write_atomically(output, json.dumps(result) + "\n")
         console.print(f"wrote {output}")
 
 

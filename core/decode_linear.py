@@ -1,7 +1,7 @@
 """The CPU fast path for the linear layers of decoding passes: a few rows against each weight.
 
 Public: DecodeLinears(model) with .active() (a context manager) and .routed (how many layers it
-routes); MAX_ROWS; MIN_WEIGHTS; enabled(); ENV_SWITCH.
+routes); kernel_rows(x); MAX_ROWS; MIN_WEIGHTS; enabled(); ENV_SWITCH.
 
 A decoding pass (one new position, or a short draft, for each row of a batch) multiplies a few
 rows by every weight of the model. BLAS GEMM packs the weight before multiplying, and with few
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from skd.core import ops
 
-__all__ = ["DecodeLinears", "MAX_ROWS", "MIN_WEIGHTS", "ENV_SWITCH", "enabled"]
+__all__ = ["DecodeLinears", "MAX_ROWS", "MIN_WEIGHTS", "ENV_SWITCH", "enabled", "kernel_rows"]
 
 # Up to 32 rows the kernel beat MKL on every SmolLM2-135M weight shape on 2 AVX2 cores, weights
 # streamed from memory as in a decoding pass (576 x 576 up to 49,152 x 576: 1.1-2.4x at 32 rows);
@@ -48,16 +48,25 @@ def enabled() -> bool:
     return ops.rows_linear_vectorised()
 
 
+def kernel_rows(x: torch.Tensor) -> int:
+    """The rows of x[..., K] when the rows kernel should take it (1 to MAX_ROWS rows, float32, on the
+    CPU, outside autograd), else 0."""
+    k = x.shape[-1] if x.dim() else 0
+    rows = x.numel() // k if k else 0
+    if (0 < rows <= MAX_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_grad_enabled()):
+        return rows
+    return 0
+
+
 def _routed_forward(module: torch.nn.Linear):
     """module's forward with inputs of few rows, outside autograd, sent to the rows kernel."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight, bias = module.weight, module.bias
-        k = x.shape[-1] if x.dim() else 0
-        rows = x.numel() // k if k else 0
-        if (0 < rows <= MAX_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
-                and not torch.is_grad_enabled()):
-            y = ops.rows_linear(x.reshape(rows, k), weight, bias)
+        rows = kernel_rows(x)
+        if rows:
+            y = ops.rows_linear(x.reshape(rows, x.shape[-1]), weight, bias)
             return y.view(*x.shape[:-1], weight.shape[0])
         return F.linear(x, weight, bias)
 

@@ -12,11 +12,11 @@ move its acceptance. Not for training or for a target: the layers are frozen and
 
 Quantization: symmetric, one float32 scale per output row, scale = max|w| / 127 and
 q = round(w / scale) in [-127, 127] (a zero row keeps scale 1); each weight is then within
-scale / 2 of the original. Inputs of at most skd.core.decode_linear.MAX_ROWS rows (decoding passes)
-run skd's rows kernel on the int8 weights (skd.core.ops.rows_linear_q8, where its AVX2 path runs
-and SKD_ROWS_LINEAR is not 0);
-wider inputs (a prompt's prefill) and other devices multiply by the dequantized weight (q * scale,
-made for that call), which gives the same values up to float32 rounding.
+scale / 2 of the original. Inputs the rows kernel takes (skd.core.decode_linear.kernel_rows:
+decoding passes, outside autograd) run it on the int8 weights (skd.core.ops.rows_linear_q8, where
+its AVX2 path runs and SKD_ROWS_LINEAR is not 0); wider inputs (a prompt's prefill) and other
+devices multiply by the dequantized weight (q * scale, made for that call), which gives the same
+values up to float32 rounding.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from skd.core import ops
-from skd.core.decode_linear import MAX_ROWS, enabled
+from skd.core.decode_linear import enabled, kernel_rows
 
 __all__ = ["Int8Linear", "quantize_draft"]
 
@@ -57,11 +57,9 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("Int8Linear is inference-only (a quantized draft): run it under torch.no_grad()")
-        k = self.in_features
-        rows = x.numel() // k if k else 0
-        if (self._kernel and 0 < rows <= MAX_ROWS and x.dtype == torch.float32
-                and x.device.type == "cpu" and self.qweight.device.type == "cpu"):
-            y = ops.rows_linear_q8(x.reshape(rows, k), self.qweight, self.scale, self.bias)
+        rows = kernel_rows(x) if self._kernel and self.qweight.device.type == "cpu" else 0
+        if rows:
+            y = ops.rows_linear_q8(x.reshape(rows, self.in_features), self.qweight, self.scale, self.bias)
             return y.view(*x.shape[:-1], self.out_features)
         w = self.dequantized().to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
