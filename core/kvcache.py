@@ -1,6 +1,6 @@
 """The transformers-facing KV-cache machinery of the sampler: all that leans on transformers internals.
 
-Public: KVStream; cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and
+Public: KVStream (forward(..., head=False): the output layer put off, skd.core.split_head); cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and
 growing_layer_class() (the in-place cache); mask4d_kind(model) (the prepared 4D mask);
 SUPPORTED_TRANSFORMERS; FastPathOff, the warning a fast path gives (once per process and reason)
 when a guard turns it off: sampling falls back to transformers' own path, same tokens, slower.
@@ -15,6 +15,7 @@ import torch
 
 from skd.core.decode_linear import DecodeLinears
 from skd.core.position_logits import keeps_positions
+from skd.core.split_head import PositionLogits, split_head
 
 __all__ = ["KVStream", "cache_kwarg", "returned_cache", "use_growing_layers", "growing_layer_class",
            "mask4d_kind", "SUPPORTED_TRANSFORMERS", "FastPathOff"]
@@ -242,22 +243,38 @@ class KVStream:
         self._dtype = next(model.parameters()).dtype
         self._keeps_positions = keeps_positions(model)
         self._linears = DecodeLinears(model)  # few-row passes: the CPU rows kernel (decode_linear)
+        self._split = split_head(model)       # body + output layer, for passes that put off the latter
+        self._body_kw = cache_kwarg(self._split.body) if self._split is not None else None
 
-    def _run(self, ids: torch.Tensor, position_ids: torch.Tensor, *, logits: bool = True) -> torch.Tensor:
+    @property
+    def defers_head(self) -> bool:
+        """Whether forward(..., head=False) returns hidden states with the output layer put off."""
+        return self._split is not None
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self._linears.active():
+            return self._split.head(h)[..., : self.V]
+
+    def _run(self, ids: torch.Tensor, position_ids: torch.Tensor, *, logits: bool = True,
+             head: bool = True):
         fresh = self.cache is None
-        kwargs = {self._kw: self.cache} if not fresh else {}
-        if not logits and self._keeps_positions:
-            # Only the cache is wanted: the output layer runs on the last column alone. On a prompt of
-            # P tokens over a large vocabulary it is otherwise most of the pass (SmolLM2-135M: a
-            # 576 x 49,152 product per prompt token, 3.1 s of a 4.5 s 32-row sampling call on 2 cores).
-            kwargs["logits_to_keep"] = 1
         mask = self.slot_mask if self._mask4d is None else self._mask_4d(ids.shape[1])
+        if head:
+            model, kwargs = self.model, ({self._kw: self.cache} if not fresh else {})
+            if not logits and self._keeps_positions:
+                # Only the cache is wanted: the output layer runs on the last column alone. On a prompt of
+                # P tokens over a large vocabulary it is otherwise most of the pass (SmolLM2-135M: a
+                # 576 x 49,152 product per prompt token, 3.1 s of a 4.5 s 32-row sampling call on 2 cores).
+                kwargs["logits_to_keep"] = 1
+        else:   # the body alone: its hidden states go to PositionLogits, the output layer waits
+            model, kwargs = self._split.body, ({self._body_kw: self.cache} if not fresh else {})
         with self._linears.active():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                             use_cache=True, **kwargs)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kwargs)
         self.cache = returned_cache(out)
         if fresh:  # the model made a DynamicCache: from now on append in place
             use_growing_layers(self.cache, self._reserve)
+        if not head:
+            return PositionLogits(out.last_hidden_state, self._head)
         return out.logits[..., : self.V]
 
     def _mask_4d(self, q: int) -> torch.Tensor:
@@ -290,8 +307,11 @@ class KVStream:
         with torch.no_grad():
             self._run(ids.to(self.device), pos, logits=False)
 
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Append ids[A, S] as slots (all valid, or where valid[A, S]); returns logits[A, S, V]."""
+    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None, *, head: bool = True):
+        """Append ids[A, S] as slots (all valid, or where valid[A, S]); returns logits[A, S, V], or with
+        head=False (only where defers_head) a PositionLogits: the output layer on demand."""
+        if not head and not self.defers_head:
+            raise ValueError("this model's output layer cannot be put off (KVStream.defers_head is False)")
         A, S = ids.shape
         assert self.next_pos.shape[0] == A, f"stream has {self.next_pos.shape[0]} rows, ids {tuple(ids.shape)}"
         if valid is None:
@@ -301,7 +321,7 @@ class KVStream:
         self.slot_mask = torch.cat([self.slot_mask, valid], 1)
         self.next_pos = self.next_pos + valid.sum(1)
         with torch.no_grad():
-            return self._run(ids.to(self.device), pos)
+            return self._run(ids.to(self.device), pos, head=head)
 
     def invalidate_tail(self, n_bad: torch.Tensor) -> None:
         """Turn the last n_bad[a] slots of each row into holes (rejected draft tokens)."""

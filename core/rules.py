@@ -187,6 +187,9 @@ class SkdRule:
     # Each position's token is the proposal if it passes the test, else an independent teacher draw, so
     # the teacher may write ahead and the student's proposals be tested afterwards (plan_round).
     teacher_may_lead = True
+    # Each position's test reads that position's logits alone (sampling.accept_by_position may run them
+    # one position at a time).
+    tests_by_position = True
 
     def __init__(self, cfg: SampleConfig):
         self.cfg = cfg
@@ -230,6 +233,8 @@ class SpeculativeRule:
         """gamma: the longest draft a round may have (with --gamma auto, the upper bound gamma_max)."""
         self.temperature, self.top_p = temperature, top_p
         self.needs_q = temperature > 0
+        # Greedy tests compare each position's argmax alone; the sampling test's op takes a whole draft.
+        self.tests_by_position = temperature == 0
         self.draws_per_round = gamma + 1
 
     def _probs(self, logits):

@@ -23,6 +23,7 @@ from skd.core.models import weight_bytes
 from skd.core.rules import (SkdRule, acceptance_estimate, adaptive_gamma, drafting_pays, mismatch_estimate,
                             plan_round, process_logits, sample_tokens, student_settings, teacher_settings)
 from skd.core.sparse_teacher import SparseTeacher
+from skd.core.split_head import PositionLogits
 from skd.core.stops import StopChecker, eos_ids
 
 __all__ = ["SampleConfig", "Samples", "sample", "PROV_PAD", "PROV_PROMPT", "PROV_STUDENT", "PROV_TEACHER",
@@ -305,6 +306,10 @@ class _DraftVerify:
                                "pass numbers (--teacher-prices 1.4,1.9,...); measure is for skd distill")
             self.cost_ratio = cfg.teacher_prices or weight_bytes(t.model) / max(1, weight_bytes(s.model))
         self.may_skip = self.auto and getattr(rule, "may_skip_draft", False)
+        # Verification tests position by position, the teacher's output layer put off until a row's
+        # position is reached (accept_by_position), where the rule tests each position on its own logits
+        # and the teacher's model can be split (skd.core.split_head).
+        self.lazy_head = t.defers_head and getattr(rule, "tests_by_position", False)
         self.skipped = 0              # teacher-only rounds since the last draft
         self.gammas: list[int] = []   # the draft length of each student-led round (0: a teacher-only round)
         # --gamma auto under SKD's rule without the bonus token: rounds may be teacher-led (rules.plan_round)
@@ -401,10 +406,14 @@ class _DraftVerify:
         D_eff = d.tokens.shape[1]
         W = D_eff + 1 if rule.keep_bonus else D_eff                        # teacher positions this round
         t_in = torch.cat([b.pend.to(t_dev)[:, None], d.tokens[:, :W - 1].to(t_dev)], 1)
-        t_logits = self.t.forward(t_in)                                      # [A, W, V]
+        lazy = self.t.forward(t_in, head=False) if self.lazy_head else None
+        t_logits = self.t.forward(t_in) if lazy is None else None           # [A, W, V]
         u = torch.stack([_draw(self.t_gen, b.B, b.active, t_dev) for _ in range(rule.draws_per_round)], 1)
         q = d.q[:, :D_eff].to(t_dev) if d.q is not None else None
-        n = rule.accept(t_logits, d.tokens.to(t_dev), d.length.to(t_dev), q, u).cpu()
+        if lazy is None:
+            n = rule.accept(t_logits, d.tokens.to(t_dev), d.length.to(t_dev), q, u).cpu()
+        else:
+            t_logits, n, tested = self.accept_by_position(lazy, d, u)
         d.length, d.ended, d.tokens = d.length.cpu(), d.ended.cpu(), d.tokens.cpu()
         # The teacher's token at the first rejection, or the bonus row on full acceptance; a draft that
         # ended its row and was kept whole gets none (CONTRACT.md §2, step 6).
@@ -413,9 +422,43 @@ class _DraftVerify:
         # The t_logits row to sample from; a full draft without the bonus needs no token (row clamped, unused).
         row = torch.where(full, torch.full_like(n, D_eff), n).clamp(max=W - 1)
         ar = torch.arange(n.shape[0])
+        if lazy is not None:   # rows whose token row no test reached (the bonus row; a draft that ended early)
+            todo = (~tested[ar, row]).nonzero().flatten()
+            if todo.numel():
+                at = (todo.to(t_dev), row[todo].to(t_dev))
+                logits = lazy.at(*at)
+                if t_logits is None:
+                    t_logits = logits.new_empty(*lazy.shape, logits.shape[-1])
+                t_logits[at] = logits
         q_rows = q[ar.to(t_dev), row.clamp(max=D_eff - 1).to(t_dev)] if q is not None else None
         t_tok = rule.token(t_logits[ar.to(t_dev), row.to(t_dev)], q_rows, (~full).to(t_dev), u[:, -1]).cpu()
         return _Verdict(t_logits, n, full, need_tok, t_tok)
+
+    def accept_by_position(self, lazy: PositionLogits, d: _Draft, u: torch.Tensor):
+        """rule.accept one position at a time, the teacher's output layer run only on the rows whose draft
+        is still kept up to that position: (t_logits [A, W, V], filled where tested; n [A]; tested [A, W]).
+
+        Same kept prefix as one test over all positions (the rules taking this path test each position
+        on its own logits), but a row's positions after its first rejection never reach the output layer:
+        with a weak draft, most rows are rejected at the first."""
+        A, W = lazy.shape
+        dev, D_eff = self.t.device, d.tokens.shape[1]
+        tokens, length = d.tokens.to(dev), d.length.to(dev)
+        t_logits = None                  # allocated at the first logits, in their dtype
+        tested = torch.zeros(A, W, dtype=torch.bool)
+        n = torch.zeros(A, dtype=torch.long, device=dev)
+        for j in range(D_eff):
+            rows = ((n == j) & (length > j)).nonzero().flatten()             # host sync: rows still kept
+            if rows.numel() == 0:
+                break
+            logits = lazy.at(rows, j)
+            if t_logits is None:
+                t_logits = logits.new_empty(A, W, logits.shape[-1])
+            t_logits[rows, j] = logits
+            tested[rows.cpu(), j] = True
+            one = torch.ones(rows.numel(), dtype=torch.long, device=dev)
+            n[rows] += self.rule.accept(logits[:, None], tokens[rows, j:j + 1], one, None, u[rows, j:j + 1])
+        return t_logits, n.cpu(), tested
 
     def commit(self, b: _Batch, d: _Draft, v: _Verdict) -> torch.Tensor:
         """Write the kept prefix and the teacher's token; turn the rejected slots of both caches into holes."""

@@ -311,8 +311,9 @@ def test_the_teacher_pass_covers_the_draft_less_its_last_token_without_the_bonus
     kept teacher logits still equal a fresh forward."""
     teacher, student = (copy.deepcopy(m).float() for m in pair64)
     widths = []
-    hook = teacher.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
-                                             with_kwargs=True)
+    # The decoder body runs in every teacher pass, whole-model or with the output layer put off.
+    hook = teacher.get_decoder().register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
+                                                           with_kwargs=True)
     try:
         out = sample(teacher, student, PROMPTS, SampleConfig(mode="skd", k=4, gamma=gamma, keep_bonus=keep_bonus,
                                                              max_new_tokens=20, student_temperature=1.0,
