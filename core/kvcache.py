@@ -1,13 +1,16 @@
 """The transformers-facing KV-cache machinery of the sampler: all that leans on transformers internals.
 
-Public: KVStream (forward(..., head=False): the output layer put off, skd.core.split_head); cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and
-growing_layer_class() (the in-place cache); mask4d_kind(model) (the prepared 4D mask);
+Public: KVStream (forward(..., head=False): the output layer put off, skd.core.split_head);
+cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and growing_layer_class() (the in-place cache); mask4d_kind(model) (the prepared 4D mask);
+grouped_query_attention(device) (CPU attention without repeated key/value heads);
 SUPPORTED_TRANSFORMERS; FastPathOff, the warning a fast path gives (once per process and reason)
 when a guard turns it off: sampling falls back to transformers' own path, same tokens, slower.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import re
 import warnings
 
@@ -18,7 +21,7 @@ from skd.core.position_logits import keeps_positions
 from skd.core.split_head import PositionLogits, split_head
 
 __all__ = ["KVStream", "cache_kwarg", "returned_cache", "use_growing_layers", "growing_layer_class",
-           "mask4d_kind", "SUPPORTED_TRANSFORMERS", "FastPathOff"]
+           "mask4d_kind", "grouped_query_attention", "SUPPORTED_TRANSFORMERS", "FastPathOff"]
 
 # The transformers releases [first, end) whose cache internals (DynamicLayer, config._attn_implementation,
 # forwards that take a prepared 4D mask) the fast paths are written against; tested on 5.17 (the GPU
@@ -221,6 +224,31 @@ def mask4d_kind(model) -> str | None:
     return kind
 
 
+# --------------------------------------------------------------------------- grouped-query attention
+
+# transformers' sdpa attention, given a mask, repeats a grouped-query model's key/value heads once per
+# query head before every multi-position call (one-position calls fold the query heads instead), unless
+# this variable is "1": then torch's kernel takes the groups itself (`enable_gqa`). On the CPU that is
+# the same result bit for bit and 2-3x faster (32 rows, 9 query / 3 key-value heads, 5 queries over
+# 150-300 slots: 3.6 -> 1.8 ms a call); transformers keeps the repeat by default for CUDA, whose
+# masked GQA falls back to a slow kernel. A transformers that does not read it keeps the repeat.
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextlib.contextmanager
+def grouped_query_attention(device: torch.device):
+    """Within the block, CPU sdpa attention takes grouped key/value heads as they are (see _FORCE_GQA);
+    elsewhere, or where the variable is already set, nothing changes."""
+    if device.type != "cpu" or _FORCE_GQA in os.environ:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
+
+
 # --------------------------------------------------------------------------- the stream
 
 class KVStream:
@@ -268,7 +296,7 @@ class KVStream:
                 kwargs["logits_to_keep"] = 1
         else:   # the body alone: its hidden states go to PositionLogits, the output layer waits
             model, kwargs = self._split.body, ({self._body_kw: self.cache} if not fresh else {})
-        with self._linears.active():
+        with self._linears.active(), grouped_query_attention(self.device):
             out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kwargs)
         self.cache = returned_cache(out)
         if fresh:  # the model made a DynamicCache: from now on append in place
