@@ -73,8 +73,12 @@ def _greedy_kwargs(eos: list[int], pad: int, max_new_tokens: int) -> dict:
 
 
 def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
-        gamma="auto", repeats: int = 3) -> dict:
-    """drafts: {name: model}. Returns {"results": {row: {...}}, "ratios": {...}, "settings": {...}}."""
+        gamma="auto", repeats: int = 3, prices: str = "weights") -> dict:
+    """drafts: {name: model}. Returns {"results": {row: {...}}, "ratios": {...}, "settings": {...}}.
+
+    prices: what gamma auto prices a teacher pass at in the speculative rows: "weights" (the weight-byte
+    ratio, speculative_generate's default) or "measure" (forward_prices.measure_teacher_prices per draft and
+    batch size, on the first batch of prompts, before the warm-up; recorded under drafts[name])."""
     from skd.core.sampling import SampleConfig, sample
     from skd.core.speculative import speculative_generate
     from skd.core.stops import eos_ids
@@ -105,10 +109,21 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
                            stop_strings=(), keep_teacher_logits=False)
         return sample(teacher, None, batch, cfg, tokenizer=tok, vocab_size=V).responses(), None
 
-    def spec(draft):
+    measured: dict = {}   # (draft name, batch size) -> (prices per pass width, forward costs in ms)
+    if prices == "measure" and gamma == "auto":
+        from skd.core.forward_prices import measure_teacher_prices
+
+        for name, d in drafts.items():
+            for bs in dict.fromkeys((1, N)):
+                measured[(name, bs)] = measure_teacher_prices(teacher, d, prompts[:bs], vocab_size=V, pad_id=pad,
+                                                              gamma_max=SampleConfig(gamma=gamma).max_draft)
+
+    def spec(draft, name, bs):
+        tp = measured[(name, bs)][0] if (name, bs) in measured else None
+
         def go(batch):
             return speculative_generate(teacher, draft, batch, gamma=gamma, max_new_tokens=max_new_tokens,
-                                        temperature=0.0, tokenizer=tok, vocab_size=V)
+                                        temperature=0.0, tokenizer=tok, vocab_size=V, teacher_prices=tp)
         return go
 
     rows = {"teacher_hf_b1": (lambda b: hf(b), 1, None, "transformers generate(), greedy, one prompt at a time"),
@@ -119,9 +134,10 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
     for name, d in drafts.items():
         rows[f"hf_assisted_b1/{name}"] = (lambda b, d=d: hf(b, d), 1, name,
                                            "transformers generate(assistant_model=draft, do_sample=False), B = 1")
-        rows[f"skd_spec_b1/{name}"] = (spec(d), 1, name, f"skd speculative_generate(greedy, gamma {gamma}), B = 1")
-        rows[f"skd_spec_b{N}/{name}"] = (spec(d), N, name,
-                                          f"skd speculative_generate(greedy, gamma {gamma}), batches of {N}")
+        how = f"gamma {gamma}" + (", measured prices" if measured else "")
+        rows[f"skd_spec_b1/{name}"] = (spec(d, name, 1), 1, name, f"skd speculative_generate(greedy, {how}), B = 1")
+        rows[f"skd_spec_b{N}/{name}"] = (spec(d, name, N), N, name,
+                                          f"skd speculative_generate(greedy, {how}), batches of {N}")
 
     def decode(fn, bs):
         outs, stats = [], None
@@ -174,10 +190,15 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
         draft_info[name] = {"teacher_forced_match": _teacher_forced_match(d, prompts, ref, V),
                             "cost_ratio": ratio,
                             "break_even_acceptance": _break_even(ratio, SampleConfig(gamma=gamma).max_draft)}
+        for bs in dict.fromkeys((1, N)):
+            if (name, bs) in measured:
+                tp, costs = measured[(name, bs)]
+                draft_info[name].setdefault("teacher_prices", {})[str(bs)] = {"prices": list(tp), "forward_ms": costs}
     gen_cfg = next(iter(drafts.values())).generation_config if drafts else None
     keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
     # None: the draft's generation_config leaves it to transformers (5.x: 20 tokens, constant, threshold 0.4)
     assisted = {k: getattr(gen_cfg, k, None) for k in keys} if gen_cfg is not None else {}
     return {"results": results, "ratios": ratios, "drafts": draft_info,
             "settings": {"batch_size": N, "max_new_tokens": max_new_tokens, "gamma": gamma, "greedy": True,
+                         "prices": "measure" if measured else "weights",
                          "stop": "EOS only", "reference": "teacher_hf_b1", "hf_assisted_defaults": assisted}}

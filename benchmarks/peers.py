@@ -53,6 +53,7 @@ class PeersConfig:
     repeats: int = 3               # timed repeats per row, interleaved, after one warm-up
     floor_targets: tuple[float, ...] = (1.2, 1.5)   # SKD step / TRL's step values the distill floor is solved for
     draft_gamma: str | int = "auto"   # speculative_generate's draft length in the draft rows
+    draft_prices: str = "weights"  # what gamma auto prices a teacher pass at: weight bytes, or measure (per draft, batch)
     sampler_gamma: int = 5         # the sampler section (the released code's fixed draft length)
     batch1_prompts: int | None = None   # the sampler's one-prompt-at-a-time rows: the first N prompts (None: all)
     draft_recipe: str = "teacher-greedy"   # how skd distils the draft (skd.benchmarks.peer_pair.DRAFT_RECIPES)
@@ -95,6 +96,8 @@ class PeersConfig:
         if self.draft_recipe not in DRAFT_RECIPES:
             raise SkdError(f"unknown draft recipe {self.draft_recipe!r}",
                            f"pass --draft-recipe {' or '.join(DRAFT_RECIPES)}")
+        if self.draft_prices not in ("weights", "measure"):
+            raise SkdError(f"unknown draft prices {self.draft_prices!r}", "pass --draft-prices weights or measure")
         if self.trl_trainer not in ("auto", "distillation", "gkd"):
             raise SkdError(f"unknown TRL trainer {self.trl_trainer!r}", "pass --trl-trainer auto, distillation or gkd")
         if self.dtype not in ("float32", "bfloat16"):
@@ -207,7 +210,8 @@ def run(cfg: PeersConfig, *, on_event: Callable[[str, dict], None] | None = None
                 quantize_draft(d)
                 drafts[f"{name}+int8"] = d
         sec = peer_decoding.run(teacher, drafts, tok, [p for _, p, _ in measured], batch_size=cfg.batch_size,
-                                max_new_tokens=cfg.max_new_tokens, gamma=cfg.draft_gamma, repeats=cfg.repeats)
+                                max_new_tokens=cfg.max_new_tokens, gamma=cfg.draft_gamma, repeats=cfg.repeats,
+                                prices=cfg.draft_prices)
         if stage is not None:
             sec["distilled_draft"] = {k: stage.get(k) for k in ("checkpoint", "cached", "steps", "final_loss",
                                                                 "correction_rate_start", "correction_rate_end",

@@ -1,7 +1,7 @@
 """Speculative decoding with the (distilled) student as draft model and the teacher as target.
 
 Public: speculative_generate(teacher, student, prompt_ids, *, gamma, max_new_tokens,
-temperature=0.0, top_p=1.0, generator=None, ...) -> (tokens, stats); SpecStats.
+temperature=0.0, top_p=1.0, generator=None, ..., teacher_prices=None) -> (tokens, stats); SpecStats.
 
 The student drafts gamma tokens, the teacher verifies them in one forward pass (Leviathan et al.
 2023; Chen et al. 2023). Greedy: accept while the draft equals the teacher's argmax. Sampling:
@@ -52,15 +52,23 @@ class SpecStats:
 def speculative_generate(teacher, student, prompt_ids: list[list[int]], *, gamma: int | str, max_new_tokens: int,
                          temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
                          tokenizer=None, stop_strings: tuple[str, ...] = (), eos_token_id=None,
-                         vocab_size: int | None = None) -> tuple[list[list[int]], SpecStats]:
+                         vocab_size: int | None = None,
+                         teacher_prices: tuple[float, ...] | None = None) -> tuple[list[list[int]], SpecStats]:
     """Generated ids per prompt (response only, EOS included) and acceptance statistics.
 
     gamma: a fixed draft length, or "auto": each round's from the acceptance so far, up to 8, and no
     draft at all (the teacher alone writes the round's token) while no draft length is expected to beat
     the teacher alone, with a probing draft every skd.core.sampling.PROBE_EVERY such rounds. Greedy
     output is the teacher's greedy output and sampled output follows the teacher's distribution either
-    way."""
+    way.
+
+    teacher_prices: under gamma "auto", the price of a teacher pass over 1, 2, ... positions in
+    one-position draft forwards (skd.core.forward_prices.measure_teacher_prices measures them on the
+    machine, at the batch size of the call); None prices every pass at the two models' weight-byte
+    ratio, right where a pass of a few positions costs what reading the weights costs (a GPU at small
+    batches), optimistic on a CPU, where a pass's cost grows with its positions and rows."""
     cfg = SampleConfig(mode="skd", gamma=gamma, keep_bonus=True, max_new_tokens=max_new_tokens,
+                       teacher_prices=teacher_prices,
                        student_temperature=temperature, student_top_p=top_p, teacher_temperature=temperature,
                        teacher_top_p=top_p, stop_strings=tuple(stop_strings), keep_teacher_logits=False)
     rule = SpeculativeRule(temperature, top_p, cfg.max_draft)

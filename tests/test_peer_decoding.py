@@ -36,3 +36,31 @@ def test_draft_diagnostics(sharp_pair64):
     assert info["student"]["cost_ratio"] == pytest.approx(ratio)
     assert drafting_pays(a, ratio, 8, True) and not drafting_pays(a - 1e-3, ratio, 8, True)
     assert res["results"]["skd_spec_b1/self"]["outputs_match_teacher"]
+
+
+def test_measured_prices_are_taken_per_draft_and_batch_size_and_keep_the_outputs(sharp_pair64, monkeypatch):
+    """--draft-prices measure: prices per pass width for each draft at B = 1 and B = N, passed to
+    speculative_generate (gamma auto), recorded; outputs still the teacher's greedy outputs."""
+    import skd.core.speculative as spec_mod
+
+    teacher, student = sharp_pair64
+    V = teacher.config.vocab_size
+    seen = []
+    real = spec_mod.speculative_generate
+
+    def spy(*a, **kw):
+        seen.append(kw.get("teacher_prices"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(spec_mod, "speculative_generate", spy)
+    res = run(teacher, {"student": student}, _Tok(V), PROMPTS, batch_size=2, max_new_tokens=8, gamma="auto",
+              repeats=1, prices="measure")
+    recorded = res["drafts"]["student"]["teacher_prices"]
+    assert set(recorded) == {"1", "2"}
+    for entry in recorded.values():
+        assert len(entry["prices"]) == 9 and all(p > 0 for p in entry["prices"])   # widths 1 .. gamma_max + 1
+        assert len(entry["forward_ms"]["teacher"]) == 9 and len(entry["forward_ms"]["student"]) == 1
+    assert seen and all(isinstance(tp, tuple) and len(tp) == 9 for tp in seen)
+    assert {tuple(e["prices"]) for e in recorded.values()} == set(seen)
+    assert res["settings"]["prices"] == "measure"
+    assert all(row["outputs_match_teacher"] for name, row in res["results"].items() if "spec" in name)
