@@ -5,7 +5,7 @@ Public: sync(*devices), clock(*devices) -> float, ForwardClock(*models).
 CUDA kernels run asynchronously: a plain time.perf_counter() after a GPU call counts only the kernel
 launches. clock() first waits for every named CUDA device, so differences of clock() readings are the
 work done in between. ForwardClock adds up the wall time spent inside the forwards of the given models
-(device-synced at entry and exit), so a phase's time can be split into model compute and everything
+(their bodies and output layers where a pass runs them apart; device-synced at entry and exit), so a phase's time can be split into model compute and everything
 else (sampling bookkeeping, top-K tests, splicing, the divergence).
 """
 from __future__ import annotations
@@ -43,10 +43,13 @@ def clock(*devices) -> float:
 
 
 class ForwardClock:
-    """Wall seconds inside the top-level forward calls of `models` (None entries are skipped).
+    """Wall seconds inside the forwards of `models` (None entries are skipped).
 
-    Use as a context manager: hooks are attached on entry and removed on exit; `seconds` and `calls`
-    accumulate over the block. Each forward is timed between two synced clock readings."""
+    A model's forward counts from its outermost call: the whole model's, or, where a pass runs the
+    body and the output layer apart (skd.core.split_head), each of those; calls nested inside one
+    already timed are not counted again. Use as a context manager: hooks are attached on entry and
+    removed on exit; `seconds` and `calls` accumulate over the block. Each outermost call is timed
+    between two synced clock readings."""
 
     def __init__(self, *models):
         self.models = [m for m in models if m is not None]
@@ -58,21 +61,35 @@ class ForwardClock:
         self.seconds = 0.0
         self.calls = 0
         self._handles = []
+        self._depth: dict[int, int] = {}     # per model: forwards of it or its parts now running
         self._start: dict[int, float] = {}
 
-    def _pre(self, module, args):
-        self._start[id(module)] = clock(*self.devices)
+    def _pre(self, key: int):
+        def pre(module, args):
+            depth = self._depth.get(key, 0)
+            if depth == 0:
+                self._start[key] = clock(*self.devices)
+            self._depth[key] = depth + 1
+        return pre
 
-    def _post(self, module, args, output):
-        start = self._start.pop(id(module), None)
-        if start is not None:
-            self.seconds += clock(*self.devices) - start
-            self.calls += 1
+    def _post(self, key: int):
+        def post(module, args, output):
+            depth = self._depth.get(key, 0) - 1
+            self._depth[key] = max(depth, 0)
+            start = self._start.pop(key, None) if depth == 0 else None
+            if start is not None:
+                self.seconds += clock(*self.devices) - start
+                self.calls += 1
+        return post
 
     def __enter__(self) -> "ForwardClock":
+        from skd.core.split_head import split_head
+
         for m in self.models:
-            self._handles.append(m.register_forward_pre_hook(self._pre))
-            self._handles.append(m.register_forward_hook(self._post))
+            key, split = id(m), split_head(m)
+            for part in [m] + ([split.body, split.head] if split is not None else []):
+                self._handles.append(part.register_forward_pre_hook(self._pre(key)))
+                self._handles.append(part.register_forward_hook(self._post(key)))
         return self
 
     def __exit__(self, *exc) -> bool:

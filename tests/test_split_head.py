@@ -170,3 +170,25 @@ def test_sampled_speculative_decoding_keeps_the_whole_pass(monkeypatch):
     _whole_pass(monkeypatch)
     ref, _ = speculative_generate(teacher, student, PROMPTS, generator=torch.Generator().manual_seed(7), **kw)
     assert out == ref
+
+
+def test_forward_clock_counts_split_passes_once_each(monkeypatch):
+    """skd.core.timing.ForwardClock times a split pass's body and each deferred output-layer call, and a
+    whole-model forward once (its nested body and head are not counted again): the split run has exactly
+    one call more per deferred output-layer call than the whole-pass run."""
+    from skd.core.timing import ForwardClock
+
+    teacher, student = _sharp_pair("llama")
+    cfg = SampleConfig(mode="skd", k=3, gamma=4, max_new_tokens=16, student_temperature=1.0, teacher_temperature=1.0)
+    head_calls = []
+    real_at = PositionLogits.at
+    monkeypatch.setattr(PositionLogits, "at", lambda self, r, p: head_calls.append(1) or real_at(self, r, p))
+    with ForwardClock(teacher) as split_clock:
+        split = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    _whole_pass(monkeypatch)
+    with ForwardClock(teacher) as whole_clock:
+        whole = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+    assert split.responses() == whole.responses()
+    assert whole_clock.calls == whole.rounds + 1                 # the prefill and one pass per round
+    assert head_calls and split_clock.calls == whole_clock.calls + len(head_calls)
+    assert split_clock.seconds > 0
