@@ -457,7 +457,8 @@ class _DraftVerify:
             t_logits[rows, j] = logits
             tested[rows.cpu(), j] = True
             one = torch.ones(rows.numel(), dtype=torch.long, device=dev)
-            n[rows] += self.rule.accept(logits[:, None], tokens[rows, j:j + 1], one, None, u[rows, j:j + 1])
+            # (the rules on this path read no draws in their test: u is passed as the API has it)
+            n[rows] += self.rule.accept(logits[:, None], tokens[rows, j:j + 1], one, None, u[rows])
         return t_logits, n.cpu(), tested
 
     def commit(self, b: _Batch, d: _Draft, v: _Verdict) -> torch.Tensor:
