@@ -1,8 +1,9 @@
 """The transformers-facing KV-cache machinery of the sampler: all that leans on transformers internals.
 
 Public: KVStream (forward(..., head=False): the output layer put off, skd.core.split_head);
-cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and growing_layer_class() (the in-place cache); mask4d_kind(model) (the prepared 4D mask);
-grouped_query_attention(device) (CPU attention without repeated key/value heads);
+cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and growing_layer_class()
+(the in-place cache); mask4d_kind(model) (the prepared 4D mask); grouped_query_attention(device)
+(CPU attention without repeated key/value heads);
 SUPPORTED_TRANSFORMERS; FastPathOff, the warning a fast path gives (once per process and reason)
 when a guard turns it off: sampling falls back to transformers' own path, same tokens, slower.
 """
@@ -229,9 +230,10 @@ def mask4d_kind(model) -> str | None:
 # transformers' sdpa attention, given a mask, repeats a grouped-query model's key/value heads once per
 # query head before every multi-position call (one-position calls fold the query heads instead), unless
 # this variable is "1": then torch's kernel takes the groups itself (`enable_gqa`). On the CPU that is
-# the same result bit for bit and 2-3x faster (32 rows, 9 query / 3 key-value heads, 5 queries over
-# 150-300 slots: 3.6 -> 1.8 ms a call); transformers keeps the repeat by default for CUDA, whose
-# masked GQA falls back to a slow kernel. A transformers that does not read it keeps the repeat.
+# the repeat's result bit for bit and 2-3x faster (32 rows, 9 query / 3 key-value heads, 5 queries over
+# 150-300 slots: 3.6 -> 1.8 ms a call); one-position calls move from the folded queries to the same
+# kernel (within 2e-7 of them). transformers keeps the repeat by default for CUDA, whose masked GQA
+# falls back to a slow kernel. A transformers that does not read the variable keeps the repeat.
 _FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 

@@ -123,8 +123,8 @@ __attribute__((target("avx2,fma"))) void span_avx2(const float* x, const W* w, c
     int64_t n = n0;
     const auto sc = [&](int64_t at) { return scale ? scale + at : nullptr; };
     // Each group's first tile prefetches the next group of four weight rows (whole groups only):
-    // the hardware prefetcher alone left the kernel reading the weight at about half the speed
-    // of a plain sum over it.
+    // with the hardware prefetcher alone the kernel read SmolLM2's output layer at 4-8 rows at
+    // about half the speed of a plain sum over it (15 against 30 GB/s on 2 AVX2 cores).
     for (; n + 4 <= n1; n += 4)
       rows_by<4>(xb, w + n * K, sc(n), yb + n, mb, K, N, n + 8 <= n1 ? w + (n + 4) * K : nullptr);
     switch (n1 - n) {
