@@ -123,3 +123,17 @@ def assert_within_dot_bound(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b
         exact = exact + b.double()
         bound = bound + u * (exact.abs() + b.double().abs())
     assert torch.all((y.double() - exact).abs() <= bound + 1e-30), (y.double() - exact).abs().max()
+
+
+def spy_keyword(monkeypatch, module, name: str, keyword: str) -> list:
+    """Wrap module.<name> for the test: each call goes through unchanged and appends its keyword
+    argument `keyword` (None when not given) to the returned list."""
+    seen = []
+    real = getattr(module, name)
+
+    def spy(*a, **kw):
+        seen.append(kw.get(keyword))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen

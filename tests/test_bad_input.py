@@ -315,16 +315,10 @@ def test_no_torch_load_without_weights_only_and_no_pickle():
 
 
 def test_trust_remote_code_is_off_unless_asked_and_passed_through(world, tmp_path, monkeypatch):
+    from helpers import spy_keyword
     from skd.core import models as model_lib
 
-    seen = []
-    real_pair = model_lib.load_pair
-
-    def spy(*a, **kw):
-        seen.append(kw.get("trust_remote_code"))
-        return real_pair(*a, **kw)
-
-    monkeypatch.setattr(model_lib, "load_pair", spy)
+    seen = spy_keyword(monkeypatch, model_lib, "load_pair", "trust_remote_code")
     for flag, out in (([], "a"), (["--trust-remote-code"], "b")):
         r = CliRunner().invoke(main, _args(world, tmp_path / out, ["--max-steps", "1"]) + flag)
         assert r.exit_code == 0, r.output

@@ -42,17 +42,11 @@ def test_measured_prices_are_taken_per_draft_and_batch_size_and_keep_the_outputs
     """--draft-prices measure: prices per pass width for each draft at B = 1 and B = N, passed to
     speculative_generate (gamma auto), recorded; outputs still the teacher's greedy outputs."""
     import skd.core.speculative as spec_mod
+    from helpers import spy_keyword
 
     teacher, student = sharp_pair64
     V = teacher.config.vocab_size
-    seen = []
-    real = spec_mod.speculative_generate
-
-    def spy(*a, **kw):
-        seen.append(kw.get("teacher_prices"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(spec_mod, "speculative_generate", spy)
+    seen = spy_keyword(monkeypatch, spec_mod, "speculative_generate", "teacher_prices")
     res = run(teacher, {"student": student}, _Tok(V), PROMPTS, batch_size=2, max_new_tokens=8, gamma="auto",
               repeats=1, prices="measure")
     recorded = res["drafts"]["student"]["teacher_prices"]
