@@ -76,16 +76,17 @@ def chi_square(counts, probs, n):
     return float((((obs - exp) ** 2)[nz] / exp[nz]).sum()), int(nz.sum()) - 1
 
 
-def sharpened_pair(vocab: int, scale: float, teacher=(21, 16, 1), student=(22, 16, 1)):
-    """(teacher, student): float64 Llamas over `vocab` ids, each given as (seed, hidden, layers), whose
-    output layers are scaled by `scale`, so that their distributions are peaked and differ clearly."""
+def sharpened_pair(vocab: int, scale: float, teacher=(21, 16, 1), student=(22, 16, 1), arch: str = "llama"):
+    """(teacher, student): float64 tiny models of `arch` (llama by default) over `vocab` ids, each given as
+    (seed, hidden, layers), whose output layers are scaled by `scale`, so that their distributions are
+    peaked and differ clearly."""
     from skd.core.presets import tiny_model
 
-    models = [tiny_model("llama", vocab, seed=seed, dtype=torch.float64, hidden=hidden, layers=layers)
+    models = [tiny_model(arch, vocab, seed=seed, dtype=torch.float64, hidden=hidden, layers=layers)
               for seed, hidden, layers in (teacher, student)]
     with torch.no_grad():
         for m in models:
-            m.lm_head.weight.mul_(scale)
+            m.get_output_embeddings().weight.mul_(scale)
     return tuple(models)
 
 

@@ -4,10 +4,12 @@ that sampling with the split gives the samples of the whole-model pass while the
 layer sees fewer rows."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
+from helpers import sharpened_pair
 
 import skd.core.kvcache as KV
 from skd.core.kvcache import KVStream
@@ -74,14 +76,9 @@ def test_position_logits_are_the_whole_pass_logits(arch):
 
 
 def _sharp_pair(arch):
-    """A float64 teacher/student pair whose output layers are scaled up: top-K tests and argmaxes are not
-    coin flips, and a random student is rejected often but not always."""
-    teacher = tiny_model(arch, V, seed=5, dtype=torch.float64, hidden=32, layers=2)
-    student = tiny_model(arch, V, seed=6, dtype=torch.float64, hidden=16, layers=1)
-    with torch.no_grad():
-        for m in (teacher, student):
-            m.get_output_embeddings().weight.mul_(8.0)
-    return teacher, student
+    """A teacher/student pair whose output layers are scaled up: top-K tests and argmaxes are not coin
+    flips, and a random student is rejected often but not always."""
+    return sharpened_pair(V, 8.0, teacher=(5, 32, 2), student=(6, 16, 1), arch=arch)
 
 
 def _close_draft(teacher):
@@ -97,11 +94,16 @@ def _whole_pass(monkeypatch):
     monkeypatch.setattr(KV, "split_head", lambda model: None)
 
 
+@contextlib.contextmanager
 def _head_rows(teacher):
-    """Rows the teacher's output layer multiplies, counted per call (the prefill's one column included)."""
+    """Rows the teacher's output layer multiplies inside the block, one entry per call (the prefill's
+    one column included)."""
     seen = []
     hook = teacher.get_output_embeddings().register_forward_hook(lambda mod, a, out: seen.append(a[0][..., 0].numel()))
-    return seen, hook
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -115,11 +117,9 @@ def test_skd_samples_are_those_of_the_whole_pass(arch, gamma, keep_bonus, semant
                        keep_teacher_logits=True, student_temperature=1.0, teacher_temperature=1.0)
 
     def run():
-        seen, hook = _head_rows(teacher)
-        try:
-            return sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens()), sum(seen)
-        finally:
-            hook.remove()
+        with _head_rows(teacher) as seen:
+            out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        return out, sum(seen)
 
     lazy, lazy_rows = run()
     _whole_pass(monkeypatch)
@@ -141,19 +141,13 @@ def test_greedy_speculative_decoding_is_that_of_the_whole_pass(gamma, monkeypatc
     teacher, _ = _sharp_pair("llama")
     student = _close_draft(teacher)
     kw = dict(gamma=gamma, max_new_tokens=20, eos_token_id=NO_EOS, vocab_size=V)
-    seen, hook = _head_rows(teacher)
-    try:
+    with _head_rows(teacher) as seen:
         lazy, lazy_stats = speculative_generate(teacher, student, PROMPTS, **kw)
-    finally:
-        hook.remove()
     greedy = sample(teacher, student, PROMPTS, SampleConfig(mode="teacher", max_new_tokens=20, teacher_temperature=0.0),
                     eos_token_id=NO_EOS, vocab_size=V).responses()
     _whole_pass(monkeypatch)
-    ref_seen, hook = _head_rows(teacher)
-    try:
+    with _head_rows(teacher) as ref_seen:
         ref, ref_stats = speculative_generate(teacher, student, PROMPTS, **kw)
-    finally:
-        hook.remove()
     assert lazy == ref == greedy
     assert lazy_stats == ref_stats
     assert 0 < ref_stats.accepted < ref_stats.drafted
