@@ -231,6 +231,10 @@ def sft(ctx, **params):
                      "tested in one pass, and the round keeps them up to the first kept proposal that differs. Same "
                      "token law as student-led rounds; other exact tokens of a seed. --no-teacher-led: student-led "
                      "rounds only.")
+@setting_option("staged_verify", "--staged-verify/--no-staged-verify", default_text="staged-verify",
+                help="SKD and speculative decoding: where it costs less (a large teacher on a CPU, a draft kept "
+                     "rarely), a verification scores every row's first drafted token first and the later ones only "
+                     "for the rows that kept it. Same logits at every tested position. --no-staged-verify: one pass.")
 @setting_option("semantics", choices=SEMANTICS,
                 help="paper: rank test on the raw teacher; code: as the released code (processed teacher).")
 @setting_option("keep_bonus", help="SKD: keep the teacher's bonus token on full acceptance.")

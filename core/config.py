@@ -78,6 +78,9 @@ class SampleConfig:
                                        # in the checkpoints; None: the teacher / student weight-byte ratio
     teacher_led: bool = True           # "auto" may let the teacher write ahead and test the student's proposals
                                        # after it, where that costs less (rules.plan_round; same token law)
+    staged_verify: bool = True         # a verification may score the first drafted position of every row, then
+                                       # the rest for the rows that kept it, where that costs less
+                                       # (rules.staging_pays; same logits at every tested position)
     semantics: str = "paper"           # paper | code (CONTRACT.md §2)
     keep_bonus: bool = False           # released code discards the teacher's bonus token on full acceptance
     student_temperature: float = 0.5   # paper config for student proposals

@@ -1,6 +1,7 @@
 """The transformers-facing KV-cache machinery of the sampler: all that leans on transformers internals.
 
-Public: KVStream (forward(..., head=False): the output layer put off, skd.core.split_head);
+Public: KVStream (forward(..., head=False): the output layer put off, skd.core.split_head; forward_rows: a
+pass over some rows only);
 cache_kwarg(model), returned_cache(out); use_growing_layers(cache, extra) and growing_layer_class()
 (the in-place cache); mask4d_kind(model) (the prepared 4D mask); grouped_query_attention(device)
 (CPU attention without repeated key/value heads);
@@ -10,6 +11,7 @@ when a guard turns it off: sampling falls back to transformers' own path, same t
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import re
@@ -353,13 +355,63 @@ class KVStream:
         with torch.no_grad():
             return self._run(ids.to(self.device), pos, head=head)
 
+    def forward_rows(self, rows: torch.Tensor, ids: torch.Tensor, *, head: bool = True):
+        """Append ids[m, S] as slots of the rows `rows` (indices into the current rows) and S holes to
+        every other row; only the m rows are computed. Returns logits [m, S, V], or with head=False a
+        PositionLogits over the m rows.
+
+        A pass's cost grows with its rows x positions, so a caller that needs the later positions of a
+        few rows only (the sampler's staged verification) runs those alone. Their cache rows are copied
+        out, extended by the pass and written back into the S new slots; where the cache is not made of
+        in-place layers (kvcache.use_growing_layers stood aside) the pass runs over every row with the
+        others' slots masked instead: same logits, the cost of a whole pass."""
+        A, (m, S) = self.next_pos.shape[0], ids.shape
+        rows = rows.to(self.device)
+        layers = getattr(self.cache, "layers", None)
+        if not layers or not all(isinstance(layer, growing_layer_class()) for layer in layers):
+            full = torch.zeros(A, S, dtype=ids.dtype, device=self.device)
+            full[rows] = ids.to(self.device)
+            valid = torch.zeros(A, S, dtype=torch.long, device=self.device)
+            valid[rows] = 1
+            out = self.forward(full, valid, head=head)
+            return out[rows] if head else PositionLogits(out.hidden[rows], self._head)
+        n = layers[0].keys.shape[2]
+        state = (self.cache, self.slot_mask, self.next_pos)
+        sub = copy.copy(self.cache)
+        sub.layers = []
+        for layer in layers:
+            part = type(layer)()
+            part.__dict__.update({k: v for k, v in layer.__dict__.items()
+                                  if k not in ("keys", "values", "_kbuf", "_vbuf", "_views")})
+            part.adopt(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), n + S)
+            sub.layers.append(part)
+        self.cache, self.slot_mask, self.next_pos = sub, self.slot_mask[rows], self.next_pos[rows]
+        try:
+            out = self.forward(ids, head=head)
+            sub_mask, sub_pos = self.slot_mask, self.next_pos
+        finally:
+            self.cache, self.slot_mask, self.next_pos = state
+        for layer, part in zip(layers, sub.layers):   # S new slots for every row, the m rows' filled in
+            blank_k = layer.keys.new_zeros(A, layer.keys.shape[1], S, layer.keys.shape[3])
+            blank_v = layer.values.new_zeros(A, layer.values.shape[1], S, layer.values.shape[3])
+            layer.update(blank_k, blank_v)
+            layer.keys[rows, :, n:] = part.keys[:, :, n:]
+            layer.values[rows, :, n:] = part.values[:, :, n:]
+        new_mask = torch.zeros(A, S, dtype=self.slot_mask.dtype, device=self.device)
+        new_mask[rows] = sub_mask[:, -S:]
+        self.slot_mask = torch.cat([self.slot_mask, new_mask], 1)
+        self.next_pos = self.next_pos.clone()
+        self.next_pos[rows] = sub_pos
+        return out
+
     def invalidate_tail(self, n_bad: torch.Tensor) -> None:
-        """Turn the last n_bad[a] slots of each row into holes (rejected draft tokens)."""
+        """Turn the last n_bad[a] slots of each row into holes (rejected draft tokens); slots that are
+        holes already (forward_rows' for the rows it did not compute) stay holes."""
         n_bad = n_bad.to(self.device)
         S = self.slot_mask.shape[1]
         bad = torch.arange(S, device=self.device)[None, :] >= (S - n_bad)[:, None]
+        self.next_pos = self.next_pos - (self.slot_mask * bad).sum(1)
         self.slot_mask = self.slot_mask.masked_fill(bad, 0)
-        self.next_pos = self.next_pos - n_bad
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (indices into the current rows)."""

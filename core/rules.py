@@ -8,7 +8,9 @@ adaptive_gamma(acceptance, cost_ratio, gamma_max, bonus) -> the draft length of 
 teacher_price(cost_ratio, width) -> a teacher pass's price in student forwards; student_price(cost_ratio,
 width) -> a student pass's; round_tokens(a, n) -> a round's expected tokens;
 drafting_pays(...) -> whether any draft beats the teacher alone (speculative decoding's skipped rounds);
-mismatch_estimate(mismatched, kept) and plan_round(...) -> which model leads the next SKD round, and for how long.
+mismatch_estimate(mismatched, kept) and plan_round(...) -> which model leads the next SKD round, and for how long;
+staging_pays(acceptance, rows, width, fixed_tokens) and verify_fixed_tokens(params, device_type) -> whether a
+verification runs its first position alone first.
 A rule has accept(t_logits, draft, draft_len, q, u) -> kept prefix and token(...) -> the teacher's token.
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ from skd.core.config import SampleConfig
 
 __all__ = ["process_logits", "sample_tokens", "teacher_settings", "student_settings", "SkdRule",
            "SpeculativeRule", "acceptance_estimate", "adaptive_gamma", "round_tokens", "teacher_price",
-           "student_price", "mismatch_estimate", "plan_round"]
+           "student_price", "mismatch_estimate", "plan_round", "drafting_pays", "staging_pays",
+           "verify_fixed_tokens", "STAGED_FIXED_TOKENS_CPU", "STAGED_MIN_PARAMS"]
 
 
 def teacher_settings(cfg: SampleConfig) -> dict:
@@ -174,6 +177,42 @@ def drafting_pays(acceptance: float, cost_ratio, gamma_max: int, bonus: bool) ->
     student-forward units), under the same model of independent acceptances (Leviathan et al. 2023,
     section 3)."""
     return _best_draft(acceptance, cost_ratio, gamma_max, bonus)[1] * teacher_price(cost_ratio, 1) > 1.0
+
+
+# A pass over n row-positions costs about F + c * n (weights read once, then the products); staged
+# verification (staging_pays) weighs F in units of c, the pass's "fixed tokens". Measured on the CPU
+# (2-core AMD EPYC, fp32, 2 threads) with SmolLM2-135M's body over a 130-slot cache: 32 rows x 1
+# position 117-137 ms, 32 x 4 312-336 ms, 32 x 5 352-382 ms, 4 x 4 74-86 ms, 1 x 4 49-56 ms, so c ~
+# 1.85 ms and F ~ 45-65 ms: 25-36 row-positions. A model under STAGED_MIN_PARAMS is dominated by the
+# per-call overhead of its layers (its pass costs about the same at any size a sampler makes), and
+# GPU passes were not measured: there staging is left off.
+STAGED_FIXED_TOKENS_CPU = 32
+STAGED_MIN_PARAMS = 20_000_000
+
+
+def verify_fixed_tokens(params: int, device_type: str) -> float | None:
+    """The fixed cost of a teacher pass in row-positions (STAGED_FIXED_TOKENS_CPU), or None where staged
+    verification is not used: GPUs, and models under STAGED_MIN_PARAMS parameters."""
+    if device_type != "cpu" or params < STAGED_MIN_PARAMS:
+        return None
+    return float(STAGED_FIXED_TOKENS_CPU)
+
+
+def staging_pays(acceptance: float, rows: int, width: int, fixed_tokens: float | None) -> bool:
+    """Whether a verification over `width` positions of `rows` rows costs less in two stages: the first
+    position of every row, then the other width - 1 positions of the rows whose first drafted token was
+    kept (expected acceptance * rows of them, and no second pass when none was), than in one pass.
+
+    With a pass costing F + c * (rows x positions) and F = fixed_tokens * c: one pass costs
+    F + c * rows * width; two stages F + c * rows + P(any kept) * F + c * acceptance * rows * (width - 1),
+    P(any kept) = 1 - (1 - a)^rows (independent rows, the acceptance model of adaptive_gamma). Staging pays
+    when P(any kept) * fixed_tokens < rows * (width - 1) * (1 - acceptance). Both give the same logits at
+    every tested position (the same prefixes), so the choice moves cost, not tokens."""
+    if fixed_tokens is None or width < 2 or rows < 1:
+        return False
+    a = min(max(float(acceptance), 0.0), 1.0)
+    any_kept = 1.0 - (1.0 - a) ** rows
+    return any_kept * fixed_tokens < rows * (width - 1) * (1.0 - a)
 
 
 # --------------------------------------------------------------------------- verification rules

@@ -21,7 +21,8 @@ from skd.core.errors import SkdError
 from skd.core.kvcache import KVStream
 from skd.core.models import weight_bytes
 from skd.core.rules import (SkdRule, acceptance_estimate, adaptive_gamma, drafting_pays, mismatch_estimate,
-                            plan_round, process_logits, sample_tokens, student_settings, teacher_settings)
+                            plan_round, process_logits, sample_tokens, staging_pays, student_settings,
+                            teacher_settings, verify_fixed_tokens)
 from skd.core.sparse_teacher import SparseTeacher
 from skd.core.split_head import PositionLogits
 from skd.core.stops import StopChecker, eos_ids
@@ -275,6 +276,50 @@ class _Verdict:
     full: torch.Tensor        # [A] whole draft kept
     need_tok: torch.Tensor    # [A] a teacher token follows the kept prefix
     t_tok: torch.Tensor       # [A] that token (where need_tok)
+    t_slots: int              # slots the verification appended to the teacher's cache (W, or 1 when staged
+    #                           verification stopped after the first position)
+
+
+class _Staged:
+    """The logits of a verification run in two stages, as PositionLogits: the first position of every
+    row at once, the later positions of the rows that need them (more(rows)) in a pass over those rows
+    alone (KVStream.forward_rows). Logits at a position are those of one whole pass: same prefixes."""
+
+    def __init__(self, stream: KVStream, t_in: torch.Tensor, defer_head: bool):
+        self.stream, self.t_in, self.defer_head = stream, t_in, defer_head
+        self.shape = t_in.shape
+        self.first = self._logits(stream.forward(t_in[:, :1], head=not defer_head))
+        self.later: PositionLogits | None = None
+        self.index = torch.full((t_in.shape[0],), -1, dtype=torch.long, device=t_in.device)
+        self.slots = 1            # slots appended to the teacher's cache so far
+
+    @staticmethod
+    def _logits(out) -> PositionLogits:
+        return out if isinstance(out, PositionLogits) else PositionLogits(out, lambda x: x)
+
+    def more(self, rows: torch.Tensor) -> None:
+        """Run positions 1 .. W - 1 of `rows` (every other row gets holes there)."""
+        rows = rows.to(self.t_in.device)
+        self.later = self._logits(self.stream.forward_rows(rows, self.t_in[rows, 1:], head=not self.defer_head))
+        self.index[rows] = torch.arange(rows.numel(), device=rows.device)
+        self.slots = self.shape[1]
+
+    def at(self, rows: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
+        """Logits [m, V] at (rows[i], positions[i]); a position after the first only for rows given to more()."""
+        if isinstance(positions, int):
+            positions = torch.full_like(rows, positions)
+        head = positions == 0
+        if bool(head.all()):
+            return self.first.at(rows, 0)
+        later_rows = self.index[rows[~head]]
+        assert self.later is not None and bool((later_rows >= 0).all()), "a later position of a row not staged"
+        tail = self.later.at(later_rows, positions[~head] - 1)
+        if not bool(head.any()):
+            return tail
+        out = tail.new_empty(rows.numel(), tail.shape[-1])
+        out[~head] = tail
+        out[head] = self.first.at(rows[head], 0)
+        return out
 
 
 class _DraftVerify:
@@ -310,6 +355,13 @@ class _DraftVerify:
         # position is reached (accept_by_position), where the rule tests each position on its own logits
         # and the teacher's model can be split (skd.core.split_head).
         self.lazy_head = t.defers_head and getattr(rule, "tests_by_position", False)
+        # Staged verification (rules.staging_pays): where the rule tests each position on its own logits,
+        # a round may score every row's first drafted position alone, then the later positions of just the
+        # rows that kept it; with a weak draft most rows stop at the first, and so does their share of the
+        # teacher's products. Fixed tokens per pass: rules.verify_fixed_tokens (None: never staged).
+        self.stage_tokens = None
+        if cfg.staged_verify and getattr(rule, "tests_by_position", False):
+            self.stage_tokens = verify_fixed_tokens(sum(p.numel() for p in t.model.parameters()), t.device.type)
         self.skipped = 0              # teacher-only rounds since the last draft
         self.gammas: list[int] = []   # the draft length of each student-led round (0: a teacher-only round)
         # --gamma auto under SKD's rule without the bonus token: rounds may be teacher-led (rules.plan_round)
@@ -406,7 +458,12 @@ class _DraftVerify:
         D_eff = d.tokens.shape[1]
         W = D_eff + 1 if rule.keep_bonus else D_eff                        # teacher positions this round
         t_in = torch.cat([b.pend.to(t_dev)[:, None], d.tokens[:, :W - 1].to(t_dev)], 1)
-        lazy = self.t.forward(t_in, head=False) if self.lazy_head else None
+        staged = self.stage_tokens is not None and staging_pays(
+            acceptance_estimate(b.accepted, b.replaced), t_in.shape[0], W, self.stage_tokens)
+        if staged:
+            lazy = _Staged(self.t, t_in, self.lazy_head)
+        else:
+            lazy = self.t.forward(t_in, head=False) if self.lazy_head else None
         t_logits = self.t.forward(t_in) if lazy is None else None           # [A, W, V]
         u = torch.stack([_draw(self.t_gen, b.B, b.active, t_dev) for _ in range(rule.draws_per_round)], 1)
         q = d.q[:, :D_eff].to(t_dev) if d.q is not None else None
@@ -419,8 +476,9 @@ class _DraftVerify:
         # ended its row and was kept whole gets none (CONTRACT.md §2, step 6).
         full = n == d.length
         need_tok = ~full | (~d.ended & rule.keep_bonus)
-        # The t_logits row to sample from; a full draft without the bonus needs no token (row clamped, unused).
+        # The t_logits row to sample from; a row needing no token reads row 0, always tested (its token unused).
         row = torch.where(full, torch.full_like(n, D_eff), n).clamp(max=W - 1)
+        row = torch.where(need_tok, row, torch.zeros_like(row))
         ar = torch.arange(n.shape[0])
         if lazy is not None:   # rows whose token row no test reached (the bonus row; a draft that ended early)
             todo = (~tested[ar, row]).nonzero().flatten()
@@ -432,7 +490,7 @@ class _DraftVerify:
                 t_logits[at] = logits
         q_rows = q[ar.to(t_dev), row.clamp(max=D_eff - 1).to(t_dev)] if q is not None else None
         t_tok = rule.token(t_logits[ar.to(t_dev), row.to(t_dev)], q_rows, (~full).to(t_dev), u[:, -1]).cpu()
-        return _Verdict(t_logits, n, full, need_tok, t_tok)
+        return _Verdict(t_logits, n, full, need_tok, t_tok, lazy.slots if staged else W)
 
     def accept_by_position(self, lazy: PositionLogits, d: _Draft, u: torch.Tensor):
         """rule.accept one position at a time, the teacher's output layer run only on the rows whose draft
@@ -459,6 +517,12 @@ class _DraftVerify:
             one = torch.ones(rows.numel(), dtype=torch.long, device=dev)
             # (the rules on this path read no draws in their test: u is passed as the API has it)
             n[rows] += self.rule.accept(logits[:, None], tokens[rows, j:j + 1], one, None, u[rows])
+            if j == 0 and isinstance(lazy, _Staged) and W > 1:
+                # the second stage: the rows that kept their first token and have a later position to
+                # test, or the bonus row to sample from
+                later = (n == 1) & ((length > 1) | (self.rule.keep_bonus & ~d.ended.to(dev)))
+                if bool(later.any()):
+                    lazy.more(later.nonzero().flatten())
         return t_logits, n.cpu(), tested
 
     def commit(self, b: _Batch, d: _Draft, v: _Verdict) -> torch.Tensor:
@@ -483,7 +547,7 @@ class _DraftVerify:
         # draft token without a teacher token after it (it is next round's first input; without the bonus
         # it was never fed).
         t_valid = 1 + n - (~need_tok).long()
-        self.t.invalidate_tail(W - t_valid)
+        self.t.invalidate_tail(v.t_slots - t_valid)
         self.s_extra = torch.where(full & need_tok, draft[:, D_eff - 1], torch.full_like(n, -1))[:, None]
         return n + need_tok.long()
 
