@@ -90,6 +90,31 @@ def sharpened_pair(vocab: int, scale: float, teacher=(21, 16, 1), student=(22, 1
     return tuple(models)
 
 
+def split_test_pair(vocab: int, arch: str = "llama"):
+    """The pair of the verification-pass tests (output layer put off, staged verification): output layers
+    scaled by 8, so top-K tests and argmaxes are not coin flips, and a random student is rejected often
+    but not always; a 2-layer x 32 teacher, a 1-layer x 16 student."""
+    return sharpened_pair(vocab, 8.0, teacher=(5, 32, 2), student=(6, 16, 1), arch=arch)
+
+
+def noisy_copy(teacher, noise: float = 1.0):
+    """A copy of teacher with Gaussian noise (noise x the weights' std, seed 9) on its output layer: a
+    greedy draft that matches the teacher often, not always."""
+    import copy
+
+    draft = copy.deepcopy(teacher)
+    with torch.no_grad():
+        w = draft.get_output_embeddings().weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(9), dtype=w.dtype) * w.std() * noise)
+    return draft
+
+
+def sampler_generators(seed: int = 0) -> dict:
+    """sample()'s student_generator / teacher_generator keywords, seeded 100 + seed and 200 + seed."""
+    return dict(student_generator=torch.Generator().manual_seed(100 + seed),
+                teacher_generator=torch.Generator().manual_seed(200 + seed))
+
+
 def law_pair(vocab: int):
     """The pair of the token-law (chi-square) tests: one-layer models, outputs scaled by 3."""
     return sharpened_pair(vocab, 3.0)

@@ -5,11 +5,10 @@ layer sees fewer rows."""
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import pytest
 import torch
-from helpers import sharpened_pair
+from helpers import noisy_copy, sampler_generators, split_test_pair
 
 import skd.core.kvcache as KV
 from skd.core.kvcache import KVStream
@@ -22,11 +21,6 @@ from skd.core.split_head import PositionLogits, split_head
 V = 40
 PROMPTS = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30], [4, 4, 4]]
 NO_EOS = -1
-
-
-def _gens(seed=0):
-    return dict(student_generator=torch.Generator().manual_seed(100 + seed),
-                teacher_generator=torch.Generator().manual_seed(200 + seed))
 
 
 @pytest.mark.parametrize("arch,splits", [("llama", True), ("qwen2", True), ("gemma", True),
@@ -75,21 +69,6 @@ def test_position_logits_are_the_whole_pass_logits(arch):
     torch.testing.assert_close(split.forward(nxt), whole.forward(nxt), rtol=0, atol=1e-12)
 
 
-def _sharp_pair(arch):
-    """A teacher/student pair whose output layers are scaled up: top-K tests and argmaxes are not coin
-    flips, and a random student is rejected often but not always."""
-    return sharpened_pair(V, 8.0, teacher=(5, 32, 2), student=(6, 16, 1), arch=arch)
-
-
-def _close_draft(teacher):
-    """The teacher with noise on its output layer: greedy drafts that match often, not always."""
-    draft = copy.deepcopy(teacher)
-    with torch.no_grad():
-        w = draft.get_output_embeddings().weight
-        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(9), dtype=w.dtype) * w.std())
-    return draft
-
-
 def _whole_pass(monkeypatch):
     monkeypatch.setattr(KV, "split_head", lambda model: None)
 
@@ -112,13 +91,13 @@ def _head_rows(teacher):
 def test_skd_samples_are_those_of_the_whole_pass(arch, gamma, keep_bonus, semantics, monkeypatch):
     """Tokens, provenance, kept teacher logits and counts equal the whole-model pass's; the teacher's
     output layer sees fewer rows wherever a draft of more than one token is rejected early."""
-    teacher, student = _sharp_pair(arch)
+    teacher, student = split_test_pair(V, arch)
     cfg = SampleConfig(mode="skd", k=3, gamma=gamma, keep_bonus=keep_bonus, semantics=semantics, max_new_tokens=24,
                        keep_teacher_logits=True, student_temperature=1.0, teacher_temperature=1.0)
 
     def run():
         with _head_rows(teacher) as seen:
-            out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+            out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **sampler_generators())
         return out, sum(seen)
 
     lazy, lazy_rows = run()
@@ -138,8 +117,8 @@ def test_skd_samples_are_those_of_the_whole_pass(arch, gamma, keep_bonus, semant
 @pytest.mark.parametrize("gamma", [2, 4, "auto"])
 def test_greedy_speculative_decoding_is_that_of_the_whole_pass(gamma, monkeypatch):
     """Greedy speculative decoding splits too, and its output is still the teacher's greedy output."""
-    teacher, _ = _sharp_pair("llama")
-    student = _close_draft(teacher)
+    teacher, _ = split_test_pair(V)
+    student = noisy_copy(teacher)
     kw = dict(gamma=gamma, max_new_tokens=20, eos_token_id=NO_EOS, vocab_size=V)
     with _head_rows(teacher) as seen:
         lazy, lazy_stats = speculative_generate(teacher, student, PROMPTS, **kw)
@@ -158,7 +137,7 @@ def test_sampled_speculative_decoding_keeps_the_whole_pass(monkeypatch):
     """The sampling acceptance test (u < p / q) takes the whole draft at once, so only the greedy rule
     tests by position; sampled output is the same with splitting turned off."""
     assert SpeculativeRule(0.0, 1.0, 3).tests_by_position and not SpeculativeRule(1.0, 1.0, 3).tests_by_position
-    teacher, student = _sharp_pair("llama")
+    teacher, student = split_test_pair(V)
     kw = dict(gamma=3, max_new_tokens=16, temperature=1.0, eos_token_id=NO_EOS, vocab_size=V)
     out, _ = speculative_generate(teacher, student, PROMPTS, generator=torch.Generator().manual_seed(7), **kw)
     _whole_pass(monkeypatch)
@@ -172,16 +151,16 @@ def test_forward_clock_counts_split_passes_once_each(monkeypatch):
     one call more per deferred output-layer call than the whole-pass run."""
     from skd.core.timing import ForwardClock
 
-    teacher, student = _sharp_pair("llama")
+    teacher, student = split_test_pair(V)
     cfg = SampleConfig(mode="skd", k=3, gamma=4, max_new_tokens=16, student_temperature=1.0, teacher_temperature=1.0)
     head_calls = []
     real_at = PositionLogits.at
     monkeypatch.setattr(PositionLogits, "at", lambda self, r, p: head_calls.append(1) or real_at(self, r, p))
     with ForwardClock(teacher) as split_clock:
-        split = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        split = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **sampler_generators())
     _whole_pass(monkeypatch)
     with ForwardClock(teacher) as whole_clock:
-        whole = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        whole = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **sampler_generators())
     assert split.responses() == whole.responses()
     assert whole_clock.calls == whole.rounds + 1                 # the prefill and one pass per round
     assert head_calls and split_clock.calls == whole_clock.calls + len(head_calls)

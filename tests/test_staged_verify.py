@@ -5,12 +5,11 @@ row-positions; the decision follows the cost model."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 
 import pytest
 import torch
-from helpers import sharpened_pair
+from helpers import noisy_copy, sampler_generators, split_test_pair
 
 import skd.core.kvcache as KV
 import skd.core.rules as rules
@@ -23,15 +22,6 @@ from skd.core.speculative import speculative_generate
 V = 40
 PROMPTS = [[5, 9, 12, 7], [8, 3], [11, 14, 6, 20, 21, 22, 30], [4, 4, 4], [7], [9, 9, 2, 3, 1]]
 NO_EOS = -1
-
-
-def _gens(seed=0):
-    return dict(student_generator=torch.Generator().manual_seed(100 + seed),
-                teacher_generator=torch.Generator().manual_seed(200 + seed))
-
-
-def _sharp_pair(arch="llama"):
-    return sharpened_pair(V, 8.0, teacher=(5, 32, 2), student=(6, 16, 1), arch=arch)
 
 
 @contextlib.contextmanager
@@ -110,7 +100,7 @@ def test_forward_rows_gives_the_whole_pass_logits_and_cache(growing, monkeypatch
 
 def _run(teacher, student, cfg):
     with _body_tokens(teacher) as seen:
-        out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **sampler_generators())
     return out, sum(seen)
 
 
@@ -122,7 +112,7 @@ def test_skd_samples_are_those_of_one_pass(split, gamma, keep_bonus, semantics, 
     output layer put off or not); the teacher's body computes fewer row-positions."""
     if not split:
         monkeypatch.setattr(KV, "split_head", lambda model: None)
-    teacher, student = _sharp_pair()
+    teacher, student = split_test_pair(V)
     kw = dict(mode="skd", k=3, gamma=gamma, keep_bonus=keep_bonus, semantics=semantics, max_new_tokens=24,
               keep_teacher_logits=True, student_temperature=1.0, teacher_temperature=1.0)
     staged, staged_tokens = _run(teacher, student, SampleConfig(**kw))
@@ -142,7 +132,7 @@ def test_skd_samples_are_those_of_one_pass(split, gamma, keep_bonus, semantics, 
 
 def test_tiny_models_do_not_stage_by_default():
     """Under STAGED_MIN_PARAMS (per-call overhead dominates) the sampler keeps one pass per round."""
-    teacher, student = _sharp_pair()
+    teacher, student = split_test_pair(V)
     kw = dict(mode="skd", k=3, gamma=4, max_new_tokens=16, student_temperature=1.0, teacher_temperature=1.0)
     on, on_tokens = _run(teacher, student, SampleConfig(**kw))
     off, off_tokens = _run(teacher, student, SampleConfig(staged_verify=False, **kw))
@@ -151,25 +141,22 @@ def test_tiny_models_do_not_stage_by_default():
 
 def test_a_batch_whose_first_tokens_are_all_rejected_stops_after_one_position(stage_tiny):
     """K = 0 rejects every drafted token: each round's verification is one position per row."""
-    teacher, student = _sharp_pair()
+    teacher, student = split_test_pair(V)
     cfg = SampleConfig(mode="skd", k=0, gamma=5, max_new_tokens=12, student_temperature=1.0, teacher_temperature=1.0)
     calls = []
     with _body_tokens(teacher) as seen:
-        out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **_gens())
+        out = sample(teacher, student, PROMPTS, cfg, eos_token_id=NO_EOS, vocab_size=V, **sampler_generators())
         calls = list(seen)
     assert out.accepted == 0 and all(r == 12 for r in out.response_lengths.tolist())
     assert calls[1:] == [len(PROMPTS)] * out.rounds             # after the prefill: one position per row
     ref = sample(teacher, student, PROMPTS, dataclasses.replace(cfg, staged_verify=False),
-                 eos_token_id=NO_EOS, vocab_size=V, **_gens())
+                 eos_token_id=NO_EOS, vocab_size=V, **sampler_generators())
     assert out.responses() == ref.responses()
 
 
 def test_greedy_speculative_decoding_stages_and_stays_the_teachers_output(stage_tiny):
-    teacher, _ = _sharp_pair()
-    draft = copy.deepcopy(teacher)
-    with torch.no_grad():
-        w = draft.get_output_embeddings().weight
-        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(9), dtype=w.dtype) * w.std() * 2)
+    teacher, _ = split_test_pair(V)
+    draft = noisy_copy(teacher, noise=2.0)
     kw = dict(gamma=4, max_new_tokens=20, eos_token_id=NO_EOS, vocab_size=V)
     with _body_tokens(teacher) as seen:
         out, stats = speculative_generate(teacher, draft, PROMPTS, **kw)
