@@ -109,12 +109,13 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
                            stop_strings=(), keep_teacher_logits=False)
         return sample(teacher, None, batch, cfg, tokenizer=tok, vocab_size=V).responses(), None
 
+    sizes = tuple(dict.fromkeys((1, N)))   # the speculative rows' batch sizes
     measured: dict = {}   # (draft name, batch size) -> (prices per pass width, forward costs in ms)
     if prices == "measure" and gamma == "auto":
         from skd.core.forward_prices import measure_teacher_prices
 
         for name, d in drafts.items():
-            for bs in dict.fromkeys((1, N)):
+            for bs in sizes:
                 measured[(name, bs)] = measure_teacher_prices(teacher, d, prompts[:bs], vocab_size=V, pad_id=pad,
                                                               gamma_max=SampleConfig(gamma=gamma).max_draft)
 
@@ -190,7 +191,7 @@ def run(teacher, drafts: dict, tok, prompts: list[list[int]], *, batch_size: int
         draft_info[name] = {"teacher_forced_match": _teacher_forced_match(d, prompts, ref, V),
                             "cost_ratio": ratio,
                             "break_even_acceptance": _break_even(ratio, SampleConfig(gamma=gamma).max_draft)}
-        for bs in dict.fromkeys((1, N)):
+        for bs in sizes:
             if (name, bs) in measured:
                 tp, costs = measured[(name, bs)]
                 draft_info[name].setdefault("teacher_prices", {})[str(bs)] = {"prices": list(tp), "forward_ms": costs}

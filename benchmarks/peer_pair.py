@@ -31,6 +31,9 @@ from skd.core.errors import SkdError
 
 SCHEMA = "skd-bench-peers-v1"
 DRAFT_RECIPES = ("teacher-greedy", "skd")
+# What gamma auto prices a teacher pass at in the draft rows: the weight-byte ratio, or passes timed
+# per draft and batch size (skd.benchmarks.peer_decoding.run's `prices`).
+DRAFT_PRICES = ("weights", "measure")
 # Prompts per batch when the teacher writes the greedy responses of the teacher-greedy recipe.
 RESPONSE_BATCH = 32
 

@@ -53,7 +53,7 @@ class PeersConfig:
     repeats: int = 3               # timed repeats per row, interleaved, after one warm-up
     floor_targets: tuple[float, ...] = (1.2, 1.5)   # SKD step / TRL's step values the distill floor is solved for
     draft_gamma: str | int = "auto"   # speculative_generate's draft length in the draft rows
-    draft_prices: str = "weights"  # what gamma auto prices a teacher pass at: weight bytes, or measure (per draft, batch)
+    draft_prices: str = "weights"  # what gamma auto prices a teacher pass at (peer_pair.DRAFT_PRICES)
     sampler_gamma: int = 5         # the sampler section (the released code's fixed draft length)
     batch1_prompts: int | None = None   # the sampler's one-prompt-at-a-time rows: the first N prompts (None: all)
     draft_recipe: str = "teacher-greedy"   # how skd distils the draft (skd.benchmarks.peer_pair.DRAFT_RECIPES)
@@ -91,13 +91,14 @@ class PeersConfig:
         if self.draft_gamma != "auto" and not (isinstance(self.draft_gamma, int) and self.draft_gamma >= 1):
             raise SkdError(f"draft gamma must be auto or >= 1 (got {self.draft_gamma!r})",
                            "pass --draft-gamma auto or 4")
-        from skd.benchmarks.peer_pair import DRAFT_RECIPES
+        from skd.benchmarks.peer_pair import DRAFT_PRICES, DRAFT_RECIPES
 
         if self.draft_recipe not in DRAFT_RECIPES:
             raise SkdError(f"unknown draft recipe {self.draft_recipe!r}",
                            f"pass --draft-recipe {' or '.join(DRAFT_RECIPES)}")
-        if self.draft_prices not in ("weights", "measure"):
-            raise SkdError(f"unknown draft prices {self.draft_prices!r}", "pass --draft-prices weights or measure")
+        if self.draft_prices not in DRAFT_PRICES:
+            raise SkdError(f"unknown draft prices {self.draft_prices!r}",
+                           f"pass --draft-prices {' or '.join(DRAFT_PRICES)}")
         if self.trl_trainer not in ("auto", "distillation", "gkd"):
             raise SkdError(f"unknown TRL trainer {self.trl_trainer!r}", "pass --trl-trainer auto, distillation or gkd")
         if self.dtype not in ("float32", "bfloat16"):

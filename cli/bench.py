@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from skd.benchmarks.peer_pair import DRAFT_RECIPES
+from skd.benchmarks.peer_pair import DRAFT_PRICES, DRAFT_RECIPES
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -569,10 +569,10 @@ def steadiness(steps, warmup, method, batch_size, max_new_tokens, save_every, th
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
               help="Timed repeats per row, interleaved; medians  [default: 3]")
 @click.option("--draft-gamma", default=None, help="speculative_generate's draft length: auto or N  [default: auto]")
-@click.option("--draft-prices", type=click.Choice(["weights", "measure"]), default="weights", show_default=True,
-              help="What --draft-gamma auto prices a teacher pass at: the teacher / draft weight-byte ratio at every "
-                   "width, or passes of 1 to gamma_max + 1 positions timed on this machine, per draft and batch "
-                   "size, before the timed rows (skd.core.forward_prices).")
+@click.option("--draft-prices", type=click.Choice(DRAFT_PRICES), default=None,
+              help="What --draft-gamma auto prices a teacher pass at: weights, the teacher / draft weight-byte ratio "
+                   "at every width, or measure, passes of 1 to gamma_max + 1 positions timed on this machine, per "
+                   "draft and batch size, before the timed rows (skd.core.forward_prices).  [default: weights]")
 @click.option("--sampler-gamma", type=click.IntRange(min=1), default=None, help="[default: 5]")
 @click.option("--batch1-prompts", type=click.IntRange(min=1), default=None,
               help="Prompts of the one-prompt-at-a-time sampler rows (their tokens/s is a rate; the first N "
@@ -633,12 +633,11 @@ def peers(quick, teacher, student, student_layers, draft, draft_recipe, draft_in
     given = dict(teacher=teacher, student=student, student_layers=student_layers, draft=draft, prompts=n_prompts,
                  train_batch_size=train_batch_size, batch_size=batch_size, max_new_tokens=max_new_tokens,
                  temperature=temperature, k=k, lr=lr, repeats=repeats, draft_gamma=draft_gamma,
-                 sampler_gamma=sampler_gamma, batch1_prompts=batch1_prompts, distill_steps=distill_steps, distill_lr=distill_lr,
+                 draft_prices=draft_prices, sampler_gamma=sampler_gamma, batch1_prompts=batch1_prompts, distill_steps=distill_steps, distill_lr=distill_lr,
                  distill_batch_size=distill_batch_size, distill_prompts=distill_prompts, draft_recipe=draft_recipe, seed=seed,
                  sections=tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None else None)
     base = prs.PeersConfig(quick=quick, run_dir=run_dir or ("runs/peers-quick" if quick else "runs/peers"),
-                           trl=trl, trl_trainer=trl_trainer, device=device, dtype=dtype, draft_int8=draft_int8,
-                           draft_prices=draft_prices)
+                           trl=trl, trl_trainer=trl_trainer, device=device, dtype=dtype, draft_int8=draft_int8)
     cfg = with_overrides(base, prs.QUICK if quick else None, given)
     console = Console(width=max(Console().width, 120))   # the row names are long: wrapped tables are unreadable
     err = Console(stderr=True)

@@ -151,6 +151,15 @@ def growing_layer_class():
                 self._vbuf[:, :, :n].copy_(v)
                 self._set(n)
 
+            def rows_copy(self, indices: torch.Tensor, capacity: int) -> "GrowingLayer":
+                """A new layer holding copies of rows `indices`, with room for `capacity` slots."""
+                part = type(self)()
+                part.__dict__.update({k: v for k, v in self.__dict__.items()
+                                      if k not in ("keys", "values", "_kbuf", "_vbuf", "_views")})
+                self._current()
+                part.adopt(self.keys.index_select(0, indices), self.values.index_select(0, indices), capacity)
+                return part
+
             def gather_slots(self, order: torch.Tensor) -> None:
                 """Keep, per row, the slots order[A, M] (in that order), at the front of the buffer."""
                 self._current()
@@ -378,22 +387,17 @@ class KVStream:
         n = layers[0].keys.shape[2]
         state = (self.cache, self.slot_mask, self.next_pos)
         sub = copy.copy(self.cache)
-        sub.layers = []
-        for layer in layers:
-            part = type(layer)()
-            part.__dict__.update({k: v for k, v in layer.__dict__.items()
-                                  if k not in ("keys", "values", "_kbuf", "_vbuf", "_views")})
-            part.adopt(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), n + S)
-            sub.layers.append(part)
+        sub.layers = [layer.rows_copy(rows, n + S) for layer in layers]
         self.cache, self.slot_mask, self.next_pos = sub, self.slot_mask[rows], self.next_pos[rows]
         try:
             out = self.forward(ids, head=head)
             sub_mask, sub_pos = self.slot_mask, self.next_pos
         finally:
             self.cache, self.slot_mask, self.next_pos = state
+        k0, v0 = layers[0].keys, layers[0].values   # full-attention layers: one shape for all
+        blank_k = k0.new_zeros(A, k0.shape[1], S, k0.shape[3])
+        blank_v = v0.new_zeros(A, v0.shape[1], S, v0.shape[3])
         for layer, part in zip(layers, sub.layers):   # S new slots for every row, the m rows' filled in
-            blank_k = layer.keys.new_zeros(A, layer.keys.shape[1], S, layer.keys.shape[3])
-            blank_v = layer.values.new_zeros(A, layer.values.shape[1], S, layer.values.shape[3])
             layer.update(blank_k, blank_v)
             layer.keys[rows, :, n:] = part.keys[:, :, n:]
             layer.values[rows, :, n:] = part.values[:, :, n:]

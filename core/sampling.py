@@ -306,8 +306,8 @@ class _Staged:
 
     def at(self, rows: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
         """Logits [m, V] at (rows[i], positions[i]); a position after the first only for rows given to more()."""
-        if isinstance(positions, int):
-            positions = torch.full_like(rows, positions)
+        if isinstance(positions, int):   # the per-position test: one position for every row
+            return self.first.at(rows, 0) if positions == 0 else self.later.at(self.index[rows], positions - 1)
         head = positions == 0
         if bool(head.all()):
             return self.first.at(rows, 0)
@@ -354,13 +354,14 @@ class _DraftVerify:
         # Verification tests position by position, the teacher's output layer put off until a row's
         # position is reached (accept_by_position), where the rule tests each position on its own logits
         # and the teacher's model can be split (skd.core.split_head).
-        self.lazy_head = t.defers_head and getattr(rule, "tests_by_position", False)
+        by_position = getattr(rule, "tests_by_position", False)
+        self.lazy_head = t.defers_head and by_position
         # Staged verification (rules.staging_pays): where the rule tests each position on its own logits,
         # a round may score every row's first drafted position alone, then the later positions of just the
         # rows that kept it; with a weak draft most rows stop at the first, and so does their share of the
         # teacher's products. Fixed tokens per pass: rules.verify_fixed_tokens (None: never staged).
         self.stage_tokens = None
-        if cfg.staged_verify and getattr(rule, "tests_by_position", False):
+        if cfg.staged_verify and by_position:
             self.stage_tokens = verify_fixed_tokens(sum(p.numel() for p in t.model.parameters()), t.device.type)
         self.skipped = 0              # teacher-only rounds since the last draft
         self.gammas: list[int] = []   # the draft length of each student-led round (0: a teacher-only round)
